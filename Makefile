@@ -1,0 +1,37 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Each sets everything up first (virtual environment, the CPU torch pin, the package),
+# so either one works alone on an empty checkout.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Root installs Debian's chromium directly; anyone else goes through sudo.
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup demo test browser bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# The report test opens report.html in a real browser; install Debian's chromium when absent.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  ( $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null )
+
+demo: setup
+	$(BIN)/logitleak demo
+
+test: setup browser
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -1,0 +1,95 @@
+"""The probe-set object every audit consumes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from logitleak.errors import LogitleakError
+
+
+@dataclass
+class ProbeSet:
+    """Samples to audit: one prompt (and optionally one image) each, with known attributes.
+
+    - ``prompts[i]``: the user question (no chat template; the model adapter adds it).
+    - ``images[i]``: a PIL image, or ``None`` for a text-only probe set.
+    - ``attributes``: one row per sample, one column per attribute (string labels).
+    - ``asked[i]``: the attribute that prompt ``i`` asks about (task-relevant for that sample).
+    - ``groups[i]``: samples sharing a group (e.g. several questions about one image) never
+      straddle a train/test split.
+    """
+
+    name: str
+    prompts: list[str]
+    attributes: pd.DataFrame
+    asked: list[str]
+    groups: np.ndarray
+    images: Sequence[Image.Image] | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.prompts)
+        self.attributes = self.attributes.reset_index(drop=True)
+        self.groups = np.asarray(self.groups)
+        for what, size in (("attributes", len(self.attributes)), ("asked", len(self.asked)),
+                           ("groups", len(self.groups))):
+            if size != n:
+                raise LogitleakError(f"Probe set {self.name!r} has {n} prompts but {size} {what}; give one per sample.")
+        if self.images is not None and len(self.images) != n:
+            raise LogitleakError(f"Probe set {self.name!r} has {n} prompts but {len(self.images)} images; give one image per sample.")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def attribute_names(self) -> list[str]:
+        return list(self.attributes.columns)
+
+    @property
+    def has_images(self) -> bool:
+        return self.images is not None
+
+    @property
+    def answers(self) -> list[str]:
+        """The expected one-word answer of each sample: its value of the attribute asked."""
+        return [str(self.attributes.at[i, a]) for i, a in enumerate(self.asked)]
+
+    def labels(self, attribute: str) -> np.ndarray:
+        """String labels of one attribute, with a clear error when it does not exist."""
+        if attribute not in self.attributes.columns:
+            raise LogitleakError(
+                f"Unknown attribute {attribute!r} in probe set {self.name!r}; "
+                f"choose one of: {', '.join(self.attributes.columns)}."
+            )
+        return self.attributes[attribute].astype(str).to_numpy()
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> ProbeSet:
+        """A new probe set holding only the samples at ``index`` (in that order)."""
+        idx = np.asarray(index, dtype=int)
+        return ProbeSet(
+            name=self.name,
+            prompts=[self.prompts[i] for i in idx],
+            attributes=self.attributes.iloc[idx].reset_index(drop=True),
+            asked=[self.asked[i] for i in idx],
+            groups=self.groups[idx],
+            images=None if self.images is None else [self.images[i] for i in idx],
+            meta=dict(self.meta),
+        )
+
+    def fingerprint(self) -> str:
+        """A short content hash (prompts, labels, groups, pixels) that keys stored captures."""
+        h = hashlib.sha256()
+        h.update("\x1f".join(self.prompts).encode())
+        h.update(self.attributes.to_csv(index=False).encode())
+        h.update("\x1f".join(self.asked).encode())
+        h.update(np.ascontiguousarray(self.groups).tobytes())
+        if self.images is not None:
+            for img in self.images:
+                h.update(np.asarray(img).tobytes())
+        return h.hexdigest()[:16]
