@@ -13,6 +13,22 @@ from PIL import Image
 from logitleak.errors import LogitleakError
 
 
+class IndexedImages(Sequence):
+    """A lazy view of some images of another sequence, in the order of ``index``."""
+
+    def __init__(self, base: Sequence, index: Sequence[int]):
+        self.base, self.index = base, np.asarray(index, dtype=int)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return IndexedImages(self.base, self.index[i])
+        return self.base[int(self.index[i])]
+
+
+
 @dataclass
 class ProbeSet:
     """Samples to audit: one prompt (and optionally one image) each, with known attributes.
@@ -78,7 +94,7 @@ class ProbeSet:
             attributes=self.attributes.iloc[idx].reset_index(drop=True),
             asked=[self.asked[i] for i in idx],
             groups=self.groups[idx],
-            images=None if self.images is None else [self.images[i] for i in idx],
+            images=None if self.images is None else IndexedImages(self.images, idx),
             meta=dict(self.meta),
         )
 

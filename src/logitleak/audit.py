@@ -1,0 +1,278 @@
+"""The audit: load -> capture (one pass) -> tuned lens -> levels -> probes -> results + report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from logitleak.config import AuditConfig
+from logitleak.data.probeset import ProbeSet
+from logitleak.errors import LogitleakError
+from logitleak.probeset_loading import load_probe_set
+from logitleak.results import write_json, write_results
+
+LENS_LEVELS = ("tuned_lens_topk", "tuned_lens_answers")
+IDENTITY_KEYS = ("model", "data", "labels", "task", "question", "attributes", "samples", "seed", "endpoint", "served_model")
+
+
+@dataclass
+class AuditResult:
+    """What an audit hands back: the table, where it was written, and the run record."""
+
+    results: pd.DataFrame
+    out_dir: Path
+    run_info: dict
+    report_path: Path | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def audit_identity(cfg: AuditConfig) -> dict:
+    """The settings that make two audits 'the same audit' (others only add or reuse work)."""
+    return {k: getattr(cfg, k) for k in IDENTITY_KEYS}
+
+
+def prepare_out_dir(cfg: AuditConfig) -> Path:
+    """Create the output directory, refusing one that holds a different audit unless ``force``."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise LogitleakError(f"Output directory {out} is a file; pass a directory path with --out.")
+    run_file = out / "run.json"
+    if run_file.exists() and not cfg.force:
+        try:
+            previous = json.loads(run_file.read_text()).get("identity", {})
+        except json.JSONDecodeError:
+            previous = {}
+        current = json.loads(json.dumps(audit_identity(cfg)))
+        if previous != current:
+            diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+            raise LogitleakError(
+                f"Output directory {out} already holds a different audit's results (differs in: {', '.join(diff)}); "
+                "choose another --out or pass --force to replace them."
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def package_versions() -> dict[str, str]:
+    names = ("logitleak", "torch", "transformers", "scikit-learn", "numpy", "concept-erasure", "openai")
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def model_fingerprint(path: Path) -> str:
+    """Hash of a model directory's config and weight file names and sizes (cheap, content-sensitive enough)."""
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*")):
+        if f.is_file() and (f.suffix in (".json", ".safetensors", ".model", ".txt")):
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+            if f.suffix == ".json" and f.stat().st_size < 1_000_000:
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def resolve_model_path(cfg: AuditConfig, progress: bool = True) -> Path:
+    """``organism`` -> the cached trained organism (training it once); otherwise a local directory."""
+    if cfg.model == "organism":
+        from logitleak.models.organism import ensure_organism
+
+        return ensure_organism(seed=0, progress=progress)
+    return Path(cfg.model)
+
+
+def answer_token_ids(tokenizer, probeset: ProbeSet) -> list[int]:
+    """First token of every attribute value, with and without a leading space (the answer words)."""
+    ids: set[int] = set()
+    words = {str(v) for col in probeset.attributes.columns for v in probeset.attributes[col].unique()}
+    for word in sorted(words):
+        for text in (word, " " + word):
+            toks = tokenizer.encode(text, add_special_tokens=False)
+            if toks and toks[0] != getattr(tokenizer, "unk_token_id", None):
+                ids.add(int(toks[0]))
+    return sorted(ids)
+
+
+def _features_digest(key, x: np.ndarray) -> str:
+    h = hashlib.sha256(repr(key).encode())
+    h.update(np.ascontiguousarray(x).view(np.uint8))
+    return h.hexdigest()
+
+
+def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cache_dir: Path,
+                      attributes: list[str], progress: bool = True) -> pd.DataFrame:
+    """Probe every feature set, one cached parquet per feature set, so a rerun reuses finished work."""
+    from logitleak.evaluate import evaluate_sweep
+
+    labels = {a: probeset.labels(a) for a in attributes}
+    settings = json.dumps([cfg.probes.model_dump(), cfg.seed, cfg.task, attributes,
+                           [hashlib.sha256("\x1f".join(v).encode()).hexdigest() for v in labels.values()],
+                           hashlib.sha256(np.asarray(probeset.groups).tobytes()).hexdigest()])
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    frames, todo = [], {}
+    for key, x in features.items():
+        digest = hashlib.sha256((settings + _features_digest(key, x)).encode()).hexdigest()[:20]
+        path = cache_dir / f"{digest}.parquet"
+        if path.exists():
+            frames.append(pd.read_parquet(path))
+        else:
+            todo[key] = (x, path)
+    if todo:
+        # Group by level so each call batches many layers / k values at once, then cache per feature set.
+        by_level: dict[str, list] = {}
+        for key in todo:
+            by_level.setdefault(key[0], []).append(key)
+        for level, keys in by_level.items():
+            df = evaluate_sweep({k: todo[k][0] for k in keys}, labels, groups=probeset.groups,
+                                task_attribute=cfg.task, probes=cfg.probes.families, n_folds=cfg.probes.folds,
+                                n_permutations=cfg.probes.permutations, n_bootstrap=cfg.probes.bootstrap,
+                                seed=cfg.seed, device=cfg.device, progress=progress)
+            for key in keys:
+                level_, layer, k = key
+                part = df[(df["level"] == level_) & _match(df["layer"], layer) & _match(df["k"], k)]
+                _write_parquet(part, todo[key][1])
+                frames.append(part)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _match(col: pd.Series, value) -> pd.Series:
+    return col.isna() if value is None else (col == value)
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+class _Timer:
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.timings[name] = round(timer.timings.get(name, 0.0) + time.perf_counter() - self.t0, 3)
+
+        return _Ctx()
+
+
+def _selected_layers(cfg: AuditConfig, n_layers: int) -> list[int]:
+    if cfg.layers == "all":
+        return list(range(n_layers + 1))
+    bad = [layer for layer in cfg.layers if layer > n_layers]
+    if bad:
+        raise LogitleakError(f"Layer {bad[0]} does not exist: the model has hidden states 0..{n_layers}; pick layers in that range or 'all'.")
+    return list(cfg.layers)
+
+
+def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
+    """Run one audit end to end and write results, run.json and report.html into ``cfg.out``."""
+    timer = _Timer()
+    out = prepare_out_dir(cfg)
+    cache = out / "cache"
+    problems: list[str] = []
+    with timer("load"):
+        if cfg.endpoint:
+            from logitleak.blackbox.audit import blackbox_capture
+
+            probeset = load_probe_set(cfg)
+            model_desc, model_fp = f"{cfg.endpoint} ({cfg.served_model})", cfg.served_model or ""
+        else:
+            from logitleak.models.loading import load_model
+
+            model_path = resolve_model_path(cfg, progress=progress)
+            adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype)
+            probeset = load_probe_set(cfg, image_size=getattr(adapter, "image_size", None))
+            model_desc, model_fp = ("organism" if cfg.model == "organism" else str(model_path)), model_fingerprint(model_path)
+    attributes = list(probeset.attributes.columns)
+    for a in attributes:
+        if probeset.attributes[a].nunique() < 2:
+            raise LogitleakError(f"Attribute {a!r} has a single class in the probe set; drop it with --attributes or add samples with other values.")
+    lens = None
+    with timer("capture"):
+        if cfg.endpoint:
+            capture, problems = blackbox_capture(cfg, probeset, cache / "responses", progress=progress)
+            readout, answer_ids, n_layers = None, None, 0
+            layers: list[int] = []
+        else:
+            from logitleak.store import ActivationStore
+
+            stored = ActivationStore(cache / "captures").extract(adapter, probeset, batch_size=cfg.batch_size, progress=progress)
+            capture = stored.to_capture()
+            readout = adapter.readout()
+            answer_ids = answer_token_ids(adapter.tokenizer, probeset)
+            n_layers = capture.n_layers
+            layers = _selected_layers(cfg, n_layers)
+    levels = list(cfg.levels)
+    if cfg.endpoint:
+        from logitleak.results import API_LEVELS
+
+        levels = [lv for lv in levels if lv in API_LEVELS and lv != "topk_logits"]
+    if not cfg.endpoint and any(lv in LENS_LEVELS for lv in levels):
+        with timer("tuned_lens"):
+            lens = _tuned_lens(capture, readout, cache / "lens", cfg, progress)
+    with timer("levels"):
+        from logitleak.levels import build_features
+
+        features = build_features(capture, readout, levels=levels, layers=layers, ks=cfg.k, lens=lens,
+                                  answer_token_ids=answer_ids)
+    with timer("probes"):
+        results = probe_with_resume(features, probeset, cfg, cache / "probes", attributes, progress=progress)
+    results = write_results(results, out)
+    run_info = {
+        "identity": json.loads(json.dumps(audit_identity(cfg))),
+        "config": cfg.model_dump(),
+        "model": model_desc,
+        "model_fingerprint": model_fp,
+        "data": cfg.data,
+        "data_fingerprint": probeset.fingerprint(),
+        "task": cfg.task,
+        "attributes": attributes,
+        "n_samples": len(probeset),
+        "n_layers": n_layers,
+        "seed": cfg.seed,
+        "versions": package_versions(),
+        "timings": timer.timings,
+        "problems": problems,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if lens is not None and hasattr(lens, "heldout_kl_"):
+        run_info["tuned_lens_kl"] = lens.heldout_kl_
+    with timer("report"):
+        from logitleak.report import build_report
+
+        report_path = build_report(results, run_info, out / "report.html")
+    run_info["timings"] = timer.timings
+    write_json(out / "run.json", run_info)
+    return AuditResult(results=results, out_dir=out, run_info=run_info, report_path=report_path, problems=problems)
+
+
+def _tuned_lens(capture, readout, lens_dir: Path, cfg: AuditConfig, progress: bool):
+    """Reuse a lens saved for this model in the output directory, else train and save one."""
+    from logitleak.lens import TunedLens, fit_tuned_lens
+
+    if (lens_dir / "config.json").exists():
+        lens = TunedLens.load(lens_dir, readout=readout)
+        if getattr(lens, "matches", lambda r: True)(readout):
+            return lens
+    lens = fit_tuned_lens(capture, readout, steps=cfg.lens.steps, lr=cfg.lens.lr, seed=cfg.seed)
+    lens.save(lens_dir)
+    return lens

@@ -1,0 +1,141 @@
+"""The audit configuration: one validated object for the CLI, config files and the Python API."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from logitleak.errors import LogitleakError
+from logitleak.results import LEVELS
+
+DEFAULT_KS: tuple[int, ...] = (1, 2, 5, 10, 20)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProbeSettings(_Strict):
+    """Probe families and the statistics around them."""
+
+    families: list[Literal["linear", "mlp"]] = ["linear", "mlp"]
+    folds: int = Field(5, ge=2)
+    permutations: int = Field(100, ge=0)
+    bootstrap: int = Field(1000, ge=0)
+
+
+class LensSettings(_Strict):
+    """Tuned-lens training (the logit lens needs none)."""
+
+    steps: int = Field(300, ge=1)
+    lr: float = Field(1e-3, gt=0)
+
+
+class AuditConfig(_Strict):
+    """Everything an audit needs; every field has a CLI flag of the same name."""
+
+    model: str = "organism"
+    data: str = "shapes"
+    labels: str | None = None
+    path_column: str = "path"
+    group_column: str | None = None
+    question: str | None = None
+    task: str = "color"
+    attributes: list[str] | None = None
+    levels: list[str] = list(LEVELS)
+    layers: list[int] | Literal["all"] = "all"
+    k: list[int] = list(DEFAULT_KS)
+    samples: int = Field(2000, ge=10)
+    seed: int = 0
+    out: str = "logitleak-audit"
+    force: bool = False
+    batch_size: int = Field(32, ge=1)
+    device: str | None = None
+    dtype: str | None = None
+    probes: ProbeSettings = ProbeSettings()
+    lens: LensSettings = LensSettings()
+    endpoint: str | None = None
+    served_model: str | None = None
+    api_key_env: str | None = None
+    concurrency: int = Field(8, ge=1)
+    max_requests: int | None = None
+
+    @field_validator("levels")
+    @classmethod
+    def _known_levels(cls, v: list[str]) -> list[str]:
+        unknown = [x for x in v if x not in LEVELS]
+        if unknown:
+            raise ValueError(f"unknown level {unknown[0]!r}; choose from {', '.join(LEVELS)}")
+        if not v:
+            raise ValueError("give at least one level")
+        return v
+
+    @field_validator("k")
+    @classmethod
+    def _positive_k(cls, v: list[int]) -> list[int]:
+        if not v or any(x < 1 for x in v):
+            raise ValueError("k values must be positive integers, e.g. 1,2,5,10,20")
+        return sorted(set(v))
+
+    @field_validator("layers")
+    @classmethod
+    def _nonneg_layers(cls, v):
+        if isinstance(v, list) and any(x < 0 for x in v):
+            raise ValueError("layers are hidden-state indices >= 0 (0 = embeddings)")
+        return v
+
+
+def _explain(err: ValidationError, source: str) -> LogitleakError:
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        allowed = ", ".join(AuditConfig.model_fields)
+        return LogitleakError(f"{source}: unknown key {key!r}; allowed keys are: {allowed}.")
+    return LogitleakError(f"{source}: invalid value for {key!r}: {e['msg'].removeprefix('Value error, ')}.")
+
+
+def make_config(values: dict[str, Any], source: str = "configuration") -> AuditConfig:
+    """Validate a plain dict into an :class:`AuditConfig`, errors naming the bad key."""
+    try:
+        return AuditConfig(**values)
+    except ValidationError as err:
+        raise _explain(err, source) from None
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or TOML config file into a dict (validated later, after CLI overrides)."""
+    p = Path(path)
+    if not p.is_file():
+        raise LogitleakError(f"Config file {p} does not exist; pass an existing .yaml or .toml file.")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        elif p.suffix.lower() in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise LogitleakError(f"Config file {p} must end in .yaml, .yml or .toml.")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
+        raise LogitleakError(f"Config file {p} is not valid {p.suffix[1:].upper()}: {str(err).splitlines()[0]}.") from None
+    if not isinstance(data, dict):
+        raise LogitleakError(f"Config file {p} must hold a mapping of keys to values at the top level.")
+    make_config(data, source=f"Config file {p}")  # fail early, naming the file
+    return data
+
+
+def resolve_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> AuditConfig:
+    """Config file values, then CLI overrides (``None`` means 'not given'), validated once."""
+    values: dict[str, Any] = load_config(config_file) if config_file else {}
+    for key, val in (overrides or {}).items():
+        if val is None:
+            continue
+        if "." in key:
+            head, tail = key.split(".", 1)
+            values.setdefault(head, {})[tail] = val
+        else:
+            values[key] = val
+    return make_config(values, source=f"Config file {config_file}" if config_file else "Audit options")

@@ -1,0 +1,43 @@
+"""Turn an audit configuration's `data` entry into a ProbeSet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from logitleak.config import AuditConfig
+from logitleak.data.folder import load_datasets_dir, load_image_folder
+from logitleak.data.probeset import ProbeSet
+from logitleak.data.shapes import ATTRIBUTES, QUESTIONS, make_shapes
+from logitleak.errors import LogitleakError
+
+
+def load_probe_set(cfg: AuditConfig, image_size: int | None = None) -> ProbeSet:
+    """``shapes`` (generated, seeded), an image folder / label file, or a local `datasets` directory."""
+    if cfg.data == "shapes":
+        if cfg.task not in ATTRIBUTES:
+            raise LogitleakError(f"Task attribute {cfg.task!r} is not a shapes attribute; choose one of: {', '.join(ATTRIBUTES)}.")
+        kwargs = {} if image_size is None else {"image_size": image_size}
+        ps = make_shapes(cfg.samples, questions=cfg.task, seed=cfg.seed, **kwargs)
+        if cfg.question:
+            ps.prompts = [cfg.question] * len(ps)
+        if cfg.attributes:
+            for a in cfg.attributes:
+                ps.labels(a)  # clear error for an unknown attribute
+            keep = list(dict.fromkeys([cfg.task, *cfg.attributes]))
+            ps.attributes = ps.attributes[keep]
+        return ps
+    path = Path(cfg.data)
+    if not path.exists():
+        raise LogitleakError(f"Probe set {cfg.data!r} is neither 'shapes' nor an existing folder or label file; pass one of those.")
+    question = cfg.question or _default_question(cfg.task)
+    common = dict(question=question, task=cfg.task, group_column=cfg.group_column, attributes=cfg.attributes,
+                  samples=cfg.samples, seed=cfg.seed)
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        return load_datasets_dir(path, **common)
+    return load_image_folder(path, labels=cfg.labels, path_column=cfg.path_column, **common)
+
+
+def _default_question(task: str) -> str:
+    if task in QUESTIONS:
+        return QUESTIONS[task][0]
+    return f"what is the {task.replace('_', ' ')} ?"
