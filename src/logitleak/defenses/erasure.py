@@ -1,0 +1,72 @@
+"""Model-side scrubbing: LEACE erasure of task-irrelevant attributes from the residual stream.
+
+Erasers are fitted on hidden states at the read position (a training split) with
+``concept_erasure.LeaceFitter`` and applied by a forward hook at every position of the chosen
+layers during the single capture pass, so every level downstream is measured under erasure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from concept_erasure import LeaceEraser, LeaceFitter
+
+from logitleak.errors import LogitleakError
+
+
+def one_hot_concepts(labels: Mapping[str, np.ndarray]) -> torch.Tensor:
+    """Concatenated one-hot encodings of several attributes: the concept LEACE removes jointly."""
+    blocks = []
+    for name, y in labels.items():
+        classes, codes = np.unique(np.asarray(y).astype(str), return_inverse=True)
+        if len(classes) < 2:
+            raise LogitleakError(f"Attribute {name!r} has a single class in the erasure training split; it cannot be erased.")
+        blocks.append(np.eye(len(classes), dtype=np.float32)[codes])
+    return torch.from_numpy(np.concatenate(blocks, axis=1))
+
+
+def fit_eraser(hidden: torch.Tensor, labels: Mapping[str, np.ndarray]) -> LeaceEraser:
+    """Fit a LEACE eraser for the given attributes on ``(N, D)`` hidden states."""
+    z = one_hot_concepts(labels)
+    return LeaceFitter.fit(hidden.double(), z.double()).eraser
+
+
+def eraser_hook(eraser: LeaceEraser) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function for ``capture(..., edit_hooks={layer: fn})``: erase at every position."""
+    def apply(h: torch.Tensor) -> torch.Tensor:
+        left = eraser.proj_left.to(device=h.device, dtype=torch.float32)
+        right = eraser.proj_right.to(device=h.device, dtype=torch.float32)
+        bias = None if eraser.bias is None else eraser.bias.to(device=h.device, dtype=torch.float32)
+        x = h.float()
+        delta = x - bias if bias is not None else x
+        return (x - (delta @ right.mH) @ left.mH).to(h.dtype)
+
+    return apply
+
+
+def resolve_erasure_layers(requested: Sequence[int], n_layers: int) -> list[int]:
+    """``-1`` means every block output (1..n_layers); others are checked against the model."""
+    if any(layer == -1 for layer in requested):
+        return list(range(1, n_layers + 1))
+    bad = [layer for layer in requested if not 1 <= layer <= n_layers]
+    if bad:
+        raise LogitleakError(f"Erasure layer {bad[0]} does not exist: block outputs are layers 1..{n_layers}; pick one of those or 'all'.")
+    return sorted(set(requested))
+
+
+def fit_erasers_sequentially(capture_fn: Callable[[dict], torch.Tensor], layers: Sequence[int],
+                             labels: Mapping[str, np.ndarray]) -> dict[int, LeaceEraser]:
+    """Fit one eraser per layer, shallow to deep, each on states already erased upstream.
+
+    ``capture_fn(edit_hooks)`` runs the training split through the model with those hooks and
+    returns its ``(N, L+1, D)`` hidden states at the read position.
+    """
+    erasers: dict[int, LeaceEraser] = {}
+    hidden = None
+    for layer in sorted(layers):
+        if hidden is None or erasers:
+            hidden = capture_fn({l_: eraser_hook(e) for l_, e in erasers.items()})
+        erasers[layer] = fit_eraser(hidden[:, layer].float(), labels)
+    return erasers
