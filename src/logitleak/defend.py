@@ -1,0 +1,182 @@
+"""`logitleak defend`: sweep defences and measure leakage at the API level against answer accuracy."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from logitleak.audit import (_Timer, audit_identity, model_fingerprint, package_versions, prepare_out_dir,
+                             resolve_model_path)
+from logitleak.capture import Capture
+from logitleak.config import AuditConfig
+from logitleak.data.probeset import ProbeSet
+from logitleak.defenses.erasure import eraser_hook, fit_erasers_sequentially, resolve_erasure_layers
+from logitleak.defenses.output import apply_output_defense
+from logitleak.defenses.spec import Defense
+from logitleak.errors import LogitleakError
+from logitleak.probeset_loading import load_probe_set
+from logitleak.results import write_json, write_results
+
+TRADEOFF_COLUMNS = ("defense", "strength", "layer", "attribute", "level", "k", "probe", "task_relevant",
+                    "accuracy", "baseline_accuracy", "ci_low", "ci_high", "p_value", "v_info_bits",
+                    "utility_accuracy", "utility_loss")
+
+
+@dataclass
+class DefendResult:
+    """The trade-off table, the recommendation, and where they were written."""
+
+    tradeoff: pd.DataFrame
+    recommendation: str
+    out_dir: Path
+    report_path: Path | None
+
+
+def split_fit_eval(probeset: ProbeSet, seed: int, fit_fraction: float = 0.5) -> tuple[ProbeSet, ProbeSet]:
+    """A grouped split: erasers are fitted on one part, every defence is measured on the other."""
+    groups = np.unique(probeset.groups)
+    rng = np.random.default_rng(seed + 7919)
+    fit_groups = set(rng.permutation(groups)[: int(round(len(groups) * fit_fraction))].tolist())
+    in_fit = np.array([g in fit_groups for g in probeset.groups])
+    return probeset.subset(np.flatnonzero(in_fit)), probeset.subset(np.flatnonzero(~in_fit))
+
+
+def api_features(view_logprobs: torch.Tensor, view_ids: torch.Tensor, readout, k: int) -> dict:
+    """The API levels of one defended output, skipping levels the defence removed."""
+    from logitleak.levels import build_features
+
+    values_gone = torch.isnan(view_logprobs).all()
+    ids_gone = bool((view_ids < 0).all())
+    levels = [lv for lv, ok in (("topk_ids", not ids_gone), ("topk_logprobs", not values_gone),
+                                ("top1_prob", not values_gone)) if ok]
+    if values_gone:  # ranks only: the attacker still sees the order, so encode the rank as the value
+        view_logprobs = -torch.arange(view_ids.shape[1], dtype=torch.float32).expand(view_ids.shape).clone()
+    cap = Capture(topk_logprobs=view_logprobs, topk_ids=view_ids)
+    return build_features(cap, None, levels=levels, layers=[], ks=[k])
+
+
+def recommend(tradeoff: pd.DataFrame, max_loss: float, alpha: float = 0.05) -> str:
+    """The cheapest defence that brings every task-irrelevant attribute at the API level to baseline."""
+    api = tradeoff[(~tradeoff["task_relevant"].astype(bool)) & (tradeoff["level"] != "residual")]
+    if api.empty:
+        return "No task-irrelevant attribute was measured, so no defence is needed or recommended."
+    base = tradeoff.loc[tradeoff["defense"] == "none", "utility_accuracy"]
+    base_utility = float(base.iloc[0]) if len(base) else float("nan")
+    candidates = []
+    for label, rows in api.groupby("defense_label", sort=False):
+        leaks = rows[(rows["p_value"] < alpha) & (rows["ci_low"] > rows["baseline_accuracy"])]
+        loss = float(rows["utility_loss"].iloc[0])
+        if leaks.empty and loss <= max_loss:
+            candidates.append((loss, label, float(rows["utility_accuracy"].iloc[0])))
+    if not candidates:
+        return (f"No defence in the grid brings every task-irrelevant attribute at the API level to baseline "
+                f"(p >= {alpha}) within an answer-accuracy loss of {max_loss:.2f}; widen the grid (stronger noise, "
+                f"smaller k, erasure at more layers) or accept a larger loss.")
+    loss, label, util = min(candidates)
+    if label == "none":
+        return (f"No defence is needed: without one, no task-irrelevant attribute is readable at the API level "
+                f"(p >= {alpha}); answer accuracy {util:.3f}.")
+    return (f"Recommended: {label}. It is the cheapest defence in the grid that brings every task-irrelevant "
+            f"attribute at the API level to baseline (p >= {alpha}), at an answer-accuracy loss of {loss:.3f} "
+            f"({base_utility:.3f} -> {util:.3f}).")
+
+
+def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05, progress: bool = True) -> DefendResult:
+    """Measure every defence in ``grid`` with the same probes as the audit, from one pass per model-side setting."""
+    from logitleak.capture import capture
+    from logitleak.evaluate import evaluate_sweep
+    from logitleak.models.loading import load_model
+
+    if cfg.endpoint:
+        raise LogitleakError("`defend` needs a local model (--model); a black-box endpoint cannot be scrubbed. "
+                             "Audit an endpoint's output-side defences by serving it with `logitleak serve --defense`.")
+    timer = _Timer()
+    out = prepare_out_dir(cfg)
+    with timer("load"):
+        model_path = resolve_model_path(cfg, progress=progress)
+        adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype)
+        probeset = load_probe_set(cfg, image_size=getattr(adapter, "image_size", None))
+    fit_set, eval_set = split_fit_eval(probeset, cfg.seed)
+    k_api = max(cfg.k)
+    if k_api > adapter.vocab_size:
+        raise LogitleakError(f"k={k_api} is larger than the vocabulary ({adapter.vocab_size}); pass --k values up to {adapter.vocab_size}.")
+    attributes = list(probeset.attributes.columns)
+    irrelevant = [a for a in attributes if a != cfg.task]
+    labels = {a: eval_set.labels(a) for a in attributes}
+    answer_ids = torch.tensor([_first_token(adapter, w) for w in eval_set.answers])
+    n_layers = adapter.n_layers
+
+    def run_pass(ps: ProbeSet, hooks: dict | None) -> Capture:
+        return capture(adapter, ps, batch_size=cfg.batch_size, edit_hooks=hooks or None, progress=False)
+
+    captures: dict[tuple[int, ...], Capture] = {}
+    rows: list[pd.DataFrame] = []
+    base_utility = None
+    for defense in grid:
+        layers = tuple(resolve_erasure_layers(defense.erasure_layers, n_layers)) if defense.erasure_layers else ()
+        with timer("capture"):
+            if layers not in captures:
+                hooks = None
+                if layers:
+                    erasers = fit_erasers_sequentially(
+                        lambda h: run_pass(fit_set, h).hidden, layers, {a: fit_set.labels(a) for a in irrelevant})
+                    hooks = {l_: eraser_hook(e) for l_, e in erasers.items()}
+                captures[layers] = run_pass(eval_set, hooks)
+        cap = captures[layers]
+        view = apply_output_defense(cap.logits, defense, k=k_api, seed=cfg.seed)
+        utility = float((view.top1() == answer_ids).float().mean())
+        if base_utility is None and not defense.transforms:
+            base_utility = utility
+        features = api_features(view.logprobs, view.ids, None, view.k)
+        if layers:  # the guarantee, measured: the residual stream at each erased layer
+            for l_ in layers:
+                features[("residual", l_, None)] = cap.hidden[:, l_].float().numpy()
+        with timer("probes"):
+            df = evaluate_sweep(features, labels, groups=eval_set.groups, task_attribute=cfg.task,
+                                probes=cfg.probes.families, n_folds=cfg.probes.folds,
+                                n_permutations=cfg.probes.permutations, n_bootstrap=cfg.probes.bootstrap,
+                                seed=cfg.seed, device=cfg.device, progress=progress)
+        df["defense"], df["strength"], df["defense_label"] = defense.name, defense.strength, defense.label()
+        df["utility_accuracy"] = utility
+        df["erased_layers"] = ",".join(map(str, layers)) if layers else None
+        rows.append(df)
+    tradeoff = pd.concat(rows, ignore_index=True)
+    if base_utility is None:  # no 'none' in the grid: measure the undefended model for the loss
+        base_cap = captures.get(()) or run_pass(eval_set, None)
+        base_view = apply_output_defense(base_cap.logits, Defense(), k=k_api)
+        base_utility = float((base_view.top1() == answer_ids).float().mean())
+    tradeoff["utility_loss"] = base_utility - tradeoff["utility_accuracy"]
+    tradeoff = tradeoff[list(TRADEOFF_COLUMNS) + [c for c in tradeoff.columns if c not in TRADEOFF_COLUMNS]]
+    text = recommend(tradeoff, max_loss)
+    write_results(tradeoff, out, stem="tradeoff")
+    (out / "tradeoff.parquet").unlink(missing_ok=True)
+    (out / "recommendation.txt").write_text(text + "\n")
+    undefended = tradeoff[tradeoff["defense"] == "none"]
+    run_info = {
+        "identity": json.loads(json.dumps(audit_identity(cfg))), "config": cfg.model_dump(),
+        "model": "organism" if cfg.model == "organism" else str(model_path),
+        "model_fingerprint": model_fingerprint(model_path), "data": cfg.data,
+        "data_fingerprint": probeset.fingerprint(), "task": cfg.task, "attributes": attributes,
+        "n_samples": len(eval_set), "n_fit_samples": len(fit_set), "seed": cfg.seed,
+        "defenses": [d.label() for d in grid], "max_utility_loss": max_loss, "recommendation": text,
+        "versions": package_versions(), "timings": timer.timings, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    from logitleak.report import build_report
+
+    report = build_report(write_results(undefended, out / "cache", stem="undefended"), run_info, out / "report.html",
+                          tradeoff=tradeoff, recommendation=text)
+    write_json(out / "run.json", run_info)
+    return DefendResult(tradeoff=tradeoff, recommendation=text, out_dir=out, report_path=report)
+
+
+def _first_token(adapter, word: str) -> int:
+    ids = adapter.answer_token_ids([word])
+    if not ids:
+        raise LogitleakError(f"The answer word {word!r} has no token in this model's vocabulary; check the task attribute's values.")
+    return int(ids[0])
