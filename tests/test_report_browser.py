@@ -1,0 +1,126 @@
+"""Open report.html in headless Chromium: every plot image loads, the page logs no errors, and
+the report's own Content-Security-Policy (no network, data: images only) holds.
+
+A copy of the report gets a small probe script (its CSP widened only by inline scripts) that,
+on window load, writes what it saw into the DOM; ``--dump-dom`` brings it back. A deliberately
+broken control image proves the probe can fail. A screenshot of the untouched report is saved
+at /tmp/report_screenshot.png for a human to look at."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import numpy as np
+from PIL import Image
+
+try:
+    from report_fixtures import make_table, make_tradeoff, run_info
+except ImportError:  # tests/ imported as a package
+    from tests.report_fixtures import make_table, make_tradeoff, run_info
+
+from logitleak.report import build_report
+from logitleak.report.html import CSP
+
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium on PATH (`make browser` installs Debian's chromium)")
+
+SCREENSHOT = Path("/tmp/report_screenshot.png")
+
+PROBE = """<script>
+(function () {
+  var errors = [];
+  window.addEventListener('error', function (e) {
+    var t = e.target || {};
+    errors.push({what: 'error', msg: String(e.message || ''), src: String((t.alt || t.src || t.href || '')).slice(0, 60)});
+  }, true);
+  window.addEventListener('securitypolicyviolation', function (e) {
+    errors.push({what: 'csp', msg: e.violatedDirective + ' ' + e.blockedURI});
+  });
+  ['error', 'warn'].forEach(function (level) {
+    var orig = console[level];
+    console[level] = function () {
+      errors.push({what: 'console.' + level, msg: Array.prototype.join.call(arguments, ' ')});
+      return orig.apply(console, arguments);
+    };
+  });
+  window.addEventListener('load', function () {
+    var imgs = Array.prototype.slice.call(document.images);
+    var out = document.createElement('pre');
+    out.id = '__probe';
+    out.textContent = 'PROBE' + JSON.stringify({
+      images: imgs.map(function (i) { return {alt: i.alt, ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth}; }),
+      errors: errors,
+      title: document.title
+    }) + 'ENDPROBE';
+    document.body.appendChild(out);
+  });
+})();
+</script>"""
+CONTROL = '<img alt="__control" src="data:image/png;base64,AAAAAAAA">'
+
+
+def _chromium(*args: str, tmp: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio",
+           f"--user-data-dir={tmp / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("browser")
+    return build_report(make_table(), run_info(problems=["sample 3: endpoint timed out"]), d / "report.html",
+                        tradeoff=make_tradeoff(), recommendation="Return k<=2 and drop token ids.")
+
+
+def test_every_plot_loads_and_the_page_logs_no_errors(report, tmp_path):
+    text = report.read_text(encoding="utf-8")
+    assert CSP in text
+    probed = text.replace(CSP, CSP + "; script-src 'unsafe-inline'", 1)
+    probed = re.sub(r"(<head[^>]*>)", lambda m: m.group(1) + PROBE, probed, count=1)
+    probed = probed.replace("</body>", CONTROL + "</body>", 1)
+    page = tmp_path / "probed.html"
+    page.write_text(probed, encoding="utf-8")
+
+    res = _chromium("--virtual-time-budget=10000", "--dump-dom", page.as_uri(), tmp=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = re.search(r'<pre id="__probe">PROBE(.*?)ENDPROBE</pre>', res.stdout, flags=re.S)
+    assert m, f"the probe did not report; stdout tail: {res.stdout[-500:]!r}"
+    seen = json.loads(html.unescape(m.group(1)))
+
+    plots = [i for i in seen["images"] if i["alt"] != "__control"]
+    assert len(plots) == 7, plots
+    bad = [i for i in plots if not i["ok"]]
+    assert not bad, f"plot images that did not load: {bad}"
+    assert all(i["w"] >= 300 for i in plots)
+    # the control image must be seen as broken, or the probe proves nothing
+    control = [i for i in seen["images"] if i["alt"] == "__control"]
+    assert control and not control[0]["ok"]
+    errors = [e for e in seen["errors"] if "__control" not in e.get("src", "")]
+    assert errors == [], errors
+    assert seen["title"].startswith("logitleak audit")
+
+
+def test_screenshot_of_the_report(report, tmp_path):
+    shot = tmp_path / "report.png"
+    res = _chromium(f"--screenshot={shot}", "--window-size=1280,2400", "--virtual-time-budget=10000",
+                    report.as_uri(), tmp=tmp_path)
+    assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
+    with Image.open(shot) as im:
+        assert im.size == (1280, 2400)
+        gray = im.convert("L")
+        lo, hi = gray.getextrema()
+        assert hi - lo > 100  # not a blank page
+        # the verdict's red leak box is near the top: some reddish pixels in the first 600 rows
+        top = np.asarray(im.convert("RGB").crop((0, 0, 1280, 600)), dtype=int)
+        r, g, b = top[..., 0], top[..., 1], top[..., 2]
+        assert int(((r > 240) & (g < 240) & (b < 240) & (r - g > 10)).sum()) > 1000
+    shutil.copyfile(shot, SCREENSHOT)
