@@ -200,7 +200,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
 
             model_path = resolve_model_path(cfg, progress=progress)
             adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype)
-            probeset = load_probe_set(cfg, image_size=getattr(adapter, "image_size", None))
+            probeset = load_probe_set(cfg)
             model_desc, model_fp = ("organism" if cfg.model == "organism" else str(model_path)), model_fingerprint(model_path)
     attributes = list(probeset.attributes.columns)
     for a in attributes:

@@ -101,7 +101,7 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
     with timer("load"):
         model_path = resolve_model_path(cfg, progress=progress)
         adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype)
-        probeset = load_probe_set(cfg, image_size=getattr(adapter, "image_size", None))
+        probeset = load_probe_set(cfg)
     fit_set, eval_set = split_fit_eval(probeset, cfg.seed)
     k_api = max(cfg.k)
     if k_api > adapter.vocab_size:

@@ -1,0 +1,452 @@
+"""The OpenAI-compatible server, driven by the official `openai` client over loopback."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import tempfile
+import threading
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+from openai import OpenAI
+from openai.types.chat import ChatCompletion
+
+from logitleak.blackbox.engine import Engine, GenRequest, _Job
+from logitleak.blackbox.server import RunningServer, create_app
+from logitleak.data.shapes import make_shapes
+from logitleak.defenses.spec import parse_single_defense
+
+MODEL = "organism"
+
+
+def organism_path() -> Path:
+    """The trained organism when it is cached, else a quick throwaway one (cached across runs)."""
+    from logitleak.models.organism import is_complete, organism_dir, train_organism
+
+    if is_complete(organism_dir(0)):
+        return organism_dir(0)
+    quick = Path(tempfile.gettempdir()) / "logitleak-test-organism-quick-v1"
+    if not is_complete(quick):
+        train_organism(quick, 0, quick=True, progress=False)
+    return quick
+
+
+def load(path: Path):
+    from logitleak.models.loading import load_model
+
+    return load_model(path, device="cpu")
+
+
+def data_url(image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def image_messages(image, prompt: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}},
+                                         {"type": "text", "text": prompt}]}]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one torch thread (and a shared CPU makes 2 threads crawl)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    return organism_path()
+
+
+@pytest.fixture(scope="module")
+def adapter(model_dir):
+    return load(model_dir)
+
+
+@pytest.fixture(scope="module")
+def server(adapter, one_thread):
+    engine = Engine(adapter, max_batch=8, threads=1)
+    with RunningServer(create_app(engine, served_model_name=MODEL)) as srv:
+        srv.engine = engine
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def shapes(adapter):
+    from logitleak.models.organism import IMAGE_SIZE
+
+    return make_shapes(24, questions="all", seed=3, image_size=IMAGE_SIZE)
+
+
+def white_box_logprobs(adapter, images, prompts) -> torch.Tensor:
+    """Final-position log-probabilities, through the organism's standard input path."""
+    from logitleak.models.organism import organism_inputs
+
+    out = []
+    for img, prompt in zip(images, prompts):
+        enc = organism_inputs(adapter.processor, [img], [prompt])
+        with torch.no_grad():
+            logits = adapter.model(**enc).logits[0, -1].float()
+        out.append(torch.log_softmax(logits, -1))
+    return torch.stack(out)
+
+
+def assert_same_tokens(tokens, expected, values, tol: float = 1e-4) -> None:
+    """Same tokens rank by rank, except where neighbouring values tie within ``tol``."""
+    assert len(tokens) == len(expected)
+    for r, (a, b) in enumerate(zip(tokens, expected)):
+        if a != b:
+            near = [abs(values[r] - values[j]) for j in (r - 1, r + 1) if 0 <= j < len(values)]
+            assert min(near) < tol, (r, tokens, expected, values)
+
+
+def top_of(resp) -> list:
+    return resp.choices[0].logprobs.content[0].top_logprobs
+
+
+# ----------------------------------------------------------------------------- happy paths
+
+def test_models_list(client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_image_request_matches_white_box(client, adapter, shapes):
+    img, prompt = shapes.images[0], shapes.prompts[0]
+    resp = client.chat.completions.create(model=MODEL, messages=image_messages(img, prompt),
+                                          logprobs=True, top_logprobs=5, max_tokens=1, temperature=0)
+    assert isinstance(resp, ChatCompletion)
+    ChatCompletion.model_validate(resp.model_dump())  # the client's own type, round-tripped
+    assert resp.object == "chat.completion" and resp.model == MODEL and resp.id.startswith("chatcmpl-")
+    assert len(resp.choices) == 1 and resp.choices[0].message.role == "assistant"
+    top = top_of(resp)
+    values = [t.logprob for t in top]
+    assert len(top) == 5
+    assert values == sorted(values, reverse=True) and all(v <= 0 for v in values)
+    ref = white_box_logprobs(adapter, [img], [prompt])[0]
+    ref_v, ref_i = ref.topk(5)
+    assert torch.allclose(torch.tensor(values), ref_v, atol=1e-4)
+    ref_tokens = adapter.tokenizer.convert_ids_to_tokens(ref_i.tolist())
+    assert_same_tokens([t.token for t in top], ref_tokens, values)
+    assert all(bytes(t.bytes).decode() == t.token for t in top)
+    first = resp.choices[0].logprobs.content[0]
+    assert first.token == top[0].token and abs(first.logprob - values[0]) < 1e-6  # greedy = top-1
+    n_prompt = adapter.processor(images=[img], text=[adapter.processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
+        add_generation_prompt=True)], return_tensors="pt")["input_ids"].shape[1]
+    assert resp.usage.prompt_tokens == n_prompt
+    assert resp.usage.total_tokens == n_prompt + resp.usage.completion_tokens == n_prompt + 1
+
+
+@pytest.mark.parametrize("n_top", [0, 1, 3, 20])
+def test_text_only_request_honours_top_logprobs(client, n_top):
+    resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "what color is the object ?"}],
+                                          logprobs=True, top_logprobs=n_top, max_tokens=1)
+    entry = resp.choices[0].logprobs.content[0]
+    assert len(entry.top_logprobs) == n_top
+    assert entry.logprob <= 0 and entry.token
+    values = [t.logprob for t in entry.top_logprobs]
+    assert values == sorted(values, reverse=True)
+
+
+def test_no_logprobs_unless_asked(client):
+    resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "what shape is the object ?"}],
+                                          max_completion_tokens=2)
+    assert resp.choices[0].logprobs is None
+    assert resp.choices[0].finish_reason in ("stop", "length")
+    assert 1 <= resp.usage.completion_tokens <= 2
+
+
+def test_sampling_is_seeded(client, shapes):
+    msgs = image_messages(shapes.images[1], shapes.prompts[1])
+    runs = [client.chat.completions.create(model=MODEL, messages=msgs, temperature=1.5, seed=7, max_tokens=3,
+                                           logprobs=True, top_logprobs=2) for _ in range(2)]
+    toks = [[c.token for c in r.choices[0].logprobs.content] for r in runs]
+    assert toks[0] == toks[1]
+
+
+def test_sampling_draws_from_the_tempered_distribution():
+    flat = torch.zeros(50)
+    picks = {Engine._choose(flat, GenRequest(messages=[], temperature=1.0), torch.Generator().manual_seed(s))
+             for s in range(40)}
+    assert len(picks) > 10  # a uniform distribution is really sampled
+    again = {Engine._choose(flat, GenRequest(messages=[], temperature=1.0), torch.Generator().manual_seed(3))
+             for _ in range(5)}
+    assert len(again) == 1  # and the seed fixes the draw
+    peaked = torch.tensor([0.0, 5.0, 1.0, 4.9])
+    greedy = {Engine._choose(peaked, GenRequest(messages=[], temperature=0.0), torch.Generator().manual_seed(s))
+              for s in range(10)}
+    nucleus = {Engine._choose(peaked, GenRequest(messages=[], temperature=1.0, top_p=0.3),
+                              torch.Generator().manual_seed(s)) for s in range(20)}
+    assert greedy == {1} and nucleus == {1}
+
+
+def test_multi_token_generation_matches_full_recompute(adapter, shapes, one_thread):
+    """KV-cached, left-padded batched generation gives the log-probabilities of a full forward pass."""
+    engine = Engine(adapter, max_batch=4, threads=1)
+    engine.eos_ids = set()  # force several tokens out of a model that would stop at once
+    prompts = [shapes.prompts[0], shapes.prompts[1] + " the object", "what size is the object ?"]
+    reqs = [GenRequest(messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]}],
+                       images=[shapes.images[i]], max_tokens=3, top_logprobs=2) for i, p in enumerate(prompts)]
+    jobs = []
+    for r in reqs:
+        job = _Job(r, None)
+        engine._encode(job)
+        jobs.append(job)
+    results = engine._generate(jobs)  # one padded batch
+    for i, res in enumerate(results):
+        assert len(res.steps) == 3 and res.finish_reason == "length"
+        text = engine.render(reqs[i].messages, 1)
+        enc = adapter.processor(text=[text], images=[shapes.images[i]], return_tensors="pt")
+        ids = enc["input_ids"]
+        for step in res.steps:
+            with torch.no_grad():
+                logits = adapter.model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                       pixel_values=enc["pixel_values"]).logits[0, -1].float()
+            lp = torch.log_softmax(logits, -1)
+            assert step.token_id == int(lp.argmax())
+            assert abs(step.logprob - float(lp[step.token_id])) < 1e-4
+            ids = torch.cat([ids, torch.tensor([[step.token_id]])], dim=1)
+
+
+# ----------------------------------------------------------------------------- auth
+
+def test_api_key_required_when_set(model_dir, one_thread, caplog):
+    secret = "s3cret-key-for-test"
+    engine = Engine(load(model_dir), threads=1)
+    caplog.set_level(logging.DEBUG)
+    with RunningServer(create_app(engine, served_model_name=MODEL, api_key=secret)) as srv:
+        msgs = [{"role": "user", "content": "what color is the object ?"}]
+        for key in ("wrong", ""):
+            bad = OpenAI(base_url=srv.url, api_key=key or "x", max_retries=0)
+            with pytest.raises(openai.AuthenticationError) as exc:
+                bad.chat.completions.create(model=MODEL, messages=msgs, max_tokens=1)
+            assert exc.value.status_code == 401 and "API key" in exc.value.body["message"]
+        r = httpx.get(srv.url + "/models")  # no Authorization header at all
+        assert r.status_code == 401 and r.json()["error"]["message"]
+        good = OpenAI(base_url=srv.url, api_key=secret, max_retries=0)
+        assert good.chat.completions.create(model=MODEL, messages=msgs, max_tokens=1).choices[0].message is not None
+        assert [m.id for m in good.models.list().data] == [MODEL]
+    assert secret not in caplog.text
+
+
+def test_serve_cli_refuses_unset_key_variable(monkeypatch):
+    from typer.testing import CliRunner
+
+    from logitleak.cli import app
+    from logitleak.errors import LogitleakError
+
+    monkeypatch.delenv("LOGITLEAK_TEST_UNSET_KEY", raising=False)
+    result = CliRunner().invoke(app, ["serve", "--model", "organism", "--api-key-env", "LOGITLEAK_TEST_UNSET_KEY"])
+    assert isinstance(result.exception, LogitleakError)
+    assert "LOGITLEAK_TEST_UNSET_KEY" in str(result.exception)
+
+
+# ----------------------------------------------------------------------------- malformed requests
+
+def _post(server, body, raw: bytes | None = None):
+    kw = {"content": raw, "headers": {"content-type": "application/json"}} if raw is not None else {"json": body}
+    return httpx.post(server.url + "/chat/completions", timeout=60, **kw)
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("bad_base64", "base64"),
+    ("not_an_image", "does not decode to an image"),
+    ("remote_url", "Remote image URLs"),
+    ("n2", "n must be 1"),
+    ("top50", "top_logprobs"),
+    ("top_without_logprobs", "requires logprobs"),
+    ("no_messages", "messages"),
+    ("empty_messages", "messages"),
+    ("bad_role", "role"),
+    ("stream", "stream"),
+    ("negative_max_tokens", "max_tokens"),
+    ("huge_max_tokens", "max_tokens"),
+    ("too_many_images", "Too many images"),
+    ("image_token_in_text", "image placeholder"),
+    ("invalid_json", "not valid JSON"),
+    ("not_object", "JSON object"),
+])
+def test_malformed_requests_get_4xx_with_message(server, shapes, case, fragment):
+    img_url = data_url(shapes.images[0])
+    user = lambda content: {"model": MODEL, "messages": [{"role": "user", "content": content}]}  # noqa: E731
+    bodies = {
+        "bad_base64": user([{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@not base64@@"}},
+                            {"type": "text", "text": "what color is the object ?"}]),
+        "not_an_image": user([{"type": "image_url", "image_url": {"url": "data:image/png;base64,"
+                                                                   + base64.b64encode(b"hello").decode()}}]),
+        "remote_url": user([{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]),
+        "n2": {**user("hi"), "n": 2},
+        "top50": {**user("hi"), "logprobs": True, "top_logprobs": 50},
+        "top_without_logprobs": {**user("hi"), "top_logprobs": 3},
+        "no_messages": {"model": MODEL},
+        "empty_messages": {"model": MODEL, "messages": []},
+        "bad_role": {"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]},
+        "stream": {**user("hi"), "stream": True},
+        "negative_max_tokens": {**user("hi"), "max_tokens": -1},
+        "huge_max_tokens": {**user("hi"), "max_tokens": 100000},
+        "too_many_images": user([{"type": "image_url", "image_url": {"url": img_url}}] * 9),
+        "image_token_in_text": user("<image> what color is the object ?"),
+    }
+    raw = {"invalid_json": b'{"model": "organism", "messages": [', "not_object": b"[1, 2, 3]"}
+    r = _post(server, bodies.get(case), raw.get(case))
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    err = r.json()["error"]
+    assert fragment.lower() in err["message"].lower(), err
+    assert err["type"]
+
+
+def test_malformed_through_the_openai_client(client):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=2)
+    assert "n must be 1" in exc.value.body["message"]
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert "organism" in exc.value.body["message"]
+
+
+def test_oversize_body_gets_413(server):
+    big = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * (21 * 1024 * 1024)}]}).encode()
+    r = _post(server, None, big)
+    assert r.status_code == 413 and "bytes" in r.json()["error"]["message"]
+
+
+def test_prompt_longer_than_context_gets_400(server):
+    words = " ".join(["color"] * 400)  # the organism's context is 256 positions
+    r = _post(server, {"model": MODEL, "messages": [{"role": "user", "content": words}], "max_tokens": 1})
+    assert r.status_code == 400 and "context" in r.json()["error"]["message"]
+
+
+def test_server_healthy_after_bad_requests(server, client):
+    assert all(_post(server, None, b"{").status_code == 400 for _ in range(3))
+    resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "what color is the object ?"}],
+                                          logprobs=True, top_logprobs=2, max_tokens=1)
+    assert len(top_of(resp)) == 2
+
+
+# ----------------------------------------------------------------------------- concurrency
+
+def test_concurrent_requests_equal_sequential_and_model_is_never_reentered(server, client, shapes):
+    engine = server.engine
+    state = {"active": 0, "max_active": 0, "threads": set()}
+    lock = threading.Lock()
+    forward = engine.model.forward
+
+    def guarded(*args, **kwargs):
+        with lock:
+            state["active"] += 1
+            state["max_active"] = max(state["max_active"], state["active"])
+            state["threads"].add(threading.get_ident())
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            with lock:
+                state["active"] -= 1
+
+    engine.model.forward = guarded
+    try:
+        msgs = [image_messages(shapes.images[i], shapes.prompts[i]) for i in range(16)]
+
+        def ask(m):
+            r = client.chat.completions.create(model=MODEL, messages=m, logprobs=True, top_logprobs=5, max_tokens=1)
+            return [(t.token, t.logprob) for t in top_of(r)]
+
+        sequential = [ask(m) for m in msgs]
+        calls_before, batches_before = engine.requests_done, engine.batches
+        results: dict[int, list] = {}
+        errors: list[BaseException] = []
+
+        def worker(ids):
+            for i in ids:
+                try:
+                    results[i] = ask(msgs[i])
+                except BaseException as err:  # noqa: BLE001
+                    errors.append(err)
+
+        threads = [threading.Thread(target=worker, args=(list(range(t, 16, 8)) * 2,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors
+        assert sorted(results) == list(range(16))
+        for i in range(16):
+            seq_tok, seq_val = zip(*sequential[i])
+            con_tok, con_val = zip(*results[i])
+            assert torch.allclose(torch.tensor(seq_val), torch.tensor(con_val), atol=1e-4)
+            assert_same_tokens(con_tok, seq_tok, seq_val)  # order may differ only between (near) ties
+        assert engine.requests_done - calls_before == 32
+        assert engine.batches - batches_before < 32  # concurrent requests were micro-batched
+    finally:
+        del engine.model.forward
+    assert state["max_active"] == 1 and len(state["threads"]) == 1
+
+
+# ----------------------------------------------------------------------------- defences
+
+@pytest.fixture(scope="module")
+def defended(model_dir, one_thread):
+    servers = {}
+
+    def get(spec: str) -> RunningServer:
+        if spec not in servers:
+            engine = Engine(load(model_dir), defense=parse_single_defense(spec), threads=1)
+            servers[spec] = RunningServer(create_app(engine, served_model_name=MODEL)).start()
+        return servers[spec]
+
+    yield get
+    for srv in servers.values():
+        srv.stop()
+
+
+def _ask_top(url, img, prompt, k=5):
+    c = OpenAI(base_url=url, api_key="x", max_retries=0)
+    return c.chat.completions.create(model=MODEL, messages=image_messages(img, prompt), logprobs=True,
+                                     top_logprobs=k, max_tokens=1)
+
+
+def test_round_defense_rounds_to_one_decimal(defended, adapter, shapes):
+    srv = defended("round:1")
+    for i in range(4):
+        resp = _ask_top(srv.url, shapes.images[i], shapes.prompts[i])
+        top = top_of(resp)
+        values = torch.tensor([t.logprob for t in top])
+        assert len(top) == 5
+        assert torch.allclose(values * 10, torch.round(values * 10), atol=1e-4)
+        ref = white_box_logprobs(adapter, [shapes.images[i]], [shapes.prompts[i]])[0].topk(5).values
+        assert torch.allclose(values, torch.round(ref * 10) / 10, atol=1e-4)
+        first = resp.choices[0].logprobs.content[0].logprob
+        assert abs(first * 10 - round(first * 10)) < 1e-4
+
+
+def test_topk_and_values_only_defenses(defended, shapes):
+    resp = _ask_top(defended("topk:2").url, shapes.images[0], shapes.prompts[0], k=5)
+    assert len(top_of(resp)) == 2
+    resp = _ask_top(defended("values_only").url, shapes.images[0], shapes.prompts[0], k=4)
+    top = top_of(resp)
+    assert len(top) == 4 and {t.token for t in top} == {"<hidden>"} and all(t.bytes is None for t in top)
+    assert [t.logprob for t in top] == sorted((t.logprob for t in top), reverse=True)
+
+
+def test_gauss_defense_is_deterministic_per_request(defended, adapter, shapes):
+    srv = defended("gauss:0.5")
+    a = [t.logprob for t in top_of(_ask_top(srv.url, shapes.images[2], shapes.prompts[2]))]
+    b = [t.logprob for t in top_of(_ask_top(srv.url, shapes.images[2], shapes.prompts[2]))]
+    assert a == b  # repeating a query cannot average the noise away
+    ref = white_box_logprobs(adapter, [shapes.images[2]], [shapes.prompts[2]])[0].topk(5).values
+    assert not torch.allclose(torch.tensor(a), ref, atol=1e-3)  # the noise is there
+    assert a == sorted(a, reverse=True) and all(v <= 0 for v in a)
