@@ -1,9 +1,99 @@
-"""The `logitleak probe` command(s)."""
+"""The `logitleak probe` command: probe a features file against a labels file."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from logitleak.errors import LogitleakError
+
+
+def _fmt(x, spec: str = ".3f") -> str:
+    try:
+        if x is None or x != x:
+            return "-"
+        return format(float(x), spec)
+    except (TypeError, ValueError):
+        return "-"
+
+
+def summary_table(df, title: str = "Probe results"):
+    """A rich table: level, layer, attribute, probe, accuracy vs baseline, 95% CI, p, bits."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for col, justify in (("level", "left"), ("layer", "right"), ("attribute", "left"), ("probe", "left"),
+                         ("acc", "right"), ("base", "right"), ("95% CI", "right"), ("p", "right"),
+                         ("bits", "right"), ("%H", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
+    for r in df.itertuples(index=False):
+        layer = "-" if r.layer is None or str(r.layer) == "<NA>" else str(r.layer)
+        attr = f"{r.attribute}*" if bool(r.task_relevant) else str(r.attribute)
+        frac = "-" if r.v_info_frac != r.v_info_frac else f"{100 * r.v_info_frac:.0f}"
+        table.add_row(str(r.level), layer, attr, str(r.probe), _fmt(r.accuracy), _fmt(r.baseline_accuracy),
+                      f"{_fmt(r.ci_low, '.2f')}-{_fmt(r.ci_high, '.2f')}", _fmt(r.p_value, ".2g"),
+                      _fmt(r.v_info_bits, ".2f"), frac)
+    return table
+
+
+def probe(
+    features: Path = typer.Option(
+        ..., "--features",
+        help="Features: .npy (level = file stem), .npz (one level per array) or .parquet (numeric columns); "
+             "3-D arrays (n, layers, d) give one feature set per layer."),
+    labels: Path = typer.Option(
+        ..., "--labels",
+        help="Labels: .csv or .parquet, one column per attribute (plus an optional group column)."),
+    out: Path = typer.Option(..., "--out", help="Output directory for results.parquet / .csv / .json."),
+    group_column: str | None = typer.Option(
+        None, "--group-column",
+        help="Label column holding group ids; samples of a group never straddle train and test."),
+    task: str | None = typer.Option(None, "--task", help="The attribute the task asks about (marked task-relevant)."),
+    probes: str = typer.Option("linear,mlp", "--probes", help="Comma-separated probe families: linear, mlp."),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
+    permutations: int = typer.Option(100, "--permutations", help="Label permutations for the p-value (0 = none)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the intervals (0 = none)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (splits, permutations, control task, bootstrap, MLP init)."),
+    device: str | None = typer.Option(None, "--device", help="torch device (default: cuda when available, else cpu)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Probe every feature set for every label attribute; write results and print a summary."""
+    from rich.console import Console
+
+    from logitleak.evaluate import PROBE_FAMILIES, evaluate_sweep
+    from logitleak.featureio import load_features, load_labels
+    from logitleak.results import write_results
+
+    families = tuple(p.strip() for p in probes.split(",") if p.strip())
+    unknown = [p for p in families if p not in PROBE_FAMILIES]
+    if not families or unknown:
+        raise LogitleakError(
+            f"--probes {probes!r} names unknown families ({', '.join(unknown) or 'none given'}); use a comma-separated "
+            f"subset of {', '.join(PROBE_FAMILIES)}.")
+    feats = load_features(features)
+    label_map, groups = load_labels(labels, group_column)
+    n_labels = len(next(iter(label_map.values())))
+    for key, X in feats.items():
+        if len(X) != n_labels:
+            raise LogitleakError(
+                f"{features} has {len(X)} rows (level '{key[0]}') but {labels} has {n_labels}; both files must list the "
+                f"same samples in the same order.")
+    if task is not None and task not in label_map:
+        raise LogitleakError(
+            f"--task '{task}' is not a column of {labels} (attributes: {', '.join(label_map)}); pass one of those.")
+    df = evaluate_sweep(feats, label_map, groups=groups, task_attribute=task, probes=families, n_folds=folds,
+                        n_permutations=permutations, n_bootstrap=bootstrap, seed=seed, device=device,
+                        progress=progress)
+    write_results(df, out)
+    console = Console()
+    console.print(summary_table(df, title=f"Probe results ({len(df)} rows, {folds}-fold CV, {permutations} permutations)"))
+    console.print(f"Wrote {out / 'results.parquet'}, results.csv and results.json. "
+                  "acc: held-out accuracy; base: majority-class baseline; p: permutation test; "
+                  "bits: V-information H(Y) - CE, %H: as a percentage of H(Y); * = task attribute.")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's command(s) to the app (filled in by its issue)."""
+    """Add the ``probe`` command to the app."""
+    app.command("probe")(probe)

@@ -175,7 +175,8 @@ def annotate(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     df["p_holm"] = np.nan
     api_idx = df.index[df["is_api"]]
     if len(api_idx):
-        df.loc[api_idx, "p_holm"] = holm(df.loc[api_idx, "p_value"])
+        p_src = "p_value_tail" if "p_value_tail" in df.columns and df.loc[api_idx, "p_value_tail"].notna().any() else "p_value"
+        df.loc[api_idx, "p_holm"] = holm(df.loc[api_idx, p_src])
     df["p_used"] = np.where(df["is_api"], df["p_holm"], df["p_value"])
     df["significant"] = np.isfinite(df["p_used"]) & (df["p_used"] < alpha)
     df["above_baseline"] = (np.isfinite(df["ci_low"]) & np.isfinite(df["baseline_accuracy"])
@@ -394,7 +395,9 @@ def verdict(results: pd.DataFrame, alpha: float = 0.05) -> list[Finding]:
     if len(ann):
         families = ", ".join(dict.fromkeys(ann["probe"]))
         correction = (f"At the API levels the p-values are Holm-Bonferroni corrected across all {n_tests} "
-                      "API-level tests (every attribute, level, k and probe family); internal levels show "
+                      "API-level tests (every attribute, level, k and probe family), using permutation p-values "
+                      "whose far tail is estimated from a normal fitted to the permutation null (so they can fall "
+                      "below 1/(1+permutations)); internal levels show "
                       "per-test p-values, for comparison only." if n_tests else
                       "Internal levels show per-test p-values (no API-level test to correct for).")
         findings.append(Finding(

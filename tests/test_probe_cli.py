@@ -1,0 +1,141 @@
+"""`logitleak probe` end to end: .npy / .npz / parquet features, CSV labels, files, schema, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from logitleak.cli import main
+from logitleak.results import RESULT_COLUMNS, read_results
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """These problems are small: one thread is as fast, and immune to OpenMP spin-waiting when
+    the machine is shared (which made them 10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+N = 60
+FAST = ["--permutations", "4", "--bootstrap", "20", "--no-progress"]
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["logitleak", "probe", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture()
+def data(tmp_path):
+    rng = np.random.default_rng(0)
+    color = rng.integers(0, 2, N)
+    size = rng.integers(0, 3, N)
+    groups = np.repeat(np.arange(N // 3), 3)
+    residual = rng.normal(size=(N, 3, 4))
+    residual[:, 2, 0] += 3 * color                            # layer 2 knows the colour
+    np.save(tmp_path / "residual.npy", residual)
+    np.savez(tmp_path / "levels.npz", topk_logprobs=rng.normal(size=(N, 5)) + color[:, None],
+             top1_prob=rng.random(N))
+    pd.DataFrame({"a": rng.normal(size=N), "b": rng.normal(size=N) + color, "note": ["x"] * N}).to_parquet(
+        tmp_path / "api.parquet")
+    labels = pd.DataFrame({"color": np.where(color, "red", "blue"), "size": size, "item": groups})
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    return tmp_path
+
+
+def test_npy_3d_one_feature_set_per_layer(monkeypatch, capsys, data):
+    out = data / "out"
+    code, stdout, err = run_cli(monkeypatch, capsys, "--features", data / "residual.npy", "--labels",
+                                data / "labels.csv", "--out", out, "--group-column", "item", "--task", "color",
+                                "--probes", "linear", *FAST)
+    assert code == 0, err
+    for name in ("results.parquet", "results.csv", "results.json"):
+        assert (out / name).is_file()
+    df = read_results(out)
+    assert list(df.columns[: len(RESULT_COLUMNS)]) == list(RESULT_COLUMNS)
+    assert len(df) == 3 * 2                                   # layers x attributes (linear only)
+    assert set(df.level) == {"residual"} and sorted(set(df.layer.astype(int))) == [0, 1, 2]
+    assert set(df.attribute) == {"color", "size"}              # the group column is not an attribute
+    assert df.task_relevant.tolist() == [a == "color" for a in df.attribute]
+    assert df.n_groups.eq(N // 3).all()
+    best = df[(df.attribute == "color") & (df.layer == 2)].iloc[0]
+    assert best.accuracy > 0.85
+    assert len(json.loads((out / "results.json").read_text())) == len(df)
+    assert len(pd.read_csv(out / "results.csv")) == len(df)
+    assert "Probe results" in stdout and "color*" in stdout and "residual" in stdout
+
+
+def test_npz_levels_and_parquet_features(monkeypatch, capsys, data):
+    code, _, err = run_cli(monkeypatch, capsys, "--features", data / "levels.npz", "--labels", data / "labels.csv",
+                           "--out", data / "o1", "--probes", "linear,mlp", "--folds", "3", *FAST)
+    assert code == 0, err
+    df = read_results(data / "o1")
+    assert set(df.level) == {"topk_logprobs", "top1_prob"}
+    assert len(df) == 2 * 3 * 2                                # levels x attributes (incl. item) x probes
+    assert df.layer.isna().all()
+    assert dict(zip(df.level, df.n_features)) == {"topk_logprobs": 5, "top1_prob": 1}
+    assert df.n_folds.eq(3).all()
+
+    pd.read_csv(data / "labels.csv").to_parquet(data / "labels.parquet")
+    code, _, err = run_cli(monkeypatch, capsys, "--features", data / "api.parquet", "--labels", data / "labels.parquet",
+                           "--out", data / "o2", "--probes", "linear", "--group-column", "item", *FAST)
+    assert code == 0, err
+    df = read_results(data / "o2")
+    assert set(df.level) == {"api"} and df.n_features.eq(2).all()   # the text column is dropped
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("missing", r"Features file .*nope\.npy does not exist"),
+    ("extension", r"unsupported extension '\.txt'; use one of \.npy, \.npz, \.parquet"),
+    ("rows", r"has 59 rows .* but .*labels_short\.csv has 60"),
+    ("group", r"Group column 'batch' is not in .*labels\.csv \(columns: color, size, item\)"),
+    ("labels_missing", r"Labels file .*nolabels\.csv does not exist"),
+    ("labels_ext", r"Labels file .*labels\.json has unsupported extension '\.json'; use one of \.csv, \.parquet"),
+    ("task", r"--task 'shape' is not a column"),
+    ("probe", r"--probes 'linear,svm' names unknown families \(svm\)"),
+])
+def test_errors_are_one_sentence_exit_2(monkeypatch, capsys, data, case, pattern):
+    features, labels, extra = data / "residual.npy", data / "labels.csv", []
+    if case == "missing":
+        features = data / "nope.npy"
+    elif case == "extension":
+        features = data / "feats.txt"
+        features.write_text("1 2 3\n")
+    elif case == "rows":
+        np.save(data / "short.npy", np.zeros((N - 1, 4)))
+        features = data / "short.npy"
+        pd.read_csv(labels).to_csv(data / "labels_short.csv", index=False)
+        labels = data / "labels_short.csv"
+    elif case == "group":
+        extra = ["--group-column", "batch"]
+    elif case == "labels_missing":
+        labels = data / "nolabels.csv"
+    elif case == "labels_ext":
+        labels = data / "labels.json"
+        labels.write_text("{}")
+    elif case == "task":
+        extra = ["--task", "shape"]
+    elif case == "probe":
+        extra = ["--probes", "linear,svm"]
+    code, stdout, err = run_cli(monkeypatch, capsys, "--features", features, "--labels", labels, "--out",
+                                data / "o", *extra, *FAST)
+    assert code == 2
+    import re
+
+    assert re.search(pattern, err), err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert not (data / "o" / "results.parquet").exists()
