@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+from logitleak.errors import LogitleakError
+
+if TYPE_CHECKING:
+    from logitleak.data.probeset import ProbeSet
+    from logitleak.models.adapter import ModelAdapter
 
 
 @dataclass
@@ -36,3 +44,239 @@ class Capture:
     def n_layers(self) -> int:
         """Number of decoder blocks (``hidden`` holds ``n_layers + 1`` states)."""
         return 0 if self.hidden is None else self.hidden.shape[1] - 1
+
+
+EditHook = Callable[[torch.Tensor], torch.Tensor]
+
+
+def concat_captures(parts: Sequence[Capture]) -> Capture:
+    """Captures of consecutive batches -> one capture (meta of the first, without batch bounds)."""
+    if not parts:
+        return Capture()
+
+    def cat(name):
+        ts = [getattr(p, name) for p in parts]
+        return None if any(t is None for t in ts) else torch.cat(ts, dim=0)
+
+    meta = {k: v for k, v in parts[0].meta.items() if k not in ("start", "stop")}
+    return Capture(hidden=cat("hidden"), logits=cat("logits"), topk_logprobs=cat("topk_logprobs"),
+                   topk_ids=cat("topk_ids"), meta=meta)
+
+
+def read_positions(attention_mask: torch.Tensor, read_position: str | int = "last") -> torch.Tensor:
+    """Index of the read token in each row: the last attended token (where the first answer token
+    is predicted), whatever side the batch is padded on; an int ``-j`` reads ``j - 1`` tokens
+    before it (``-1`` is the last)."""
+    mask = attention_mask.long()
+    t = mask.shape[1]
+    last = t - 1 - torch.flip(mask, dims=[1]).argmax(dim=1)
+    if read_position == "last" or read_position == -1:
+        return last
+    if isinstance(read_position, int) and not isinstance(read_position, bool) and read_position < 0:
+        first = mask.argmax(dim=1)
+        pos = last + 1 + read_position
+        if bool((pos < first).any()):
+            raise LogitleakError(f"Read position {read_position} falls before the start of a prompt; use a position "
+                                 "closer to the end (e.g. -1 for the last token).")
+        return pos
+    raise LogitleakError(f"Read position {read_position!r} is not valid; use 'last' or a negative integer such as -1.")
+
+
+def _output_tensor(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _replace_output(output, new: torch.Tensor):
+    if isinstance(output, tuple):
+        return (new,) + tuple(output[1:])
+    if isinstance(output, list):
+        return [new] + list(output[1:])
+    return new
+
+
+class _Recorder:
+    """Forward hooks on the decoder blocks: optional edits (``edit_hooks``), then a gather of every
+    block's output — and of block 0's input (the embedding output) — at the read positions."""
+
+    def __init__(self, layers, edit_hooks: Mapping[int, EditHook] | None) -> None:
+        self.layers = layers
+        self.edit_hooks = dict(edit_hooks or {})
+        self.pos: torch.Tensor | None = None
+        self.seq_len: int | None = None
+        self.states: list[torch.Tensor | None] = [None] * (len(layers) + 1)
+        self.handles: list = []
+
+    def _gather(self, h: torch.Tensor) -> torch.Tensor:
+        if h.dim() != 3 or h.shape[1] != self.seq_len:
+            raise LogitleakError(f"A decoder block returned states of shape {tuple(h.shape)} for a batch of "
+                                 f"{self.seq_len} tokens; the architecture rewrites its sequence inside the model, "
+                                 "which logitleak cannot read at the prompt's last token.")
+        return h[torch.arange(h.shape[0], device=h.device), self.pos.to(h.device)]
+
+    def __enter__(self):
+        def pre_hook(module, args, kwargs):
+            h = args[0] if args else kwargs.get("hidden_states")
+            self.states[0] = self._gather(h)
+
+        def make_edit(fn):
+            def hook(module, args, output):
+                h = _output_tensor(output)
+                new = fn(h)
+                if not isinstance(new, torch.Tensor) or new.shape != h.shape:
+                    raise LogitleakError("An edit hook must return a tensor of the same shape as the block output "
+                                         f"{tuple(h.shape)}; got {getattr(new, 'shape', type(new).__name__)}.")
+                return _replace_output(output, new.to(h.dtype))
+            return hook
+
+        def make_rec(idx):
+            def hook(module, args, output):
+                self.states[idx] = self._gather(_output_tensor(output))
+            return hook
+
+        try:
+            self.handles.append(self.layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
+            for i, layer in enumerate(self.layers):
+                fn = self.edit_hooks.get(i + 1)
+                if fn is not None:  # before any other hook, so every reader sees the edited state
+                    self.handles.append(layer.register_forward_hook(make_edit(fn), prepend=True))
+                self.handles.append(layer.register_forward_hook(make_rec(i + 1)))
+        except Exception:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        return False
+
+
+def _check_edit_hooks(edit_hooks, n_layers: int) -> None:
+    for layer, fn in (edit_hooks or {}).items():
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= n_layers:
+            raise LogitleakError(f"Edit hook layer {layer!r} does not exist: block outputs are layers 1..{n_layers}.")
+        if not callable(fn):
+            raise LogitleakError(f"Edit hook for layer {layer} is not callable; pass a function (B, T, D) -> (B, T, D).")
+
+
+def check_compatible(adapter: ModelAdapter, probeset: ProbeSet) -> None:
+    """Fail early, in one sentence, when the probe set cannot go through this model."""
+    if probeset.has_images and not adapter.is_vlm:
+        raise LogitleakError(f"Probe set {probeset.name!r} has images but {adapter.name!r} is a text-only language "
+                             "model; use a text probe set or a vision-language model.")
+
+
+def _forward_batch(adapter: ModelAdapter, rec: _Recorder, inputs: Mapping[str, torch.Tensor], read_position,
+                   logits_transform, hidden_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    pos = read_positions(inputs["attention_mask"], read_position)
+    rec.pos, rec.seq_len = pos, inputs["attention_mask"].shape[1]
+    rec.states = [None] * (adapter.n_layers + 1)
+    kwargs = adapter.forward_kwargs(inputs, pos)
+    logits = adapter.model(**kwargs).logits
+    if "logits_to_keep" in kwargs:
+        logits = logits[:, 0]  # (B, 1, V): only the read positions were projected
+    else:
+        logits = logits[torch.arange(logits.shape[0], device=logits.device), pos.to(logits.device)]
+    logits = logits.float()
+    if logits_transform is not None:
+        logits = logits_transform(logits).float()
+    if any(s is None for s in rec.states):
+        missing = [i for i, s in enumerate(rec.states) if s is None]
+        raise LogitleakError(f"Decoder layers {missing} of {adapter.name!r} did not run in the forward pass; "
+                             "pass mapping={'layers': ...} naming the blocks the model actually uses.")
+    hidden = torch.stack(rec.states, dim=1).to(device="cpu", dtype=hidden_dtype)
+    return hidden, logits.cpu()
+
+
+def capture_inputs(adapter: ModelAdapter, inputs: Mapping[str, torch.Tensor], *, read_position: str | int = "last",
+                   edit_hooks: Mapping[int, EditHook] | None = None,
+                   logits_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   hidden_dtype: torch.dtype = torch.float32) -> Capture:
+    """The capture pass on one batch of ready-made inputs (``adapter.build_inputs(...)``):
+    ``hidden`` ``(B, L+1, D)`` and ``logits`` ``(B, V)`` at the read positions."""
+    _check_edit_hooks(edit_hooks, adapter.n_layers)
+    with torch.inference_mode(), _Recorder(adapter.layers, edit_hooks) as rec:
+        hidden, logits = _forward_batch(adapter, rec, inputs, read_position, logits_transform, hidden_dtype)
+    # Clone outside inference mode: inference tensors cannot take part in autograd later (lens fitting).
+    return Capture(hidden=hidden.clone(), logits=logits.clone())
+
+
+def iter_capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int = 32, read_position: str | int = "last",
+                 edit_hooks: Mapping[int, EditHook] | None = None,
+                 logits_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 hidden_dtype: torch.dtype = torch.float32, progress: bool = True,
+                 start: int = 0, stop: int | None = None) -> Iterator[Capture]:
+    """One :class:`Capture` per batch of ``probeset[start:stop]`` (``meta['start'/'stop']`` give the
+    samples it covers). Images are touched one batch at a time, so a lazily loaded probe set
+    streams. Hooks are installed around each batch's forward pass and removed right after it."""
+    if batch_size < 1:
+        raise LogitleakError(f"Batch size {batch_size} must be at least 1.")
+    check_compatible(adapter, probeset)
+    _check_edit_hooks(edit_hooks, adapter.n_layers)
+    stop = len(probeset) if stop is None else min(stop, len(probeset))
+    meta = capture_meta(adapter, probeset, read_position=read_position, edit_hooks=edit_hooks,
+                        logits_transform=logits_transform)
+    bounds = list(range(start, stop, batch_size))
+    bar = None
+    if progress and bounds:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=stop - start, desc="capture", unit="sample", leave=False)
+    try:
+        for b0 in bounds:
+            b1 = min(b0 + batch_size, stop)
+            prompts = probeset.prompts[b0:b1]
+            images = None if probeset.images is None else [probeset.images[i] for i in range(b0, b1)]
+            inputs = adapter.build_inputs(prompts, images)
+            # Hooks and inference mode live only inside one batch, never across a ``yield``.
+            part = capture_inputs(adapter, inputs, read_position=read_position, edit_hooks=edit_hooks,
+                                  logits_transform=logits_transform, hidden_dtype=hidden_dtype)
+            part.meta = {**meta, "start": b0, "stop": b1}
+            if bar is not None:
+                bar.update(b1 - b0)
+            yield part
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int = 32, read_position: str | int = "last",
+            edit_hooks: Mapping[int, EditHook] | None = None,
+            logits_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            hidden_dtype: torch.dtype = torch.float32, progress: bool = True) -> Capture:
+    """Run the probe set through the model, one forward pass per batch, and keep the raw residual
+    stream at every layer and the final logits at the read position (the last prompt token,
+    after the generation prompt, where the first answer token is predicted).
+
+    ``edit_hooks`` maps a layer ``l >= 1`` to a function applied to block ``l - 1``'s output
+    ``(B, T, D)`` during the pass (model-side defences such as LEACE erasure); every later block,
+    the stored state and the logits see the edited state. ``logits_transform`` rewrites the final
+    ``(B, V)`` logits (output-side defences). Hidden states are ``(N, L+1, D)`` in
+    ``hidden_dtype``; logits ``(N, V)`` float32; both on the CPU.
+    """
+    parts = list(iter_capture(adapter, probeset, batch_size=batch_size, read_position=read_position,
+                              edit_hooks=edit_hooks, logits_transform=logits_transform, hidden_dtype=hidden_dtype,
+                              progress=progress))
+    if not parts:
+        raise LogitleakError(f"Probe set {probeset.name!r} is empty; give it at least one sample.")
+    return concat_captures(parts)
+
+
+def capture_meta(adapter: ModelAdapter, probeset: ProbeSet, *, read_position="last", edit_hooks=None,
+                 logits_transform=None) -> dict:
+    """What a capture records about how it was made (also part of the activation store's key)."""
+    return {
+        "model": adapter.name,
+        "model_fingerprint": adapter.fingerprint(),
+        "family": adapter.family.name,
+        "probeset": probeset.name,
+        "n_samples": len(probeset),
+        "read_position": read_position,
+        "padding_side": adapter.padding_side,
+        "n_layers": adapter.n_layers,
+        "d_model": adapter.d_model,
+        "vocab_size": adapter.vocab_size,
+        "edited_layers": sorted(edit_hooks) if edit_hooks else [],
+        "logits_transform": logits_transform is not None,
+    }

@@ -1,0 +1,194 @@
+"""Open any Hugging Face VLM or causal LM from a local directory (or the local HF cache; never
+a download) as a :class:`~logitleak.models.adapter.ModelAdapter`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from logitleak.errors import LogitleakError
+from logitleak.models.adapter import ModelAdapter
+from logitleak.models.families import read_mapping
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: str):
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None:
+        return torch.float32 if device == "cpu" else "auto"
+    if dtype == "auto":
+        return "auto"
+    if dtype not in _DTYPES:
+        raise LogitleakError(f"Unknown dtype {dtype!r}; use one of: auto, {', '.join(sorted(_DTYPES))}.")
+    return _DTYPES[dtype]
+
+
+def _model_class(config):
+    """The Auto class that opens this config: image-text-to-text first, then causal LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    mt = getattr(config, "model_type", None)
+    if mt in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText
+    if mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForCausalLM
+    return None
+
+
+class _quiet_transformers:
+    """Silence transformers' info/progress chatter while loading."""
+
+    def __enter__(self):
+        self.logger = logging.getLogger("transformers")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+        try:
+            from transformers.utils import logging as hf_logging
+
+            self.bar = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+        except Exception:  # noqa: BLE001
+            self.bar = None
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+        if self.bar:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.enable_progress_bar()
+        return False
+
+
+def load_model(path_or_name: str | Path, *, device: str | None = None, dtype: str | torch.dtype | None = None,
+               mapping: Mapping | str | Path | None = None, padding_side: str | None = None) -> ModelAdapter:
+    """Load a VLM (with its processor) or a causal LM (with its tokenizer) from a local directory
+    or a name already in the local Hugging Face cache, and resolve its components.
+
+    ``device``: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available). ``dtype``: ``"float32"``,
+    ``"bfloat16"``, ``"float16"``, ``"auto"`` (the checkpoint's) or a ``torch.dtype`` (default:
+    float32 on CPU, the checkpoint's elsewhere). ``mapping``: component paths for architectures the
+    family table and generic search cannot map (dict or JSON/YAML file; see
+    :mod:`logitleak.models.families`). ``padding_side``: override the tokenizer's.
+    """
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+
+    src = str(path_or_name)
+    local = Path(src).expanduser()
+    if local.exists() and not local.is_dir():
+        raise LogitleakError(f"Model path {src!r} is a file; pass the directory holding config.json and the weights.")
+    if local.is_dir():
+        src = str(local)
+        if not (local / "config.json").is_file():
+            raise LogitleakError(f"Model directory {src!r} has no config.json; pass a directory saved with "
+                                 "save_pretrained (model + processor or tokenizer).")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = _resolve_dtype(dtype, device)
+    user_mapping = read_mapping(mapping, local if local.is_dir() else None)
+
+    with _quiet_transformers():
+        try:
+            config = AutoConfig.from_pretrained(src, local_files_only=True)
+        except OSError:
+            raise LogitleakError(f"Model {src!r} is neither a local directory nor in the local Hugging Face cache; "
+                                 "nothing is downloaded — save it locally and pass its directory.") from None
+        except (ValueError, KeyError) as exc:
+            raise LogitleakError(f"Model {src!r} has a config transformers cannot read ({str(exc).splitlines()[0]}); "
+                                 "upgrade transformers or fix config.json.") from None
+        cls = _model_class(config)
+        if cls is None:
+            raise LogitleakError(f"Model {src!r} (model_type {config.model_type!r}) is not a causal LM or an "
+                                 "image-text-to-text model; logitleak audits models that predict next tokens.")
+        try:
+            load_kw = {"local_files_only": True, "dtype": torch_dtype}
+            if device != "cpu":
+                load_kw["device_map"] = device
+            model = cls.from_pretrained(src, **load_kw)
+        except OSError as exc:
+            raise LogitleakError(f"Could not load the weights of {src!r} ({str(exc).splitlines()[0]}); "
+                                 "check the directory holds model.safetensors.") from None
+        if device == "cpu":
+            model = model.to("cpu")
+        model.eval()
+
+        processor = tokenizer = None
+        if cls.__name__ == "AutoModelForImageTextToText":
+            try:
+                processor = AutoProcessor.from_pretrained(src, local_files_only=True)
+            except Exception as exc:  # noqa: BLE001 - any failure means no usable processor was saved
+                processor = _assemble_processor(src, config)
+                if processor is None:
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise LogitleakError(f"Vision-language model {src!r} has no loadable processor ({first}); "
+                                         "save it beside the weights with processor.save_pretrained(model_dir).") from None
+            tokenizer = getattr(processor, "tokenizer", None)
+        else:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+            except Exception as exc:  # noqa: BLE001
+                raise LogitleakError(f"Language model {src!r} has no loadable tokenizer ({str(exc).splitlines()[0]}); "
+                                     "save it beside the weights with tokenizer.save_pretrained(model_dir).") from None
+    if tokenizer is not None and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    return ModelAdapter(model, tokenizer=tokenizer, processor=processor, mapping=user_mapping, name=src,
+                        padding_side=padding_side)
+
+
+def _assemble_processor(src: str, config):
+    """Build the processor from its image processor, tokenizer and chat template when
+    ``AutoProcessor`` cannot: e.g. Qwen2-VL's processor also loads a video processor that needs
+    torchvision, which image-only audits never use. ``None`` when that fails too."""
+    import json
+
+    import transformers
+    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+    from transformers.processing_utils import ProcessorMixin
+
+    path = Path(src)
+    name = None
+    for fname in ("processor_config.json", "preprocessor_config.json"):
+        if (path / fname).is_file():
+            try:
+                name = json.loads((path / fname).read_text()).get("processor_class") or name
+            except (OSError, ValueError):
+                pass
+        if name:
+            break
+    name = name or PROCESSOR_MAPPING_NAMES.get(getattr(config, "model_type", None))
+    proc_cls = getattr(transformers, name, None) if name else None
+    if proc_cls is None:
+        return None
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(src, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+        template = None
+        if (path / "chat_template.jinja").is_file():
+            template = (path / "chat_template.jinja").read_text()
+        elif (path / "chat_template.json").is_file():
+            template = json.loads((path / "chat_template.json").read_text()).get("chat_template")
+        template = template or getattr(tokenizer, "chat_template", None)
+        extra = {}
+        if (path / "processor_config.json").is_file():
+            extra = {k: v for k, v in json.loads((path / "processor_config.json").read_text()).items()
+                     if k not in ("processor_class", "chat_template") and not isinstance(v, dict)}
+        # The optional sub-processors (video, audio) are left out; skip the class check that demands them.
+        check = ProcessorMixin.check_argument_for_proper_class
+        ProcessorMixin.check_argument_for_proper_class = lambda self, attribute_name, arg: None
+        try:
+            kwargs = {"image_processor": image_processor, "tokenizer": tokenizer, "chat_template": template, **extra}
+            return proc_cls(**kwargs)
+        finally:
+            ProcessorMixin.check_argument_for_proper_class = check
+    except Exception:  # noqa: BLE001 - the caller reports the original failure
+        return None

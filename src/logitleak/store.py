@@ -1,0 +1,261 @@
+"""The activation store: captures streamed to disk as safetensors shards, resumable.
+
+Layout, one directory per (model fingerprint, probe-set fingerprint, capture settings)::
+
+    root/<model_fp>/<probeset_fp>/<settings_fp>/
+        manifest.json             what was captured, how, and which shards are finished
+        shard-00000.safetensors   hidden.0 .. hidden.L: (n, D) float16;  logits: (n, V) float32
+
+Each shard covers samples ``[i * shard_size, (i + 1) * shard_size)`` and is written to a temp
+file, then renamed; the manifest is rewritten (atomically) after every shard. An interrupted
+extraction resumes at the first missing shard with the same batches, so it yields the same
+arrays as an uninterrupted run. Memory stays bounded by one shard: the probe set is read in
+chunks and the stored arrays are read back lazily, one layer at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from logitleak.capture import Capture, capture_meta, iter_capture
+from logitleak.errors import LogitleakError
+
+if TYPE_CHECKING:
+    from logitleak.data.probeset import ProbeSet
+    from logitleak.models.adapter import ModelAdapter
+
+STORE_VERSION = 1
+MANIFEST = "manifest.json"
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_json(path: Path, obj) -> None:
+    _atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1, default=str)))
+
+
+def _shard_name(i: int) -> str:
+    return f"shard-{i:05d}.safetensors"
+
+
+class StoredCapture:
+    """A capture on disk, read lazily: :meth:`layer` reads one layer from every shard,
+    :meth:`logits` the final logits, :meth:`to_capture` builds an in-memory :class:`Capture`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        mf = self.path / MANIFEST
+        if not mf.is_file():
+            raise LogitleakError(f"No stored capture at {str(self.path)!r} (manifest.json missing); extract it first.")
+        self.manifest = json.loads(mf.read_text())
+        if not self.manifest.get("complete"):
+            raise LogitleakError(f"The stored capture at {str(self.path)!r} is incomplete; run the extraction again to "
+                                 "resume it.")
+
+    @property
+    def meta(self) -> dict:
+        return dict(self.manifest["meta"])
+
+    def __len__(self) -> int:
+        return int(self.manifest["n"])
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.manifest["meta"]["n_layers"])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.manifest["meta"]["d_model"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["meta"]["vocab_size"])
+
+    def _files(self) -> list[Path]:
+        return [self.path / s["file"] for s in self.manifest["shards"]]
+
+    def _read(self, name: str) -> np.ndarray:
+        from safetensors import safe_open
+
+        parts = []
+        for f in self._files():
+            with safe_open(str(f), framework="pt") as fh:
+                t = fh.get_tensor(name)
+            parts.append((t.float() if t.dtype == torch.bfloat16 else t).numpy())
+        return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+
+    def layer(self, layer: int, dtype=None) -> np.ndarray:
+        """``(N, D)`` raw residual at ``layer`` (stored dtype, float16 by default, unless ``dtype``)."""
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= self.n_layers:
+            raise LogitleakError(f"Layer {layer!r} does not exist: this capture has hidden states 0..{self.n_layers}.")
+        x = self._read(f"hidden.{int(layer)}")
+        return x.astype(dtype) if dtype is not None else x
+
+    def logits(self) -> np.ndarray:
+        """``(N, V)`` float32 final logits."""
+        return self._read("logits")
+
+    def to_capture(self, hidden_dtype: torch.dtype = torch.float32) -> Capture:
+        """Everything in memory: hidden ``(N, L+1, D)`` in ``hidden_dtype``, logits ``(N, V)`` float32."""
+        n, L, D = len(self), self.n_layers, self.d_model
+        hidden = torch.empty((n, L + 1, D), dtype=hidden_dtype)
+        for layer in range(L + 1):
+            hidden[:, layer] = torch.from_numpy(self.layer(layer)).to(hidden_dtype)
+        return Capture(hidden=hidden, logits=torch.from_numpy(self.logits()), meta=self.meta)
+
+    def __repr__(self) -> str:
+        return f"StoredCapture({str(self.path)!r}, n={len(self)}, layers={self.n_layers}, d_model={self.d_model})"
+
+
+class ActivationStore:
+    """Captures on disk under ``root``, keyed by model, probe set and capture settings."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path_for(self, adapter: ModelAdapter, probeset: ProbeSet | str, settings: Mapping) -> Path:
+        """The directory of one capture: model fingerprint / probe-set fingerprint / settings hash."""
+        sfp = hashlib.sha256(json.dumps(dict(settings), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        pfp = probeset if isinstance(probeset, str) else probeset.fingerprint()
+        return self.root / adapter.fingerprint() / pfp / sfp
+
+    def extract(self, adapter: ModelAdapter, probeset: ProbeSet, *, shard_size: int = 1024, batch_size: int = 32,
+                read_position: str | int = "last", hidden_dtype: str = "float16",
+                edit_hooks: Mapping[int, Callable] | None = None, edit_key: str | None = None,
+                logits_transform: Callable | None = None, transform_key: str | None = None,
+                progress: bool = True, on_shard: Callable[[int, Path], None] | None = None) -> StoredCapture:
+        """Capture ``probeset`` into the store (or reuse / resume what is there) and return it.
+
+        ``shard_size`` samples per shard (memory holds one shard). Edits and logit transforms
+        are functions, so they need a name for the key: ``edit_key`` / ``transform_key``.
+        ``on_shard(index, path)`` is called after each shard is safely on disk.
+        """
+        if hidden_dtype not in _DTYPES:
+            raise LogitleakError(f"Hidden dtype {hidden_dtype!r} is not supported; use one of: {', '.join(_DTYPES)}.")
+        if shard_size < 1:
+            raise LogitleakError(f"Shard size {shard_size} must be at least 1.")
+        if edit_hooks and not edit_key:
+            raise LogitleakError("Edit hooks change the capture, so the store needs a name for them; pass edit_key='...'.")
+        if logits_transform is not None and not transform_key:
+            raise LogitleakError("A logits transform changes the capture, so the store needs a name for it; pass "
+                                 "transform_key='...'.")
+        if len(probeset) == 0:
+            raise LogitleakError(f"Probe set {probeset.name!r} is empty; give it at least one sample.")
+        settings = {"read_position": read_position, "hidden_dtype": hidden_dtype, "padding_side": adapter.padding_side,
+                    "edit": edit_key if edit_hooks else None, "transform": transform_key if logits_transform else None,
+                    "version": STORE_VERSION}
+        pfp = probeset.fingerprint()
+        path = self.path_for(adapter, pfp, settings)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob(".*.tmp"):  # a temp file left by a killed run: never a finished shard
+            stale.unlink(missing_ok=True)
+        mf_path = path / MANIFEST
+        manifest = json.loads(mf_path.read_text()) if mf_path.is_file() else None
+        if manifest and manifest.get("complete"):
+            return StoredCapture(path)
+        if manifest:  # resuming: keep the original sharding and batching so the arrays are identical
+            shard_size, batch_size = int(manifest["shard_size"]), int(manifest["batch_size"])
+        n = len(probeset)
+        n_shards = (n + shard_size - 1) // shard_size
+        manifest = {
+            "version": STORE_VERSION, "n": n, "shard_size": shard_size, "batch_size": batch_size,
+            "n_shards": n_shards, "settings": settings, "probeset_fingerprint": pfp,
+            "meta": {**capture_meta(adapter, probeset, read_position=read_position, edit_hooks=edit_hooks,
+                                    logits_transform=logits_transform),
+                     "hidden_dtype": hidden_dtype, "edit_key": settings["edit"], "transform_key": settings["transform"]},
+            "shards": [], "complete": False,
+        }
+        done = {i for i in range(n_shards) if self._shard_ok(path, i, shard_size, n, adapter)}
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, initial=sum(min(shard_size, n - i * shard_size) for i in done), desc="extract",
+                       unit="sample", leave=False)
+        try:
+            for i in range(n_shards):
+                start, stop = i * shard_size, min((i + 1) * shard_size, n)
+                if i not in done:
+                    self._write_shard(path, i, adapter, probeset, start, stop, batch_size=batch_size,
+                                      read_position=read_position, hidden_dtype=_DTYPES[hidden_dtype],
+                                      edit_hooks=edit_hooks, logits_transform=logits_transform)
+                    if bar is not None:
+                        bar.update(stop - start)
+                manifest["shards"].append({"index": i, "file": _shard_name(i), "start": start, "stop": stop})
+                if i not in done:
+                    _write_json(mf_path, manifest)
+                    if on_shard is not None:
+                        on_shard(i, path / _shard_name(i))
+            manifest["complete"] = True
+            _write_json(mf_path, manifest)
+        finally:
+            if bar is not None:
+                bar.close()
+        return StoredCapture(path)
+
+    @staticmethod
+    def _shard_ok(path: Path, i: int, shard_size: int, n: int, adapter: ModelAdapter) -> bool:
+        """A finished shard: present, readable, covering the right samples with the right shapes."""
+        from safetensors import safe_open
+
+        f = path / _shard_name(i)
+        if not f.is_file():
+            return False
+        start, stop = i * shard_size, min((i + 1) * shard_size, n)
+        try:
+            with safe_open(str(f), framework="numpy") as fh:
+                md = fh.metadata() or {}
+                keys = set(fh.keys())
+                if int(md.get("start", -1)) != start or int(md.get("stop", -1)) != stop:
+                    return False
+                want = {f"hidden.{layer}" for layer in range(adapter.n_layers + 1)} | {"logits"}
+                if keys != want:
+                    return False
+                return tuple(fh.get_slice("logits").get_shape()) == (stop - start, adapter.vocab_size)
+        except Exception:  # noqa: BLE001 - unreadable means unfinished: it is recomputed
+            return False
+
+    @staticmethod
+    def _write_shard(path: Path, i: int, adapter, probeset, start: int, stop: int, *, batch_size, read_position,
+                     hidden_dtype, edit_hooks, logits_transform) -> None:
+        from safetensors.torch import save_file
+
+        L, D, V = adapter.n_layers, adapter.d_model, adapter.vocab_size
+        hidden = torch.empty((stop - start, L + 1, D), dtype=hidden_dtype)
+        logits = torch.empty((stop - start, V), dtype=torch.float32)
+        for part in iter_capture(adapter, probeset, batch_size=batch_size, read_position=read_position,
+                                 edit_hooks=edit_hooks, logits_transform=logits_transform, hidden_dtype=hidden_dtype,
+                                 progress=False, start=start, stop=stop):
+            a, b = part.meta["start"] - start, part.meta["stop"] - start
+            hidden[a:b] = part.hidden
+            logits[a:b] = part.logits
+        tensors = {f"hidden.{layer}": hidden[:, layer].contiguous() for layer in range(L + 1)}
+        tensors["logits"] = logits
+        meta = {"start": str(start), "stop": str(stop), "index": str(i)}
+        _atomic_write_bytes(path / _shard_name(i), lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+    def open(self, adapter: ModelAdapter, probeset: ProbeSet, **settings) -> StoredCapture:
+        """A finished stored capture for these settings (same defaults as :meth:`extract`)."""
+        full = {"read_position": settings.get("read_position", "last"),
+                "hidden_dtype": settings.get("hidden_dtype", "float16"), "padding_side": adapter.padding_side,
+                "edit": settings.get("edit_key"), "transform": settings.get("transform_key"), "version": STORE_VERSION}
+        return StoredCapture(self.path_for(adapter, probeset, full))
