@@ -3,7 +3,6 @@ and the ground-truth property on the trained organism."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 import warnings
@@ -106,15 +105,11 @@ def test_errors(setup):
         fit_tuned_lens(Capture(topk_logprobs=torch.zeros(8, 2)), readout, steps=1)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("logitleak.models.organism") is None,
-                    reason="the organism module is not there yet")
-def test_tuned_lens_on_the_trained_organism():
+def test_tuned_lens_on_the_trained_organism(organism_dir):
     """On a trained model the tuned lens tracks the final distribution better than the logit lens at
     every layer but the last, and gets closer with depth."""
     from logitleak.data import make_shapes
-    from logitleak.models.organism import ensure_organism
-
-    ad = load_model(ensure_organism(progress=False), device="cpu")
+    ad = load_model(organism_dir, device="cpu")
     ps = make_shapes(300, questions="all", seed=123, image_size=ad.image_size or 32)
     cap = capture(ad, ps, batch_size=100, progress=False)
     lens = fit_tuned_lens(cap, ad.readout(), groups=ps.groups, seed=0)

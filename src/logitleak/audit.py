@@ -121,29 +121,30 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
                            [hashlib.sha256("\x1f".join(v).encode()).hexdigest() for v in labels.values()],
                            hashlib.sha256(np.asarray(probeset.groups).tobytes()).hexdigest()])
     cache_dir.mkdir(parents=True, exist_ok=True)
-    frames, todo = [], {}
+    done: dict = {}
+    todo: dict = {}
     for key, x in features.items():
         digest = hashlib.sha256((settings + _features_digest(key, x)).encode()).hexdigest()[:20]
         path = cache_dir / f"{digest}.parquet"
         if path.exists():
-            frames.append(pd.read_parquet(path))
+            done[key] = pd.read_parquet(path)
         else:
             todo[key] = (x, path)
-    if todo:
-        # Group by level so each call batches many layers / k values at once, then cache per feature set.
-        by_level: dict[str, list] = {}
-        for key in todo:
-            by_level.setdefault(key[0], []).append(key)
-        for level, keys in by_level.items():
-            df = evaluate_sweep({k: todo[k][0] for k in keys}, labels, groups=probeset.groups,
-                                task_attribute=cfg.task, probes=cfg.probes.families, n_folds=cfg.probes.folds,
-                                n_permutations=cfg.probes.permutations, n_bootstrap=cfg.probes.bootstrap,
-                                seed=cfg.seed, device=cfg.device, progress=progress)
-            for key in keys:
-                level_, layer, k = key
-                part = df[(df["level"] == level_) & _match(df["layer"], layer) & _match(df["k"], k)]
-                _write_parquet(part, todo[key][1])
-                frames.append(part)
+    # Group by level so each call batches many layers / k values at once, then cache per feature set.
+    by_level: dict[str, list] = {}
+    for key in todo:
+        by_level.setdefault(key[0], []).append(key)
+    for keys in by_level.values():
+        df = evaluate_sweep({k: todo[k][0] for k in keys}, labels, groups=probeset.groups,
+                            task_attribute=cfg.task, probes=cfg.probes.families, n_folds=cfg.probes.folds,
+                            n_permutations=cfg.probes.permutations, n_bootstrap=cfg.probes.bootstrap,
+                            seed=cfg.seed, device=cfg.device, progress=progress)
+        for key in keys:
+            level, layer, k = key
+            part = df[(df["level"] == level) & _match(df["layer"], layer) & _match(df["k"], k)].reset_index(drop=True)
+            _write_parquet(part, todo[key][1])
+            done[key] = part
+    frames = [done[key] for key in features]  # always in the order the levels were built
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
