@@ -134,11 +134,14 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
     by_level: dict[str, list] = {}
     for key in todo:
         by_level.setdefault(key[0], []).append(key)
-    for keys in by_level.values():
+    for level, keys in by_level.items():
+        families = [f for f in cfg.probes.families
+                    if f != "mlp" or cfg.probes.mlp_levels is None or level in cfg.probes.mlp_levels]
         df = evaluate_sweep({k: todo[k][0] for k in keys}, labels, groups=probeset.groups,
-                            task_attribute=cfg.task, probes=cfg.probes.families, n_folds=cfg.probes.folds,
+                            task_attribute=cfg.task, probes=families, n_folds=cfg.probes.folds,
                             n_permutations=cfg.probes.permutations, n_bootstrap=cfg.probes.bootstrap,
-                            seed=cfg.seed, device=cfg.device, progress=progress)
+                            seed=cfg.seed, device=cfg.device, progress=progress,
+                            probe_params=probe_params(cfg))
         for key in keys:
             level, layer, k = key
             part = df[(df["level"] == level) & _match(df["layer"], layer) & _match(df["k"], k)].reset_index(drop=True)
@@ -146,6 +149,11 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
             done[key] = part
     frames = [done[key] for key in features]  # always in the order the levels were built
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def probe_params(cfg: AuditConfig) -> dict | None:
+    """Per-family options for :func:`evaluate_sweep` from the probe settings."""
+    return {"linear": {"C": cfg.probes.C}} if cfg.probes.C is not None else None
 
 
 def _match(col: pd.Series, value) -> pd.Series:

@@ -26,6 +26,10 @@ class ProbeSettings(_Strict):
     folds: int = Field(5, ge=2)
     permutations: int = Field(100, ge=0)
     bootstrap: int = Field(1000, ge=0)
+    C: float | None = Field(None, gt=0)
+    """Fixed inverse L2 strength for the linear probe; ``None`` chooses it by inner validation."""
+    mlp_levels: list[str] | None = None
+    """Run the MLP only on these levels (``None``: every level); it is the expensive family."""
 
 
 class LensSettings(_Strict):

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from logitleak.audit import (_Timer, audit_identity, model_fingerprint, package_versions, prepare_out_dir,
-                             resolve_model_path)
+                             probe_params, resolve_model_path)
 from logitleak.capture import Capture
 from logitleak.config import AuditConfig
 from logitleak.data.probeset import ProbeSet
@@ -106,6 +106,13 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
     k_api = max(cfg.k)
     if k_api > adapter.vocab_size:
         raise LogitleakError(f"k={k_api} is larger than the vocabulary ({adapter.vocab_size}); pass --k values up to {adapter.vocab_size}.")
+    for d in grid:  # validate the whole grid before any work
+        for t in d.output_side:
+            if t.name == "topk" and int(t.value) > adapter.vocab_size:
+                raise LogitleakError(f"Defence topk:{t.value} asks for more alternatives than the vocabulary has "
+                                     f"({adapter.vocab_size}); use k <= {adapter.vocab_size}.")
+        if d.erasure_layers:
+            resolve_erasure_layers(d.erasure_layers, adapter.n_layers)
     attributes = list(probeset.attributes.columns)
     irrelevant = [a for a in attributes if a != cfg.task]
     labels = {a: eval_set.labels(a) for a in attributes}
@@ -141,7 +148,8 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
             df = evaluate_sweep(features, labels, groups=eval_set.groups, task_attribute=cfg.task,
                                 probes=cfg.probes.families, n_folds=cfg.probes.folds,
                                 n_permutations=cfg.probes.permutations, n_bootstrap=cfg.probes.bootstrap,
-                                seed=cfg.seed, device=cfg.device, progress=progress)
+                                seed=cfg.seed, device=cfg.device, progress=progress,
+                                probe_params=probe_params(cfg))
         df["defense"], df["strength"], df["defense_label"] = defense.name, defense.strength, defense.label()
         df["utility_accuracy"] = utility
         df["erased_layers"] = ",".join(map(str, layers)) if layers else None
