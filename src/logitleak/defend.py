@@ -70,7 +70,7 @@ def recommend(tradeoff: pd.DataFrame, max_loss: float, alpha: float = 0.05) -> s
     base_utility = float(base.iloc[0]) if len(base) else float("nan")
     candidates = []
     for label, rows in api.groupby("defense_label", sort=False):
-        leaks = rows[(rows["p_value"] < alpha) & (rows["ci_low"] > rows["baseline_accuracy"])]
+        leaks = rows[rows["p_value"] < alpha]  # any significant reading (uncorrected: the safe side)
         loss = float(rows["utility_loss"].iloc[0])
         if leaks.empty and loss <= max_loss:
             candidates.append((loss, label, float(rows["utility_accuracy"].iloc[0])))
@@ -137,7 +137,10 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
                 captures[layers] = run_pass(eval_set, hooks)
         cap = captures[layers]
         view = apply_output_defense(cap.logits, defense, k=k_api, seed=cfg.seed)
-        utility = float((view.top1() == answer_ids).float().mean())
+        # Dropping ids or values changes what the API reports, not the answer it generates: utility is
+        # measured on the ranking the defence leaves before those two transforms.
+        answer_view = apply_output_defense(cap.logits, _without_redaction(defense), k=k_api, seed=cfg.seed)
+        utility = float((answer_view.top1() == answer_ids).float().mean())
         if base_utility is None and not defense.transforms:
             base_utility = utility
         features = api_features(view.logprobs, view.ids, None, view.k)
@@ -181,6 +184,10 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
                           tradeoff=tradeoff, recommendation=text)
     write_json(out / "run.json", run_info)
     return DefendResult(tradeoff=tradeoff, recommendation=text, out_dir=out, report_path=report)
+
+
+def _without_redaction(defense: Defense) -> Defense:
+    return Defense(tuple(t for t in defense.transforms if t.name not in ("values_only", "ranks_only")))
 
 
 def _first_token(adapter, word: str) -> int:

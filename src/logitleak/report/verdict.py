@@ -230,7 +230,8 @@ def evidence(row, with_p: bool = True) -> str:
     s = f"{row['probe']} probe: {fmt_bits(row)} bits; accuracy {fmt_acc(row).replace(' vs ', ' vs baseline ')}"
     if with_p:
         if bool(row.get("is_api")) and finite(row.get("p_holm")):
-            s += f"; Holm p={fmt_p(row['p_holm'])} (raw {fmt_p(row['p_value'])})"
+            raw = row.get("p_value_tail") if finite(row.get("p_value_tail")) else row.get("p_value")
+            s += f"; Holm p={fmt_p(row['p_holm'])} (raw {fmt_p(raw)})"
         else:
             s += f"; p={fmt_p(row.get('p_value'))}"
     return s
