@@ -72,18 +72,6 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def model_fingerprint(path: Path) -> str:
-    """Hash of a model directory's config and weight file names and sizes (cheap, content-sensitive enough)."""
-    h = hashlib.sha256()
-    for f in sorted(path.glob("*")):
-        if f.is_file() and (f.suffix in (".json", ".safetensors", ".model", ".txt")):
-            h.update(f.name.encode())
-            h.update(str(f.stat().st_size).encode())
-            if f.suffix == ".json" and f.stat().st_size < 1_000_000:
-                h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def resolve_model_path(cfg: AuditConfig, progress: bool = True) -> Path:
     """``organism`` -> the cached trained organism (training it once); otherwise a local directory."""
     if cfg.model == "organism":
@@ -93,16 +81,11 @@ def resolve_model_path(cfg: AuditConfig, progress: bool = True) -> Path:
     return Path(cfg.model)
 
 
-def answer_token_ids(tokenizer, probeset: ProbeSet) -> list[int]:
-    """First token of every attribute value, with and without a leading space (the answer words)."""
-    ids: set[int] = set()
-    words = {str(v) for col in probeset.attributes.columns for v in probeset.attributes[col].unique()}
-    for word in sorted(words):
-        for text in (word, " " + word):
-            toks = tokenizer.encode(text, add_special_tokens=False)
-            if toks and toks[0] != getattr(tokenizer, "unk_token_id", None):
-                ids.add(int(toks[0]))
-    return sorted(ids)
+def answer_token_ids(adapter, probeset: ProbeSet) -> list[int]:
+    """First token of every attribute value as it would follow the prompt (the answer words)."""
+    words = sorted({str(v) for col in probeset.attributes.columns for v in probeset.attributes[col].unique()})
+    unk = getattr(adapter.tokenizer, "unk_token_id", None)
+    return sorted({i for i in adapter.answer_token_ids(words) if i != unk})
 
 
 def _features_digest(key, x: np.ndarray) -> str:
@@ -210,7 +193,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
             model_path = resolve_model_path(cfg, progress=progress)
             adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype)
             probeset = load_probe_set(cfg)
-            model_desc, model_fp = ("organism" if cfg.model == "organism" else str(model_path)), model_fingerprint(model_path)
+            model_desc, model_fp = ("organism" if cfg.model == "organism" else str(model_path)), adapter.fingerprint()
     attributes = list(probeset.attributes.columns)
     for a in attributes:
         if probeset.attributes[a].nunique() < 2:
@@ -225,9 +208,9 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
             from logitleak.store import ActivationStore
 
             stored = ActivationStore(cache / "captures").extract(adapter, probeset, batch_size=cfg.batch_size, progress=progress)
-            capture = stored.to_capture()
+            capture = stored  # levels and the lens read one layer at a time from disk
             readout = adapter.readout()
-            answer_ids = answer_token_ids(adapter.tokenizer, probeset)
+            answer_ids = answer_token_ids(adapter, probeset)
             n_layers = capture.n_layers
             layers = _selected_layers(cfg, n_layers)
     levels = list(cfg.levels)
@@ -237,7 +220,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
         levels = [lv for lv in levels if lv in API_LEVELS and lv != "topk_logits"]
     if not cfg.endpoint and any(lv in LENS_LEVELS for lv in levels):
         with timer("tuned_lens"):
-            lens = _tuned_lens(capture, readout, cache / "lens", cfg, progress)
+            lens = _tuned_lens(capture, readout, cache / "lens", cfg, probeset.groups)
     with timer("levels"):
         from logitleak.levels import build_features
 
@@ -274,7 +257,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     return AuditResult(results=results, out_dir=out, run_info=run_info, report_path=report_path, problems=problems)
 
 
-def _tuned_lens(capture, readout, lens_dir: Path, cfg: AuditConfig, progress: bool):
+def _tuned_lens(capture, readout, lens_dir: Path, cfg: AuditConfig, groups: np.ndarray):
     """Reuse a lens saved for this model in the output directory, else train and save one."""
     from logitleak.lens import TunedLens, fit_tuned_lens
 
@@ -282,6 +265,6 @@ def _tuned_lens(capture, readout, lens_dir: Path, cfg: AuditConfig, progress: bo
         lens = TunedLens.load(lens_dir, readout=readout)
         if getattr(lens, "matches", lambda r: True)(readout):
             return lens
-    lens = fit_tuned_lens(capture, readout, steps=cfg.lens.steps, lr=cfg.lens.lr, seed=cfg.seed)
+    lens = fit_tuned_lens(capture, readout, steps=cfg.lens.steps, lr=cfg.lens.lr, seed=cfg.seed, groups=groups)
     lens.save(lens_dir)
     return lens

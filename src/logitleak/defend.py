@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from logitleak.audit import (_Timer, audit_identity, model_fingerprint, package_versions, prepare_out_dir,
-                             probe_params, resolve_model_path)
+from logitleak.audit import (_Timer, audit_identity, package_versions, prepare_out_dir, probe_params,
+                             resolve_model_path)
 from logitleak.capture import Capture
 from logitleak.config import AuditConfig
 from logitleak.data.probeset import ProbeSet
@@ -47,7 +47,7 @@ def split_fit_eval(probeset: ProbeSet, seed: int, fit_fraction: float = 0.5) -> 
     return probeset.subset(np.flatnonzero(in_fit)), probeset.subset(np.flatnonzero(~in_fit))
 
 
-def api_features(view_logprobs: torch.Tensor, view_ids: torch.Tensor, readout, k: int) -> dict:
+def api_features(view_logprobs: torch.Tensor, view_ids: torch.Tensor, k: int) -> dict:
     """The API levels of one defended output, skipping levels the defence removed."""
     from logitleak.levels import build_features
 
@@ -143,7 +143,7 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
         utility = float((answer_view.top1() == answer_ids).float().mean())
         if base_utility is None and not defense.transforms:
             base_utility = utility
-        features = api_features(view.logprobs, view.ids, None, view.k)
+        features = api_features(view.logprobs, view.ids, view.k)
         if layers:  # the guarantee, measured: the residual stream at each erased layer
             for l_ in layers:
                 features[("residual", l_, None)] = cap.hidden[:, l_].float().numpy()
@@ -172,7 +172,7 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
     run_info = {
         "identity": json.loads(json.dumps(audit_identity(cfg))), "config": cfg.model_dump(),
         "model": "organism" if cfg.model == "organism" else str(model_path),
-        "model_fingerprint": model_fingerprint(model_path), "data": cfg.data,
+        "model_fingerprint": adapter.fingerprint(), "data": cfg.data,
         "data_fingerprint": probeset.fingerprint(), "task": cfg.task, "attributes": attributes,
         "n_samples": len(eval_set), "n_fit_samples": len(fit_set), "seed": cfg.seed,
         "defenses": [d.label() for d in grid], "max_utility_loss": max_loss, "recommendation": text,

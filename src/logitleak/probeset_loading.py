@@ -11,13 +11,12 @@ from logitleak.data.shapes import ATTRIBUTES, QUESTIONS, make_shapes
 from logitleak.errors import LogitleakError
 
 
-def load_probe_set(cfg: AuditConfig, image_size: int | None = None) -> ProbeSet:
+def load_probe_set(cfg: AuditConfig) -> ProbeSet:
     """``shapes`` (generated, seeded), an image folder / label file, or a local `datasets` directory."""
     if cfg.data == "shapes":
         if cfg.task not in ATTRIBUTES:
             raise LogitleakError(f"Task attribute {cfg.task!r} is not a shapes attribute; choose one of: {', '.join(ATTRIBUTES)}.")
-        kwargs = {} if image_size is None else {"image_size": image_size}
-        ps = make_shapes(cfg.samples, questions=cfg.task, seed=cfg.seed, **kwargs)
+        ps = make_shapes(cfg.samples, questions=cfg.task, seed=cfg.seed)
         if cfg.question:
             ps.prompts = [cfg.question] * len(ps)
         if cfg.attributes:
