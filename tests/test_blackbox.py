@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -39,29 +38,13 @@ MODEL = "organism"
 FAST = RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.05, connect_patience_s=1.0, timeout_s=30)
 
 
-def organism_path() -> Path:
-    """The trained organism when it is cached, else a quick throwaway one (cached across runs)."""
-    from logitleak.models.organism import is_complete, organism_dir, train_organism
 
-    if is_complete(organism_dir(0)):
-        return organism_dir(0)
-    quick = Path(tempfile.gettempdir()) / "logitleak-test-organism-quick-v1"
-    if not is_complete(quick):
-        train_organism(quick, 0, quick=True, progress=False)
-    return quick
+
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model_dir():
-    return organism_path()
+def model_dir(organism_dir):
+    return organism_dir
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from logitleak import metrics as M
 from logitleak.errors import LogitleakError
@@ -13,14 +12,7 @@ from logitleak.evaluate import EXTRA_COLUMNS, cv_splits, evaluate_sweep, plan_at
 from logitleak.results import RESULT_COLUMNS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These problems are small: one thread is as fast, and immune to OpenMP spin-waiting when
-    the machine is shared (which made them 10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------

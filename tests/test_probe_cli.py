@@ -8,20 +8,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from logitleak.cli import main
 from logitleak.results import RESULT_COLUMNS, read_results
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These problems are small: one thread is as fast, and immune to OpenMP spin-waiting when
-    the machine is shared (which made them 10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 N = 60

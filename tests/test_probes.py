@@ -24,14 +24,7 @@ from logitleak.probes import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These problems are small: one thread is as fast, and immune to OpenMP spin-waiting when
-    the machine is shared (which made them 10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian_classes(rng, n, d, K, sep, scale_spread=True):

@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import logging
-import tempfile
 import threading
 from pathlib import Path
 
@@ -25,16 +24,6 @@ from logitleak.defenses.spec import parse_single_defense
 MODEL = "organism"
 
 
-def organism_path() -> Path:
-    """The trained organism when it is cached, else a quick throwaway one (cached across runs)."""
-    from logitleak.models.organism import is_complete, organism_dir, train_organism
-
-    if is_complete(organism_dir(0)):
-        return organism_dir(0)
-    quick = Path(tempfile.gettempdir()) / "logitleak-test-organism-quick-v1"
-    if not is_complete(quick):
-        train_organism(quick, 0, quick=True, progress=False)
-    return quick
 
 
 def load(path: Path):
@@ -54,18 +43,11 @@ def image_messages(image, prompt: str) -> list[dict]:
                                          {"type": "text", "text": prompt}]}]
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models run fastest on one torch thread (and a shared CPU makes 2 threads crawl)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
-def model_dir():
-    return organism_path()
+def model_dir(organism_dir):
+    return organism_dir
 
 
 @pytest.fixture(scope="module")

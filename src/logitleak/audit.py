@@ -17,7 +17,7 @@ from logitleak.config import AuditConfig
 from logitleak.data.probeset import ProbeSet
 from logitleak.errors import LogitleakError
 from logitleak.probeset_loading import load_probe_set
-from logitleak.results import write_json, write_results
+from logitleak.results import atomic_write, write_json, write_results
 
 LENS_LEVELS = ("tuned_lens_topk", "tuned_lens_answers")
 IDENTITY_KEYS = ("model", "data", "labels", "task", "question", "attributes", "samples", "seed", "endpoint", "served_model")
@@ -128,7 +128,7 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
         for key in keys:
             level, layer, k = key
             part = df[(df["level"] == level) & _match(df["layer"], layer) & _match(df["k"], k)].reset_index(drop=True)
-            _write_parquet(part, todo[key][1])
+            atomic_write(todo[key][1], lambda tmp, part=part: part.to_parquet(tmp, index=False))
             done[key] = part
     frames = [done[key] for key in features]  # always in the order the levels were built
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -141,12 +141,6 @@ def probe_params(cfg: AuditConfig) -> dict | None:
 
 def _match(col: pd.Series, value) -> pd.Series:
     return col.isna() if value is None else (col == value)
-
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
 
 
 class _Timer:

@@ -75,7 +75,7 @@ class TunedLens:
         """Write ``translators.safetensors`` and ``config.json`` (atomically) into ``directory``."""
         from safetensors.torch import save_file
 
-        from logitleak.results import _atomic_write, write_json
+        from logitleak.results import atomic_write, write_json
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ class TunedLens:
             tensors[f"bias.{layer}"] = self.bias[layer].contiguous()
         if not tensors:  # safetensors wants at least one entry
             tensors["empty"] = torch.zeros(0)
-        _atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
+        atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
         write_json(out / CONFIG_FILE, {
             "version": LENS_VERSION, "kind": "tuned_lens", "d_model": self.d_model, "n_layers": self.n_layers,
             "layers": self.layers, "readout_hash": self.readout_hash,

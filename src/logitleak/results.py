@@ -50,7 +50,9 @@ def to_frame(rows: Iterable[Mapping] | pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: str | Path, write) -> None:
+    """Write ``path`` through ``write(tmp_path)`` then rename: readers never see a half-written file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -74,15 +76,15 @@ def _json_value(v):
 
 def write_json(path: str | Path, obj) -> None:
     """Write JSON atomically (temp file + rename), NaN as null."""
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=_json_value)))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=_json_value)))
 
 
 def write_results(rows: Iterable[Mapping] | pd.DataFrame, out_dir: str | Path, stem: str = "results") -> pd.DataFrame:
     """Write ``{stem}.parquet``, ``{stem}.csv`` and ``{stem}.json`` (a list of row objects), atomically."""
     df = to_frame(rows)
     out = Path(out_dir)
-    _atomic_write(out / f"{stem}.parquet", lambda tmp: df.to_parquet(tmp, index=False))
-    _atomic_write(out / f"{stem}.csv", lambda tmp: df.to_csv(tmp, index=False))
+    atomic_write(out / f"{stem}.parquet", lambda tmp: df.to_parquet(tmp, index=False))
+    atomic_write(out / f"{stem}.csv", lambda tmp: df.to_csv(tmp, index=False))
     records = [{k: _json_value(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
     write_json(out / f"{stem}.json", records)
     return df

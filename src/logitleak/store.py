@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +26,7 @@ import torch
 
 from logitleak.capture import Capture, capture_meta, iter_capture
 from logitleak.errors import LogitleakError
+from logitleak.results import atomic_write
 
 if TYPE_CHECKING:
     from logitleak.data.probeset import ProbeSet
@@ -38,19 +37,8 @@ MANIFEST = "manifest.json"
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _write_json(path: Path, obj) -> None:
-    _atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1, default=str)))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1, default=str)))
 
 
 def _shard_name(i: int) -> str:
@@ -251,7 +239,7 @@ class ActivationStore:
         tensors = {f"hidden.{layer}": hidden[:, layer].contiguous() for layer in range(L + 1)}
         tensors["logits"] = logits
         meta = {"start": str(start), "stop": str(stop), "index": str(i)}
-        _atomic_write_bytes(path / _shard_name(i), lambda tmp: save_file(tensors, tmp, metadata=meta))
+        atomic_write(path / _shard_name(i), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     def open(self, adapter: ModelAdapter, probeset: ProbeSet, **settings) -> StoredCapture:
         """A finished stored capture for these settings (same defaults as :meth:`extract`)."""

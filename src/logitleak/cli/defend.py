@@ -57,7 +57,8 @@ def register(app: typer.Typer) -> None:
         api = result.tradeoff[(result.tradeoff["level"] != "residual") & (~result.tradeoff["task_relevant"].astype(bool))]
         best = api.sort_values("accuracy", ascending=False).groupby(["defense_label", "attribute"], sort=False).head(1)
         for r in best.itertuples():
-            table.add_row(r.defense_label, r.attribute, r.level, str(r.k), f"{r.accuracy:.3f}",
+            table.add_row(r.defense_label, r.attribute, r.level, str(r.k),
+                          f"{r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]",
                           f"{r.baseline_accuracy:.3f}", f"{r.p_value:.3g}", f"{r.v_info_bits:.3f}", f"{r.utility_accuracy:.3f}")
         console.print(table)
         console.print(result.recommendation)

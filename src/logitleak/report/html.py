@@ -24,7 +24,7 @@ from logitleak.report.verdict import (
     relevance,
     verdict,
 )
-from logitleak.results import _atomic_write
+from logitleak.results import atomic_write
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -297,5 +297,5 @@ def build_report(results: pd.DataFrame, run_info: dict, out_path: str | Path, *,
     if out.is_dir():
         out = out / "report.html"
     text = render_html(results, run_info or {}, tradeoff=tradeoff, recommendation=recommendation, alpha=alpha)
-    _atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return out
