@@ -86,3 +86,15 @@ def test_invalid_defence_parameters_are_clear_errors(tmp_path, organism_dir, spe
                           "--out", str(tmp_path / "o"), "--quiet"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 2, res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_recommendation_refuses_when_permutations_cannot_reach_alpha():
+    import pandas as pd
+
+    from logitleak.defend import recommend
+
+    rows = pd.DataFrame([{"defense": "none", "defense_label": "none", "task_relevant": False, "level": "topk_ids",
+                          "p_value": 0.5, "utility_accuracy": 1.0, "utility_loss": 0.0, "n_permutations": 5}])
+    assert recommend(rows, 0.05).startswith("No recommendation: with 5 permutations")
+    rows["n_permutations"] = 99
+    assert recommend(rows, 0.05).startswith("No defence is needed")
