@@ -98,3 +98,5 @@ def test_recommendation_refuses_when_permutations_cannot_reach_alpha():
     assert recommend(rows, 0.05).startswith("No recommendation: with 5 permutations")
     rows["n_permutations"] = 99
     assert recommend(rows, 0.05).startswith("No defence is needed")
+    rows["n_permutations"], rows["p_test"] = 0, "heldout"       # the default test is not bounded by a count
+    assert recommend(rows, 0.05).startswith("No defence is needed")

@@ -82,8 +82,9 @@ def test_null_p_values_are_calibrated_and_v_information_is_not_positive():
     lo, hi = M.binomial_interval(runs, 0.05, 0.99)
     assert lo <= int((df.p_value < 0.05).sum()) <= hi
     assert lo <= int((df.v_info_p_value < 0.05).sum()) <= hi
-    assert lo <= int((df.p_value_tail < 0.05).sum()) <= hi      # the tail-fitted p used for Holm
-    assert int((df.p_value_tail < 0.001).sum()) <= 2             # no spurious tiny p-values on nulls
+    assert df.p_test.eq("permutation").all()
+    assert lo <= int((df.p_value_heldout < 0.05).sum()) <= hi   # the default test, beside the exact one
+    assert int((df.p_value_heldout < 0.001).sum()) <= 2          # no spurious tiny p-values on nulls
     assert df.v_info_bits.mean() <= 0.0
     assert abs(df.control_accuracy.mean() - df.baseline_accuracy.mean()) < 0.03
     assert abs(df.accuracy.mean() - df.baseline_accuracy.mean()) < 0.03

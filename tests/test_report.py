@@ -61,17 +61,33 @@ def test_verdict_names_the_leaking_attribute_from_k5_with_its_bits():
     leaks = _leaks(findings)
     assert [f.attribute for f in leaks] == ["shape"]
     shape = leaks[0]
-    assert shape.level == "topk_ids" and shape.k == 5
+    # the finding rests on the strongest reading (most bits: topk_ids at k >= 10), with its interval
+    assert shape.level == "topk_ids" and shape.k in (10, 20)
     assert shape.probe == "mlp"  # the strongest family at that cell, and it is named
-    assert shape.bits == pytest.approx(LEAK_BITS_K5)
-    assert shape.bits_ci == pytest.approx((LEAK_BITS_K5 - 0.08, LEAK_BITS_K5 + 0.08))
+    top = make_table().query("level == 'topk_ids' and attribute == 'shape' and probe == 'mlp'").v_info_bits.max()
+    assert shape.bits == pytest.approx(top) and shape.bits > LEAK_BITS_K5
+    assert shape.bits_ci == pytest.approx((top - 0.08, top + 0.08))
+    assert shape.details["first_k"] == 5                      # the smallest k shown, as the secondary fact
     head = findings[0]
     assert head.kind == "headline"
-    assert "CAN read" in head.text and "shape" in head.text and "k=5" in head.text
-    assert f"{LEAK_BITS_K5:.2f}" in head.text and "mlp" in head.text
-    assert "accuracy 0.83 [0.80, 0.86] vs baseline 0.35" in shape.text
+    assert "CAN read" in head.text and "shape" in head.text and "from k=5" in head.text
+    assert f"{top:.2f} [{top - 0.08:.2f}, {top + 0.08:.2f}]" in head.text and "mlp" in head.text
+    assert head.text.index("strongest") < head.text.index("from k=5")
+    assert "accuracy 0.83 [0.80, 0.86] vs baseline 0.35" in shape.text   # the k=5 reading, per level
     # compared with the residual stream and the tuned lens for the same attribute
     assert "residual stream holds" in shape.text and "tuned lens holds" in shape.text
+
+
+def test_bits_whose_interval_includes_zero_are_not_shown_above_zero_and_bits_are_estimates():
+    df = make_table()
+    shape = df["attribute"] == "shape"
+    df.loc[shape, "v_info_ci_low"] = -0.02
+    findings = verdict(df)
+    assert "not shown above zero" in findings[0].text
+    method = next(f for f in findings if f.kind == "method").text
+    assert "estimate" in method and "lower bound" not in method
+    plain = verdict(make_table())
+    assert "not shown above zero" not in plain[0].text
 
 
 def test_verdict_does_not_name_the_attribute_at_baseline():

@@ -66,8 +66,9 @@ def recommend(tradeoff: pd.DataFrame, max_loss: float, alpha: float = 0.05) -> s
     api = tradeoff[(~tradeoff["task_relevant"].astype(bool)) & (tradeoff["level"] != "residual")]
     if api.empty:
         return "No task-irrelevant attribute was measured, so no defence is needed or recommended."
-    if "n_permutations" in api.columns and api["n_permutations"].notna().all():
-        n_perm = int(api["n_permutations"].min())
+    perm_rows = api[api["p_test"] == "permutation"] if "p_test" in api.columns else api
+    if "n_permutations" in perm_rows.columns and len(perm_rows) and perm_rows["n_permutations"].notna().all():
+        n_perm = int(perm_rows["n_permutations"].min())
         if 1.0 / (n_perm + 1) >= alpha:
             return (f"No recommendation: with {n_perm} permutations no p-value can fall below {alpha}, so "
                     f"'at baseline' cannot be told from 'not tested'; rerun with at least {int(1 / alpha)} permutations.")

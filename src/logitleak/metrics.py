@@ -3,7 +3,8 @@
 Everything here is plain numpy on out-of-fold predictions: accuracy and its relatives, the
 held-out cross-entropy in bits, the train-fold class-prior baseline, predictive V-information
 (Xu et al. 2020) ``H(Y) - CE``, permutation p-values, bootstrap intervals, and the label
-relabellings used by permutation tests and control tasks (Hewitt & Liang 2019).
+relabellings used by permutation tests and control tasks (Hewitt & Liang 2019). The default
+p-value, :func:`heldout_gain_pvalue`, lives in :mod:`logitleak.heldout` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from logitleak.heldout import centred_gains, forward_chain, heldout_gain_pvalue  # noqa: F401  (re-exported)
 
 LN2 = math.log(2.0)
 PROB_FLOOR = 1e-9
@@ -114,34 +117,6 @@ def permutation_p_value(observed: float, null: np.ndarray) -> float:
     return float((1 + np.sum(null >= observed - tol)) / (1 + null.size))
 
 
-def permutation_p_value_tail(observed: float, null: np.ndarray, min_exceedances: int = 10) -> float:
-    """A permutation p-value that can go below ``1 / (1 + n_perm)``.
-
-    With at least ``min_exceedances`` permutation statistics at or above the observed one this is
-    the exact :func:`permutation_p_value`; with fewer, the tail is estimated from a normal fitted
-    to the permutation null (Knijnenburg et al. 2009 fit the tail the same way, with a GPD), and
-    the result is never below what the exact count allows at the other end
-    (it is at least ``1e-12``). Used where many tests are corrected together (Holm), which a
-    p-value floored at ``1 / (1 + n_perm)`` could never survive.
-    """
-    null = np.asarray(null, dtype=float)
-    null = null[np.isfinite(null)]
-    if null.size == 0 or not np.isfinite(observed):
-        return float("nan")
-    tol = 1e-9 * max(1.0, abs(float(observed)))
-    exceed = int(np.sum(null >= observed - tol))
-    exact = (1 + exceed) / (1 + null.size)
-    if exceed >= min_exceedances:
-        return float(exact)
-    from scipy.stats import norm
-
-    sd = float(null.std(ddof=1)) if null.size > 1 else 0.0
-    if sd <= 0:
-        return float(exact)
-    tail = float(norm.sf((observed - float(null.mean())) / sd))
-    return float(min(exact, max(tail, 1e-12)))
-
-
 def bootstrap_weights(n: int, n_boot: int, rng: np.random.Generator, groups: np.ndarray | None = None) -> np.ndarray:
     """``(n_boot, n)`` float32 resampling multiplicities: samples drawn with replacement, or whole
     groups drawn with replacement (each sample then counts as often as its group was drawn)."""
@@ -181,12 +156,29 @@ def _group_blocks(groups: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     return inv, np.split(order, bounds)
 
 
+def unmovable_groups(codes: np.ndarray, groups: np.ndarray) -> int:
+    """How many groups a label permutation could not move: 0 when every group has a single
+    label (groups swap labels, whatever their sizes); otherwise the number of groups whose size
+    no other group shares (whole label blocks can only be swapped between groups of one size)."""
+    codes = np.asarray(codes)
+    inv, blocks = _group_blocks(groups)
+    first = np.array([codes[b[0]] for b in blocks])
+    if np.array_equal(codes, first[inv]):
+        return 0
+    sizes = np.array([len(b) for b in blocks])
+    _, size_inv, size_count = np.unique(sizes, return_inverse=True, return_counts=True)
+    return int((size_count[size_inv] == 1).sum())
+
+
 def permute_labels(codes: np.ndarray, rng: np.random.Generator, groups: np.ndarray | None = None) -> np.ndarray:
     """A random relabelling that is exchangeable under "labels independent of features".
 
     Without groups: a permutation of the samples' labels. With groups: labels move between
-    groups, never within one: when every group has a single label, groups swap labels; otherwise
-    whole label blocks are swapped between groups of the same size (order within a group kept).
+    groups, never within one: when every group has a single label, groups swap labels (any
+    sizes); otherwise whole label blocks are swapped between groups of the same size (order
+    within a group kept), which needs every group size to occur at least twice -- a design
+    where it does not raises ``ValueError`` (see :func:`unmovable_groups`) rather than leaving
+    such groups in place and hiding a leak.
     """
     codes = np.asarray(codes)
     if groups is None:
@@ -195,6 +187,9 @@ def permute_labels(codes: np.ndarray, rng: np.random.Generator, groups: np.ndarr
     first = np.array([codes[b[0]] for b in blocks])
     if np.array_equal(codes, first[inv]):
         return first[rng.permutation(len(blocks))][inv]
+    stuck = unmovable_groups(codes, groups)
+    if stuck:
+        raise ValueError(f"{stuck} groups have labels that vary within the group and a size no other group has")
     out = codes.copy()
     sizes = np.array([len(b) for b in blocks])
     for s in np.unique(sizes):

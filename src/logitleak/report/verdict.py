@@ -15,9 +15,12 @@ Rules (the same ones the HTML table and the terminal summary mark rows with):
   (``v_info_bits``, accuracy breaks ties); if none is readable, the one with the most
   V-information overall. The verdict names the family it used.
 * **Leak.** A task-irrelevant attribute leaks through the API when some API-level row of it is
-  readable. "From k" is the smallest k with a readable row on that level (``top1_prob`` has
-  no k); its bits and interval are reported, with the most it reaches over k, next to the best
+  readable. The headline and the leak line quote the *strongest* readable reading (most
+  V-information) with its interval; the smallest k with a readable row ("shown from k";
+  ``top1_prob`` has no k) is the secondary fact, per level as well, next to the best
   residual-stream layer and the best tuned-lens layer for the same attribute.
+* **Wording.** Bits are V-information *estimates* (not a guaranteed bound); a bits figure whose
+  interval includes 0 is said to be "not shown above zero".
 """
 
 from __future__ import annotations
@@ -31,6 +34,13 @@ import pandas as pd
 from logitleak.results import API_LEVELS, LEVELS, to_frame
 
 GROUP_KEYS: tuple[str, ...] = ("level", "layer", "k", "attribute")
+TEST_WORDS: dict[str, str] = {
+    "heldout": ("a one-sided held-out log-likelihood-gain test: each cross-validation fold after the first is "
+                "scored by a probe trained only on the folds before it, and the gains over a random assignment "
+                "of that fold's labels are tested with Student's t over samples or groups"),
+    "permutation": "label-permutation p-values with a refit per permutation, never below 1/(1+permutations)",
+}
+"""How the method statement describes each value of the results column ``p_test``."""
 TUNED_LEVELS: tuple[str, ...] = ("tuned_lens_topk", "tuned_lens_answers")
 
 
@@ -112,6 +122,18 @@ def fmt_bits(row) -> str:
     return s
 
 
+def bits_shown(row) -> bool:
+    """Whether the bits' interval lies above zero (a bits figure is only claimed when it does)."""
+    return finite(row.get("v_info_ci_low")) and num(row["v_info_ci_low"]) > 0
+
+
+def bits_text(row) -> str:
+    """'0.61 [0.52, 0.70] of 1.58 bits', or '... of 1.58 bits, not shown above zero' when the
+    interval includes 0 (or is missing)."""
+    s = f"{fmt_bits(row)} bits"
+    return s if bits_shown(row) else s + ", not shown above zero"
+
+
 def holm(pvalues) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (NaN stays NaN and does not count as a test)."""
     p = np.asarray([num(x) for x in pvalues], dtype=float)
@@ -175,8 +197,7 @@ def annotate(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     df["p_holm"] = np.nan
     api_idx = df.index[df["is_api"]]
     if len(api_idx):
-        p_src = "p_value_tail" if "p_value_tail" in df.columns and df.loc[api_idx, "p_value_tail"].notna().any() else "p_value"
-        df.loc[api_idx, "p_holm"] = holm(df.loc[api_idx, p_src])
+        df.loc[api_idx, "p_holm"] = holm(df.loc[api_idx, "p_value"])
     df["p_used"] = np.where(df["is_api"], df["p_holm"], df["p_value"])
     df["significant"] = np.isfinite(df["p_used"]) & (df["p_used"] < alpha)
     df["above_baseline"] = (np.isfinite(df["ci_low"]) & np.isfinite(df["baseline_accuracy"])
@@ -227,11 +248,10 @@ def where(row) -> str:
 
 def evidence(row, with_p: bool = True) -> str:
     """'mlp probe: 0.61 [0.52, 0.70] of 1.58 bits; accuracy 0.83 [0.80, 0.86] vs baseline 0.35; Holm p=0.001'."""
-    s = f"{row['probe']} probe: {fmt_bits(row)} bits; accuracy {fmt_acc(row).replace(' vs ', ' vs baseline ')}"
+    s = f"{row['probe']} probe: {bits_text(row)}; accuracy {fmt_acc(row).replace(' vs ', ' vs baseline ')}"
     if with_p:
         if bool(row.get("is_api")) and finite(row.get("p_holm")):
-            raw = row.get("p_value_tail") if finite(row.get("p_value_tail")) else row.get("p_value")
-            s += f"; Holm p={fmt_p(row['p_holm'])} (raw {fmt_p(raw)})"
+            s += f"; Holm p={fmt_p(row['p_holm'])} (raw {fmt_p(row.get('p_value'))})"
         else:
             s += f"; p={fmt_p(row.get('p_value'))}"
     return s
@@ -262,7 +282,7 @@ def _internal_comparison(best: pd.DataFrame, attr: str, api_bits: float) -> tupl
             continue
         name = label.split()[-1]
         details[name] = r
-        txt = f"{label} holds {fmt_bits(r)} bits at its best ({where(r)}, {r['probe']} probe"
+        txt = f"{label} holds {bits_text(r)} at its best ({where(r)}, {r['probe']} probe"
         txt += ")" if bool(r["readable"]) else ", not significant above baseline)"
         bits = num(r["v_info_bits"])
         if name == "stream" and math.isfinite(bits) and bits > 0 and math.isfinite(api_bits):
@@ -317,16 +337,17 @@ def verdict(results: pd.DataFrame, alpha: float = 0.05) -> list[Finding]:
             per_level.append(f"{level} {kk} ({evidence(first)})")
         first = min(first_rows, key=lambda r: (_k_sort(r), -num(r["v_info_bits"]) if finite(r["v_info_bits"]) else 0))
         top = best_row(readable)
-        k_first = _int_or_none(first["k"])
         comp, details = _internal_comparison(best, attr, num(top["v_info_bits"]))
         intro = f"LEAK — {attr} (not asked about) can be read from the top-k output:"
-        parts = [f"{p}." for p in per_level]
-        parts.append(f"Most at {where(top)}: {fmt_bits(top)} bits ({top['probe']} probe).")
+        parts = [f"Strongest reading at {where(top)}: {evidence(top)}.",
+                 f"The smallest k at which it is shown: {where(first)}."]
+        parts += [f"{p}." for p in per_level]
         parts.append(comp)
         txt = intro + " " + " ".join(parts)
-        leaks.append(Finding("leak", txt, attr, first["level"], k_first, first["probe"],
-                             num(first["v_info_bits"]), _ci(first),
-                             details={"first": first, "top": top, "intro": intro, "parts": parts, **details}))
+        leaks.append(Finding("leak", txt, attr, top["level"], _int_or_none(top["k"]), top["probe"],
+                             num(top["v_info_bits"]), _ci(top),
+                             details={"first": first, "top": top, "first_k": _int_or_none(first["k"]),
+                                      "intro": intro, "parts": parts, **details}))
 
     # headline
     if len(ann) == 0:
@@ -337,12 +358,12 @@ def verdict(results: pd.DataFrame, alpha: float = 0.05) -> list[Finding]:
             "No API-level output (top-k ids, log-probabilities, logits or the top-1 probability) was "
             "measured, so this audit cannot say whether an API user can read anything."))
     elif leaks:
-        def _from(f: Finding) -> str:
-            return f"from k={f.k}" if f.k is not None else "from the top-1 probability"
-        def _bits(f: Finding) -> str:
-            ci = fmt_interval(*f.bits_ci) if f.bits_ci else ""
-            return f"{fmt_num(f.bits)}{ci} bits"
-        names = ", ".join(f"{f.attribute} ({_from(f)} on {f.level}, {_bits(f)}, {f.probe} probe)" for f in leaks)
+        def _one(f: Finding) -> str:
+            top, first = f.details["top"], f.details["first"]
+            shown = f"shown from k={f.details['first_k']} on {first['level']}" if f.details["first_k"] is not None \
+                else f"shown from the top-1 probability on {first['level']}"
+            return f"{f.attribute} (strongest at {where(top)}: {bits_text(top)}, {f.probe} probe; {shown})"
+        names = ", ".join(_one(f) for f in leaks)
         findings.append(Finding(
             "headline",
             f"An API user CAN read task-irrelevant attributes from the top-k output: {names}.",
@@ -381,9 +402,9 @@ def verdict(results: pd.DataFrame, alpha: float = 0.05) -> list[Finding]:
             findings.append(Finding(
                 "task_relevant",
                 f"As expected, the task-relevant attribute {attr} (the one the question asks about) is "
-                f"readable from the API output: from {where(first)} ({evidence(first)}); most at {where(top)}, "
-                f"{fmt_bits(top)} bits.",
-                attr, first["level"], _int_or_none(first["k"]), first["probe"], num(first["v_info_bits"]), _ci(first)))
+                f"readable from the API output: strongest at {where(top)} ({evidence(top)}); shown from "
+                f"{where(first)}.",
+                attr, top["level"], _int_or_none(top["k"]), top["probe"], num(top["v_info_bits"]), _ci(top)))
         else:
             b = best_row(rows)
             findings.append(Finding(
@@ -395,18 +416,20 @@ def verdict(results: pd.DataFrame, alpha: float = 0.05) -> list[Finding]:
 
     if len(ann):
         families = ", ".join(dict.fromkeys(ann["probe"]))
-        correction = (f"At the API levels the p-values are Holm-Bonferroni corrected across all {n_tests} "
-                      "API-level tests (every attribute, level, k and probe family), using permutation p-values "
-                      "whose far tail is estimated from a normal fitted to the permutation null (so they can fall "
-                      "below 1/(1+permutations)); internal levels show "
-                      "per-test p-values, for comparison only." if n_tests else
+        tests = set(ann["p_test"].dropna().astype(str)) if "p_test" in ann.columns else set()
+        test_words = " and ".join(TEST_WORDS.get(t, t) for t in sorted(tests)) or "the table's p-values"
+        correction = (f"At the API levels the p-values ({test_words}) are Holm-Bonferroni corrected across all "
+                      f"{n_tests} API-level tests (every attribute, level, k and probe family); internal levels "
+                      "show per-test p-values, for comparison only." if n_tests else
                       "Internal levels show per-test p-values (no API-level test to correct for).")
         findings.append(Finding(
             "method",
             f"How this was decided: a claim needs p < {alpha:g} AND the accuracy interval's lower end above "
             f"the majority baseline. {correction} Each level uses the strongest probe family run "
-            f"({families}): the readable one with the most V-information. Bits are V-information "
-            f"(H(Y) − held-out cross-entropy), a lower bound on the mutual information for that probe family."))
+            f"({families}): the readable one with the most V-information. Bits are V-information estimates "
+            f"(H(Y) − held-out cross-entropy) with bootstrap intervals: what that probe family reads on held-out "
+            f"samples, an estimate rather than a guaranteed bound on the mutual information; a figure whose "
+            f"interval includes 0 is not shown above zero."))
     return findings
 
 
