@@ -24,7 +24,8 @@ class ProbeSettings(_Strict):
 
     families: list[Literal["linear", "mlp"]] = ["linear", "mlp"]
     folds: int = Field(5, ge=2)
-    permutations: int = Field(100, ge=0)
+    permutations: int = Field(0, ge=0)
+    """Label permutations with a refit each (the exact, costly check); 0: the held-out gain test."""
     bootstrap: int = Field(1000, ge=0)
     C: float | None = Field(None, gt=0)
     """Fixed inverse L2 strength for the linear probe; ``None`` chooses it by inner validation."""

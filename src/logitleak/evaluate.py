@@ -27,7 +27,7 @@ import torch
 from logitleak.batching import Problems, chunk_size, k_buckets, pair_bytes
 from logitleak.batching import memory_budget as _default_budget
 from logitleak.errors import LogitleakError
-from logitleak.heldout import centred_gains
+from logitleak.heldout import block_weights, centred_gains
 from logitleak.plans import AttributePlan, plan_attribute
 from logitleak.probes import (
     DEFAULT_CS,
@@ -231,7 +231,7 @@ def evaluate_sweep(
                     p_chunk = chunk_size(len(b), per_pair, budget, n * d * 16)
                     lp, pr, lk, Cc = _fit_bucket(X, b, fam, probe_params[fam], p_chunk, seed, prog, task)
                     for ai, plan in enumerate(b.plans):
-                        gains = centred_gains(lk[ai], plan.codes, plan.block)
+                        gains = centred_gains(lk[ai], plan.codes, plan.block) * block_weights(plan.block)
                         row, = result_rows(plan, [key], [d], lp[ai], pr[ai], gains,
                                            Cc[ai] if fam == "linear" else None, fam, task_attribute=task_attribute,
                                            n_groups=n_groups, n_folds_eff=n_folds_eff,

@@ -42,9 +42,12 @@ def centred_gains(logp: np.ndarray, codes: np.ndarray, block: np.ndarray) -> np.
     """Per-sample centred log-likelihood gains in bits, NaN where ``block < 0`` (not scored).
 
     ``logp``: ``(..., n, K)`` held-out log-probabilities (nats) of every class, ``codes``: ``(n,)``
-    labels, ``block``: ``(n,)`` block id of each scored sample. For sample ``i`` of block ``b``:
-    ``log q_i(y_i) - sum_k pi_b(k) log q_i(k)``, with ``pi_b`` the label frequencies of block
-    ``b``; the block sum is the score minus its exact permutation mean.
+    labels, ``block``: ``(n,)`` block id of each scored sample. With ``a_ik = log q_i(k)``,
+    ``pi_b`` the label frequencies of block ``b`` and ``m_b(k)`` the mean of ``a_ik`` over the
+    block, sample ``i`` of block ``b`` gains ``a_iy_i - sum_k pi_b(k) a_ik - (m_b(y_i) - sum_k
+    pi_b(k) m_b(k))``: doubly centred, so the block sum is the score minus its exact permutation
+    mean and the sum of squares matches the permutation variance (Hoeffding 1951) instead of
+    also counting how hard each label is on average, which no assignment of labels changes.
     """
     logp = np.asarray(logp, dtype=np.float64)
     codes = np.asarray(codes)
@@ -56,8 +59,18 @@ def centred_gains(logp: np.ndarray, codes: np.ndarray, block: np.ndarray) -> np.
         pi = np.bincount(codes[rows], minlength=K)[:K] / len(rows)
         lp = logp[..., rows, :]
         own = lp[..., np.arange(len(rows)), codes[rows]]
-        out[..., rows] = (own - lp @ pi) / LN2
+        col = lp.mean(-2)                                    # (..., K) mean score of each label in the block
+        label_effect = col[..., codes[rows]] - (col @ pi)[..., None]
+        out[..., rows] = (own - lp @ pi - label_effect) / LN2
     return out
+
+
+def block_weights(block: np.ndarray) -> np.ndarray:
+    """Fixed weights of the scored samples in the test: block ``b`` counts ``max(b, 1)`` times
+    (0 where not scored). Later blocks are scored by probes trained on more data, so they carry
+    more of the signal; the weights are set before seeing any label, so the test stays valid."""
+    block = np.asarray(block)
+    return np.where(block >= 0, np.maximum(block, 1), 0).astype(np.float64)
 
 
 def heldout_gain_pvalue(gains: np.ndarray, groups: np.ndarray | None = None) -> float:

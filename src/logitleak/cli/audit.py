@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Replace a different audit's results in --out."),
         probes: Optional[str] = typer.Option(None, help="Probe families: linear,mlp."),
         folds: Optional[int] = typer.Option(None, help="Cross-validation folds."),
-        permutations: Optional[int] = typer.Option(None, help="Permutations for the p-value."),
+        permutations: Optional[int] = typer.Option(None, help="Label permutations with a refit each: the exact but costly check (default 0: the held-out test)."),
         batch_size: Optional[int] = typer.Option(None, help="Capture batch size."),
         device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
         dtype: Optional[str] = typer.Option(None, help="Model dtype, e.g. float32, bfloat16."),

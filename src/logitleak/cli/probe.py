@@ -53,7 +53,7 @@ def probe(
     task: str | None = typer.Option(None, "--task", help="The attribute the task asks about (marked task-relevant)."),
     probes: str = typer.Option("linear,mlp", "--probes", help="Comma-separated probe families: linear, mlp."),
     folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
-    permutations: int = typer.Option(100, "--permutations", help="Label permutations for the p-value (0 = none)."),
+    permutations: int = typer.Option(0, "--permutations", help="Label permutations with a refit each: the exact but costly check (default 0: the held-out test)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the intervals (0 = none)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (splits, permutations, control task, bootstrap, MLP init)."),
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda when available, else cpu)."),
@@ -88,9 +88,12 @@ def probe(
                         progress=progress)
     write_results(df, out)
     console = Console()
-    console.print(summary_table(df, title=f"Probe results ({len(df)} rows, {folds}-fold CV, {permutations} permutations)"))
+    console.print(summary_table(df, title=f"Probe results ({len(df)} rows, {folds}-fold CV, "
+                                          + (f"{permutations} permutations)" if permutations else "held-out gain test)")))
     console.print(f"Wrote {out / 'results.parquet'}, results.csv and results.json. "
-                  "acc: held-out accuracy; base: majority-class baseline; p: permutation test; "
+                  "acc: held-out accuracy; base: majority-class baseline; p: " + ("permutation test; " if permutations else
+                  "held-out gain test on forward-chained folds (column p_test); ") +
+                  
                   "bits: V-information H(Y) - CE, %H: as a percentage of H(Y); * = task attribute.")
 
 
