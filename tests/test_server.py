@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import logging
@@ -161,38 +162,50 @@ def test_sampling_is_seeded(client, shapes):
     assert toks[0] == toks[1]
 
 
-def test_sampling_draws_from_the_tempered_distribution():
-    flat = torch.zeros(50)
-    picks = {Engine._choose(flat, GenRequest(messages=[], temperature=1.0), torch.Generator().manual_seed(s))
-             for s in range(40)}
-    assert len(picks) > 10  # a uniform distribution is really sampled
-    again = {Engine._choose(flat, GenRequest(messages=[], temperature=1.0), torch.Generator().manual_seed(3))
-             for _ in range(5)}
-    assert len(again) == 1  # and the seed fixes the draw
-    peaked = torch.tensor([0.0, 5.0, 1.0, 4.9])
-    greedy = {Engine._choose(peaked, GenRequest(messages=[], temperature=0.0), torch.Generator().manual_seed(s))
-              for s in range(10)}
-    nucleus = {Engine._choose(peaked, GenRequest(messages=[], temperature=1.0, top_p=0.3),
-                              torch.Generator().manual_seed(s)) for s in range(20)}
-    assert greedy == {1} and nucleus == {1}
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from tiny_models import tiny_model_dir
+
+    return load(tiny_model_dir("llama"))
+
+
+def test_sampling_draws_from_the_tempered_distribution(tiny_llama, one_thread):
+    """Sampling is generate()'s own, from the request's temperature / top_p, fixed by its seed."""
+    engine = Engine(tiny_llama, threads=1)
+    msgs = [{"role": "user", "content": "what color is the object ?"}]
+    enc = tiny_llama.build_inputs(["what color is the object ?"])
+    with torch.no_grad():
+        probs = torch.softmax(tiny_llama.model(**enc).logits[0, -1].float(), -1)
+
+    def draw(**kw):
+        res = engine.generate(GenRequest(messages=msgs, max_tokens=1, top_logprobs=1, **kw))
+        return res.steps[0].token_id
+
+    draws = [draw(temperature=1.0, seed=s) for s in range(120)]
+    assert len(set(draws)) > 10  # a spread distribution is really sampled
+    top = int(probs.argmax())
+    p, freq = float(probs[top]), draws.count(top) / len(draws)
+    assert abs(freq - p) < 4 * (p * (1 - p) / len(draws)) ** 0.5 + 0.01, (freq, p)  # at the model's own rate
+    assert len({draw(temperature=1.0, seed=3) for _ in range(4)}) == 1  # the seed fixes the draw
+    assert {draw(temperature=0.0, seed=s) for s in range(5)} == {top}  # greedy
+    assert {draw(temperature=1.0, top_p=1e-4, seed=s) for s in range(10)} == {top}  # nucleus
 
 
 def test_multi_token_generation_matches_full_recompute(adapter, shapes, one_thread):
-    """KV-cached, left-padded batched generation gives the log-probabilities of a full forward pass."""
+    """Left-padded batched generation gives the log-probabilities of a full forward pass."""
+    from concurrent.futures import Future
+
     engine = Engine(adapter, max_batch=4, threads=1)
     engine.eos_ids = set()  # force several tokens out of a model that would stop at once
     prompts = [shapes.prompts[0], shapes.prompts[1] + " the object", "what size is the object ?"]
     reqs = [GenRequest(messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]}],
                        images=[shapes.images[i]], max_tokens=3, top_logprobs=2) for i, p in enumerate(prompts)]
-    jobs = []
-    for r in reqs:
-        job = _Job(r, None)
-        engine._encode(job)
-        jobs.append(job)
-    results = engine._generate(jobs)  # one padded batch
+    jobs, inputs = engine.encode([_Job(r, Future()) for r in reqs])
+    assert len(jobs) == 3 and int(inputs["attention_mask"].sum(1).min()) < inputs["input_ids"].shape[1]  # padded
+    results = engine._generate(jobs, inputs)  # one padded batch
     for i, res in enumerate(results):
         assert len(res.steps) == 3 and res.finish_reason == "length"
-        text = engine.render(reqs[i].messages, 1)
+        text = adapter.render_chat(reqs[i].messages)
         enc = adapter.processor(text=[text], images=[shapes.images[i]], return_tensors="pt")
         ids = enc["input_ids"]
         for step in res.steps:
@@ -328,6 +341,7 @@ def test_concurrent_requests_equal_sequential_and_model_is_never_reentered(serve
     lock = threading.Lock()
     forward = engine.model.forward
 
+    @functools.wraps(forward)  # generate() reads forward's signature
     def guarded(*args, **kwargs):
         with lock:
             state["active"] += 1
@@ -432,3 +446,51 @@ def test_gauss_defense_is_deterministic_per_request(defended, adapter, shapes):
     ref = white_box_logprobs(adapter, [shapes.images[2]], [shapes.prompts[2]])[0].topk(5).values
     assert not torch.allclose(torch.tensor(a), ref, atol=1e-3)  # the noise is there
     assert a == sorted(a, reverse=True) and all(v <= 0 for v in a)
+
+
+# ----------------------------------------------------------------------------- every tested family
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "paligemma", "idefics3", "gpt2", "llama"])
+def test_server_logprobs_equal_white_box_capture(family, one_thread):
+    """Over HTTP, for each family: the first token's top-5 equal the white-box capture's (same
+    inputs through the adapter), and every later generated token's log-probability equals a full
+    forward pass over the prompt plus the tokens before it."""
+    from tiny_models import probeset_for, tiny_model_dir
+
+    from logitleak.capture import capture
+
+    ad = load(tiny_model_dir(family))
+    ps = probeset_for(ad, n=3, seed=1)
+    ref = torch.log_softmax(capture(ad, ps, batch_size=3, progress=False).logits, -1)
+    engine = Engine(ad, threads=1)
+    engine.eos_ids = set()  # random weights: never stop early, so three tokens are compared
+    with RunningServer(create_app(engine, served_model_name=family)) as srv:
+        client = OpenAI(base_url=srv.url, api_key="x", max_retries=0, timeout=60)
+        for i in range(len(ps)):
+            img = ps.images[i] if ps.images is not None else None
+            msgs = image_messages(img, ps.prompts[i]) if img is not None else [{"role": "user", "content": ps.prompts[i]}]
+            resp = client.chat.completions.create(model=family, messages=msgs, logprobs=True, top_logprobs=5,
+                                                  max_tokens=3, temperature=0)
+            content = resp.choices[0].logprobs.content
+            assert len(content) == 3 and resp.usage.completion_tokens == 3
+            values = [t.logprob for t in content[0].top_logprobs]
+            ref_v, ref_i = ref[i].topk(5)
+            assert torch.allclose(torch.tensor(values), ref_v, atol=1e-4), (family, values, ref_v)
+            assert_same_tokens([t.token for t in content[0].top_logprobs], [engine.tokens(j)[0] for j in ref_i.tolist()],
+                               values)
+            enc = ad.build_inputs([ps.prompts[i]], None if img is None else [img])
+            assert resp.usage.prompt_tokens == enc["input_ids"].shape[1]
+            ids = enc["input_ids"]
+            for entry in content:
+                full = dict(enc, input_ids=ids, attention_mask=torch.ones_like(ids))
+                for key in ("token_type_ids", "mm_token_type_ids"):  # grow with the sequence (text = 1 / 0)
+                    if key in enc:
+                        fill = 1 if key == "token_type_ids" else 0
+                        extra = torch.full((1, ids.shape[1] - enc[key].shape[1]), fill, dtype=enc[key].dtype)
+                        full[key] = torch.cat([enc[key], extra], dim=1)
+                with torch.no_grad():
+                    lp = torch.log_softmax(ad.model(**full).logits[0, -1].float(), -1)
+                tid = int(lp.argmax())
+                assert entry.token == engine.tokens(tid)[0]
+                assert abs(entry.logprob - float(lp[tid])) < 1e-4
+                ids = torch.cat([ids, torch.tensor([[tid]])], dim=1)

@@ -62,6 +62,25 @@ def error_response(status: int, message: str, type: str = "invalid_request_error
     return JSONResponse(status_code=status, content=body.model_dump())
 
 
+TOO_DEEP = "The request body nests JSON too deeply; send a flat chat-completions request."
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes):
+    """A request body -> Python objects, or a 400 :class:`RequestError` (not JSON, ``NaN`` /
+    ``Infinity``, nested deeper than the parser's recursion limit)."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise RequestError(TOO_DEEP, code="nesting_too_deep") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        detail = f" ({err})" if "JSON number" in str(err) or "digits" in str(err) else ""
+        raise RequestError(f"The request body is not valid JSON{detail}.") from None
+
+
 def _validation_message(err: ValidationError) -> tuple[str, str | None]:
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e.get("loc", ()) if not str(p).startswith(("function-", "tagged-union")))
@@ -227,9 +246,9 @@ def create_app(engine: Engine, *, served_model_name: str, api_key: str | None = 
                 return error_response(413, f"The request body is over {max_body_bytes} bytes; send less.",
                                       code="request_too_large")
         try:
-            data = json.loads(bytes(body))
-        except (ValueError, UnicodeDecodeError):
-            return error_response(400, "The request body is not valid JSON.")
+            data = parse_json(bytes(body))
+        except RequestError as err:
+            return error_response(err.status, err.message, code=err.code)
         if not isinstance(data, dict):
             return error_response(400, "The request body must be a JSON object.")
         try:
@@ -237,6 +256,8 @@ def create_app(engine: Engine, *, served_model_name: str, api_key: str | None = 
         except ValidationError as err:
             message, param = _validation_message(err)
             return error_response(400, message, param=param)
+        except RecursionError:
+            return error_response(400, TOO_DEEP, code="nesting_too_deep")
         if req.model != served_model_name:
             return error_response(404, f"The model {req.model!r} does not exist; this server serves {served_model_name!r}.",
                                   param="model", code="model_not_found")
@@ -282,8 +303,9 @@ class RunningServer:
     ``with RunningServer(app) as srv: OpenAI(base_url=srv.url, ...)``. ``port=0`` picks a free one.
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
-        self.app, self.host, self.port, self.log_level = app, host, port, log_level
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 access_log: bool = False):
+        self.app, self.host, self.port, self.log_level, self.access_log = app, host, port, log_level, access_log
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -298,7 +320,10 @@ class RunningServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level=self.log_level, lifespan="on", access_log=False)
+        from logitleak.blackbox.accesslog import uvicorn_log_config
+
+        config = uvicorn.Config(self.app, log_level=self.log_level, lifespan="on", access_log=self.access_log,
+                                log_config=uvicorn_log_config())
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True,
                                         name=f"uvicorn-{self.port}")

@@ -68,4 +68,7 @@ def register(app: typer.Typer) -> None:
                       f"(defence: {engine.defense.label()}, auth: {'API key' if api_key else 'none'}, "
                       f"max batch {max_batch}). Ctrl-C stops it.")
         app_ = create_app(engine, served_model_name=name, api_key=api_key)
-        uvicorn.run(app_, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)
+        from logitleak.blackbox.accesslog import uvicorn_log_config
+
+        uvicorn.run(app_, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet,
+                    log_config=uvicorn_log_config())

@@ -1,4 +1,10 @@
-"""Output-side defences: transforms of what an API returns for the first answer token."""
+"""Output-side defences: transforms of the top-k log-probabilities an API returns per token.
+
+:func:`apply_output_defense` starts from the model's logits (``defend``, the server);
+:func:`defend_view` starts from log-probabilities an API already returned (the guard in front
+of another server). Both apply the same transforms in the same order with the same seed rule:
+one ``torch.Generator`` seeded with ``seed`` draws all the noise of one call, row by row.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +21,13 @@ class ApiView:
     """What an API returns per sample: ``(N, K)`` log-probabilities (descending) and token ids.
 
     Missing entries are ``nan`` (values) / ``-1`` (ids): ``values_only`` drops ids,
-    ``ranks_only`` drops values.
+    ``ranks_only`` drops values. ``extra``: ``(N, E)`` defended log-probabilities of tokens asked
+    for beside the list (the token a server generated), ``None`` when none were asked for.
     """
 
     logprobs: torch.Tensor
     ids: torch.Tensor
+    extra: torch.Tensor | None = None
 
     @property
     def k(self) -> int:
@@ -30,46 +38,109 @@ class ApiView:
         return self.ids[:, 0]
 
 
+def check_k(k: int, vocab: int, what: str = "top-k") -> None:
+    """The one check that a list of ``k`` alternatives fits a vocabulary of ``vocab`` tokens."""
+    if k > vocab:
+        raise LogitleakError(f"{what} asks for more alternatives than the vocabulary has ({vocab}); use k <= {vocab}.")
+
+
+def check_defense(defense: Defense, vocab: int) -> None:
+    """Refuse a defence that cannot apply to a vocabulary of ``vocab`` tokens (``topk:k`` with k > vocab)."""
+    for t in defense.output_side:
+        if t.name == "topk":
+            check_k(int(t.value), vocab, f"Defence topk:{t.value}")
+
+
 def api_view(logits: torch.Tensor, k: int, temperature: float = 1.0) -> ApiView:
     """Top-k log-probabilities of the final logits, as an API computes them."""
-    vocab = logits.shape[-1]
-    if k > vocab:
-        raise LogitleakError(f"Defence topk:{k} asks for more alternatives than the vocabulary has ({vocab}); use k <= {vocab}.")
+    check_k(k, logits.shape[-1], f"Defence topk:{k}")
     logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
     values, ids = torch.topk(logprobs, k, dim=-1)
     return ApiView(values, ids)
 
 
-def apply_output_defense(logits: torch.Tensor, defense: Defense, k: int, seed: int = 0) -> ApiView:
-    """Apply a defence's output-side transforms, in order, to what an API with ``top_logprobs=k`` returns."""
-    temperature, top = 1.0, k
+def apply_output_defense(logits: torch.Tensor, defense: Defense, k: int, seed: int = 0,
+                         extra_ids: torch.Tensor | None = None) -> ApiView:
+    """Apply a defence's output-side transforms, in order, to what an API with ``top_logprobs=k`` returns.
+
+    ``extra_ids`` ``(N, E)``: tokens whose defended log-probability is wanted beside the list (a
+    server's generated token); one in the list gets exactly its listed value.
+    """
+    check_defense(defense, logits.shape[-1])
+    temperature = 1.0
     for t in defense.output_side:
         if t.name == "temperature":
             temperature *= float(t.value)
+    check_k(k, logits.shape[-1], f"Defence topk:{k}")
+    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    values, ids = torch.topk(logprobs, k, dim=-1)
+    extra = None if extra_ids is None else logprobs.gather(1, extra_ids.long())
+    after = Defense(tuple(t for t in defense.output_side if t.name != "temperature"))
+    return defend_view(ApiView(values, ids), after, seed=seed, extra_ids=extra_ids, extra=extra)
+
+
+def defend_view(view: ApiView, defense: Defense, seed: int = 0, extra_ids: torch.Tensor | None = None,
+                extra: torch.Tensor | None = None) -> ApiView:
+    """The value transforms of a defence (``topk``, ``round``, ``gauss``, ``laplace``) and its
+    redactions (``values_only``, ``ranks_only``) applied to log-probabilities already computed.
+
+    ``temperature`` needs the whole distribution, which returned log-probabilities do not hold:
+    it is refused here (:func:`apply_output_defense` applies it to the logits first). ``extra``
+    ``(N, E)`` are the raw log-probabilities of ``extra_ids`` and get the same transforms.
+    """
+    if any(t.name == "temperature" for t in defense.output_side):
+        raise LogitleakError("Defence temperature needs the model's full distribution, which returned "
+                             "log-probabilities do not hold; apply it where the logits are (serve, defend).")
+    top = view.k
+    for t in defense.output_side:
         if t.name == "topk":
             top = min(top, int(t.value))
-    if any(t.name == "topk" and int(t.value) > logits.shape[-1] for t in defense.output_side):
-        bad = next(t for t in defense.output_side if t.name == "topk" and int(t.value) > logits.shape[-1])
-        raise LogitleakError(f"Defence topk:{bad.value} asks for more alternatives than the vocabulary has ({logits.shape[-1]}); use k <= {logits.shape[-1]}.")
-    view = api_view(logits, top, temperature)
-    gen = torch.Generator().manual_seed(seed)
-    values, ids = view.logprobs.clone(), view.ids.clone()
+    values, ids = view.logprobs[:, :top].float().clone(), view.ids[:, :top].clone()
+    extra = None if extra is None else extra.float().clone()
+    gen = torch.Generator().manual_seed(int(seed) % 2**64)
     for t in defense.output_side:
-        if t.name == "round":
-            scale = 10.0 ** int(t.value)
-            values = torch.round(values * scale) / scale
-        elif t.name == "gauss" and t.value > 0:
-            values = values + float(t.value) * torch.randn(values.shape, generator=gen)
-        elif t.name == "laplace" and t.value > 0:
-            u = torch.rand(values.shape, generator=gen) - 0.5
-            values = values - float(t.value) * torch.sign(u) * torch.log1p(-2 * u.abs())
+        values = _transform(values, t, gen)
+        if extra is not None:
+            extra = _transform(extra, t, gen)
         if t.name in ("gauss", "laplace"):  # an API lists alternatives in the order of the numbers it returns
-            values = values.clamp(max=0.0)
             order = torch.argsort(values, dim=1, descending=True, stable=True)
             values, ids = values.gather(1, order), ids.gather(1, order)
+    if extra is not None and extra_ids is not None and ids.shape[1]:
+        match = extra_ids.long()[:, :, None] == ids[:, None, :]
+        listed = values.gather(1, match.float().argmax(-1))
+        extra = torch.where(match.any(-1), listed, extra)
     for t in defense.output_side:
         if t.name == "values_only":
             ids = torch.full_like(ids, -1)
         elif t.name == "ranks_only":
             values = torch.full_like(values, float("nan"))
-    return ApiView(values, ids)
+            extra = None if extra is None else torch.full_like(extra, float("nan"))
+    return ApiView(values, ids, extra)
+
+
+def _transform(values: torch.Tensor, t, gen: torch.Generator) -> torch.Tensor:
+    """One value transform (round / gauss / laplace); others leave the values as they are."""
+    if t.name == "round":
+        scale = 10.0 ** int(t.value)
+        return torch.round(values * scale) / scale
+    if t.name == "gauss" and t.value > 0:
+        return (values + float(t.value) * torch.randn(values.shape, generator=gen)).clamp(max=0.0)
+    if t.name == "laplace" and t.value > 0:
+        u = torch.rand(values.shape, generator=gen) - 0.5
+        return (values - float(t.value) * torch.sign(u) * torch.log1p(-2 * u.abs())).clamp(max=0.0)
+    return values
+
+
+def content_seed(secret: int, *parts: bytes) -> int:
+    """The noise seed of one response: a hash of a per-server secret and the request's content.
+
+    An identical request gets identical noise (repeating a query cannot average it away); two
+    different requests get independent noise; without the secret nobody can predict it.
+    """
+    import hashlib
+
+    h = hashlib.sha256(int(secret).to_bytes(16, "little", signed=True))
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return int.from_bytes(h.digest()[:8], "little") >> 1

@@ -28,6 +28,22 @@ def _chat_template_of(obj) -> str | None:
     return tmpl or None
 
 
+def _as_parts(content) -> list[dict]:
+    """A message's content as a list of parts (a string is one text part)."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [dict(p) for p in content]
+
+
+def _rgb(images: list) -> list:
+    """Images (or lists of images) converted to RGB where they are not."""
+    def conv(im):
+        return im.convert("RGB") if getattr(im, "mode", "RGB") != "RGB" else im
+    return [[conv(i) for i in im] if isinstance(im, list) else conv(im) for im in images]
+
+
 class ModelAdapter:
     """A loaded model plus its processor/tokenizer and resolved components.
 
@@ -157,17 +173,37 @@ class ModelAdapter:
         """The text the model sees for one question: its chat template (one user turn, an image
         part first when there is an image, generation prompt) or, without a template, the plain
         prompt (with the image token in front for a VLM when the prompt has none)."""
+        if self.chat_template is None and with_image and self.image_token and self.image_token in prompt:
+            return prompt
+        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": prompt}]
+        return self.render_chat([{"role": "user", "content": content}])
+
+    def render_chat(self, messages: Sequence[Mapping]) -> str:
+        """The text the model sees for a conversation (Hugging Face messages whose ``content`` is a
+        string or a list of ``{"type": "text", "text": ...}`` / ``{"type": "image"}`` parts), with
+        the generation prompt: the processor's chat template, else the tokenizer's (text parts
+        joined, the image token where an image was), else the turns' contents one per line (an
+        image part as the family's image prefix)."""
+        messages = [dict(m) for m in messages]
         if self.chat_template is not None:
             if self.processor is not None and hasattr(self.processor, "apply_chat_template") and _chat_template_of(self.processor):
-                content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": prompt}]
-                return self.processor.apply_chat_template([{"role": "user", "content": content}],
-                                                          add_generation_prompt=True, tokenize=False)
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                      add_generation_prompt=True, tokenize=False)
-        tok = self.image_token
-        if with_image and tok and tok not in prompt:
-            return self.family.image_prefix.format(image=tok) + prompt
-        return prompt
+                parts = [{**m, "content": _as_parts(m.get("content"))} for m in messages]
+                return self.processor.apply_chat_template(parts, add_generation_prompt=True, tokenize=False)
+            flat = [{**m, "content": self._flatten(m.get("content"), self.image_token or "", " " if self.image_token else "")}
+                    for m in messages]
+            return self.tokenizer.apply_chat_template(flat, add_generation_prompt=True, tokenize=False)
+        prefix = self.family.image_prefix.format(image=self.image_token) if self.image_token else ""
+        return "\n".join(self._flatten(m.get("content"), prefix, "") for m in messages)
+
+    @staticmethod
+    def _flatten(content, image_text: str, after_image: str) -> str:
+        out, last_text = "", False
+        for p in _as_parts(content):
+            if p.get("type") == "image":
+                out, last_text = out + image_text + after_image, False
+            elif p.get("text"):
+                out, last_text = out + (" " if last_text else "") + p["text"], True
+        return out
 
     def build_inputs(self, prompts: Sequence[str], images: Sequence | None = None) -> dict[str, torch.Tensor]:
         """Model inputs for one batch, on the model's device, padded on the tokenizer's side."""
@@ -178,20 +214,46 @@ class ModelAdapter:
         if images is not None and len(images) != len(prompts):
             raise LogitleakError(f"Got {len(images)} images for {len(prompts)} prompts; give one image per prompt.")
         texts = [self.format_prompt(p, images is not None) for p in prompts]
+        return self._encode(texts, None if images is None else list(images), [f"Prompt {p!r}" for p in prompts])
+
+    def build_chat_inputs(self, conversations: Sequence[Sequence[Mapping]], images: Sequence[Sequence] | None = None,
+                          padding_side: str | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs for a batch of conversations (see :meth:`render_chat`), the same way
+        :meth:`build_inputs` makes them: ``images[i]`` are conversation ``i``'s images in the order
+        of its image parts (every conversation the same number of images); ``padding_side``
+        overrides the tokenizer's for this call (``"left"`` for generation)."""
+        conversations = list(conversations)
+        if images is not None and len(images) != len(conversations):
+            raise LogitleakError(f"Got image lists for {len(images)} conversations but {len(conversations)} "
+                                 "conversations; give one list per conversation.")
+        counts = {len(ims) for ims in images} if images is not None else {0}
+        if len(counts) != 1:
+            raise LogitleakError("The conversations of one batch carry different numbers of images; batch them apart.")
+        n = counts.pop()
+        if n and not self.is_vlm:
+            raise LogitleakError(f"Model {self.name!r} is a text-only language model; send text only.")
+        flat = None if not n else ([ims[0] for ims in images] if n == 1 else [list(ims) for ims in images])
+        texts = [self.render_chat(c) for c in conversations]
+        return self._encode(texts, flat, [f"Conversation {i}" for i in range(len(texts))], padding_side)
+
+    def _encode(self, texts: list[str], images: list | None, labels: list[str],
+                padding_side: str | None = None) -> dict[str, torch.Tensor]:
+        """Tokenise rendered texts (and images: one per text, or a list per text) into model inputs."""
         # A template that already writes the BOS token must not get a second one.
         bos = getattr(self.tokenizer, "bos_token", None)
         add_special = not (bos and all(t.startswith(bos) for t in texts))
         kwargs: dict[str, Any] = {"padding": True, "return_tensors": "pt", "add_special_tokens": add_special}
+        if padding_side is not None:
+            kwargs["padding_side"] = padding_side
         try:
             if self.processor is not None and (images is not None or self.is_vlm):
                 if images is not None:
-                    rgb = [im.convert("RGB") if getattr(im, "mode", "RGB") != "RGB" else im for im in images]
-                    enc = self.processor(text=texts, images=rgb, **kwargs)
+                    enc = self.processor(text=texts, images=_rgb(images), **kwargs)
                 else:
                     enc = self.processor(text=texts, **kwargs)
             else:
                 enc = self.tokenizer(texts, **kwargs)
-        except (ValueError, IndexError, RuntimeError) as exc:
+        except (ValueError, IndexError, RuntimeError, TypeError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if images is not None and ("image" in msg.lower() or "token" in msg.lower()):
                 raise LogitleakError(f"The processor of {self.name!r} could not place the image ({msg}); the prompt "
@@ -205,7 +267,7 @@ class ModelAdapter:
                 missing = (enc["input_ids"] == tid).sum(dim=1) == 0
                 if bool(missing.any()):
                     i = int(missing.nonzero()[0, 0])
-                    raise LogitleakError(f"Prompt {prompts[i]!r} reached {self.name!r} without an image placeholder "
+                    raise LogitleakError(f"{labels[i]} reached {self.name!r} without an image placeholder "
                                          f"({self.image_token!r}); keep the image part in the chat template or put "
                                          f"{self.image_token!r} in the prompt.")
         if "attention_mask" not in enc:
