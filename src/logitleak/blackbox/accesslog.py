@@ -24,14 +24,34 @@ def redact_url(path: str) -> str:
     return base + "?" + "&".join(f"{quote(k)}={REDACTED if SENSITIVE.search(k) else quote(v)}" for k, v in pairs)
 
 
+_IN_TEXT = re.compile(r"([?&][^=&\s\"']*(?:key|token|secret|pass|auth|sig|cred|session)[^=&\s\"']*=)[^&\s\"']*",
+                      re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """Key-like query values redacted wherever a URL appears in ``text``."""
+    return _IN_TEXT.sub(lambda m: m.group(1) + REDACTED, text)
+
+
 class RedactQueryFilter(logging.Filter):
-    """A filter for uvicorn's access logger (its record's third argument is the path with its query)."""
+    """A log filter that redacts key-like query values in a record's arguments (uvicorn's access
+    log passes the path with its query; httpx's request log passes the URL)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
-            record.args = args[:2] + (redact_url(args[2]),) + args[3:]
+        if isinstance(args, tuple) and any("?" in str(a) for a in args):
+            record.args = tuple(redact_url(a) if isinstance(a, str) and a.startswith("/")
+                                else redact_text(str(a)) if "?" in str(a) else a for a in args)
+        if isinstance(record.msg, str) and "?" in record.msg:
+            record.msg = redact_text(record.msg)
         return True
+
+
+def redact_logger(name: str) -> None:
+    """Put :class:`RedactQueryFilter` on the logger ``name`` (once)."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RedactQueryFilter) for f in logger.filters):
+        logger.addFilter(RedactQueryFilter())
 
 
 def uvicorn_log_config() -> dict:

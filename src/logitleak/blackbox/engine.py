@@ -396,7 +396,8 @@ class Engine:
             return []
         k = min(int(job.request.top_logprobs), logits.shape[-1])
         chosen = torch.tensor(tokens, dtype=torch.long)[:, None]
-        view = apply_output_defense(logits, self.defense, k, seed=job.seed, extra_ids=chosen)
+        # float64: a rounded value goes on the wire as the short decimal it is (-0.1, not -0.10000000149)
+        view = apply_output_defense(logits.double(), self.defense, k, seed=job.seed, extra_ids=chosen)
         steps = []
         for i, tid in enumerate(tokens):
             top = []

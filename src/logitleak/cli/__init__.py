@@ -18,9 +18,9 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from logitleak.cli import audit, defend, organism, probe, serve
+    from logitleak.cli import audit, defend, guard, organism, probe, serve
 
-    for module in (organism, probe, audit, defend, serve):
+    for module in (organism, probe, audit, defend, serve, guard):
         module.register(app)
 
 

@@ -72,7 +72,7 @@ def apply_output_defense(logits: torch.Tensor, defense: Defense, k: int, seed: i
         if t.name == "temperature":
             temperature *= float(t.value)
     check_k(k, logits.shape[-1], f"Defence topk:{k}")
-    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logprobs = torch.log_softmax(logits.to(_at_least_float32(logits)) / temperature, dim=-1)
     values, ids = torch.topk(logprobs, k, dim=-1)
     extra = None if extra_ids is None else logprobs.gather(1, extra_ids.long())
     after = Defense(tuple(t for t in defense.output_side if t.name != "temperature"))
@@ -95,8 +95,9 @@ def defend_view(view: ApiView, defense: Defense, seed: int = 0, extra_ids: torch
     for t in defense.output_side:
         if t.name == "topk":
             top = min(top, int(t.value))
-    values, ids = view.logprobs[:, :top].float().clone(), view.ids[:, :top].clone()
-    extra = None if extra is None else extra.float().clone()
+    dtype = _at_least_float32(view.logprobs)
+    values, ids = view.logprobs[:, :top].to(dtype).clone(), view.ids[:, :top].clone()
+    extra = None if extra is None else extra.to(dtype).clone()
     gen = torch.Generator().manual_seed(int(seed) % 2**64)
     for t in defense.output_side:
         values = _transform(values, t, gen)
@@ -118,15 +119,20 @@ def defend_view(view: ApiView, defense: Defense, seed: int = 0, extra_ids: torch
     return ApiView(values, ids, extra)
 
 
+def _at_least_float32(t: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
+
+
 def _transform(values: torch.Tensor, t, gen: torch.Generator) -> torch.Tensor:
-    """One value transform (round / gauss / laplace); others leave the values as they are."""
+    """One value transform (round / gauss / laplace); others leave the values as they are. Noise
+    is drawn in float32 whatever the values' precision, so one seed gives one draw."""
     if t.name == "round":
         scale = 10.0 ** int(t.value)
         return torch.round(values * scale) / scale
     if t.name == "gauss" and t.value > 0:
-        return (values + float(t.value) * torch.randn(values.shape, generator=gen)).clamp(max=0.0)
+        return (values + float(t.value) * torch.randn(values.shape, generator=gen).to(values.dtype)).clamp(max=0.0)
     if t.name == "laplace" and t.value > 0:
-        u = torch.rand(values.shape, generator=gen) - 0.5
+        u = (torch.rand(values.shape, generator=gen) - 0.5).to(values.dtype)
         return (values - float(t.value) * torch.sign(u) * torch.log1p(-2 * u.abs())).clamp(max=0.0)
     return values
 

@@ -1,0 +1,124 @@
+"""The guard's added latency: the same requests sent straight to ``logitleak serve`` and through
+``logitleak guard`` in front of it, interleaved, on loopback.
+
+Starts ``serve`` (the organism by default) and ``guard --upstream <serve> --defense <spec>`` as
+subprocesses on free loopback ports, then sends ``--requests`` pairs of identical requests (an
+image + a question, ``logprobs=True, top_logprobs=5``), one straight and one through the guard,
+alternating which goes first. Prints both medians, the median of the paired differences (the
+guard's added latency; target <= 5 ms) with a bootstrap 95% interval, p90 of the differences,
+and the machine's load average (the CPU may be shared).
+
+    .venv/bin/python benchmarks/bench_guard.py [--model organism|DIR] [--requests 300]
+                                               [--defense gauss:0.5] [--max-tokens 1] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+
+def start(cmd: list[str], url: str, log: Path) -> subprocess.Popen:
+    fh = open(log, "ab")
+    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    fh.close()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{cmd[3]} exited early:\n{log.read_text()}")
+        try:
+            if httpx.get(url + "/models", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"{cmd[3]} did not come up:\n{log.read_text()}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="organism")
+    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--defense", default="gauss:0.5")
+    ap.add_argument("--max-tokens", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+
+    from logitleak.blackbox.server import free_port
+    from logitleak.data.shapes import make_shapes
+
+    exe = [sys.executable, "-c", "from logitleak.cli import main; main()"]
+    up_port, g_port = free_port(), free_port()
+    up, via = f"http://127.0.0.1:{up_port}/v1", f"http://127.0.0.1:{g_port}/v1"
+    procs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            procs.append(start(exe + ["serve", "--model", args.model, "--served-model-name", "m", "--port", str(up_port),
+                                      "--threads", str(args.threads), "--quiet"], up, Path(tmp) / "serve.log"))
+            procs.append(start(exe + ["guard", "--upstream", up, "--defense", args.defense, "--port", str(g_port),
+                                      "--quiet"], via, Path(tmp) / "guard.log"))
+            ps = make_shapes(32, seed=0)
+            bodies = []
+            for img, prompt in zip(ps.images, ps.prompts):
+                buf = io.BytesIO()
+                img.save(buf, format="PNG")
+                url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+                bodies.append({"model": "m", "logprobs": True, "top_logprobs": 5, "max_tokens": args.max_tokens,
+                               "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                                         {"type": "text", "text": prompt}]}]})
+            straight, guarded = [], []
+            with httpx.Client(timeout=60) as client:
+                def timed(base: str, body: dict) -> float:
+                    t0 = time.perf_counter()
+                    r = client.post(base + "/chat/completions", json=body)
+                    dt = time.perf_counter() - t0
+                    if r.status_code != 200:
+                        raise SystemExit(f"{base}: HTTP {r.status_code}: {r.text[:300]}")
+                    return dt
+
+                for body in bodies[:8]:  # warm up both paths (connections, caches)
+                    timed(up, body), timed(via, body)
+                for i in range(args.requests):
+                    body = bodies[i % len(bodies)]
+                    if i % 2:
+                        straight.append(timed(up, body))
+                        guarded.append(timed(via, body))
+                    else:
+                        guarded.append(timed(via, body))
+                        straight.append(timed(up, body))
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    diffs = [g - s for g, s in zip(guarded, straight)]
+    rng = random.Random(0)
+    boot = sorted(statistics.median(rng.choices(diffs, k=len(diffs))) for _ in range(1000))
+    ms = 1000.0
+    print(f"guard benchmark: {args.requests} request pairs, model {args.model}, defence {args.defense}, "
+          f"max_tokens {args.max_tokens}, top_logprobs 5, loopback")
+    print(f"  straight to serve : median {statistics.median(straight) * ms:7.2f} ms")
+    print(f"  through the guard : median {statistics.median(guarded) * ms:7.2f} ms")
+    print(f"  added by the guard: median {statistics.median(diffs) * ms:7.2f} ms "
+          f"(95% CI {boot[25] * ms:.2f} .. {boot[975] * ms:.2f}), p90 {statistics.quantiles(diffs, n=10)[-1] * ms:.2f} ms"
+          f"  [target <= 5 ms]")
+    print(f"  load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The `logitleak guard` command: an OpenAI-compatible proxy that defends an upstream server's logprobs."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from logitleak.errors import LogitleakError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def guard(
+        upstream: str = typer.Option(..., "--upstream",
+                                     help="The upstream's API base URL, as a client would use it, e.g. "
+                                          "http://127.0.0.1:8000/v1 (vLLM, llama.cpp's server, logitleak serve)."),
+        defense: Optional[str] = typer.Option(None, "--defense",
+                                              help="One output-side defence on every returned logprob (same syntax as "
+                                                   "serve --defense), e.g. round:1, topk:2, gauss:0.5, values_only, "
+                                                   "round:1+gauss:0.1. temperature needs the full distribution and "
+                                                   "is refused."),
+        host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (loopback by default)."),
+        port: int = typer.Option(8001, "--port", help="TCP port."),
+        timeout: float = typer.Option(600.0, "--timeout", min=1.0, help="Seconds to wait for the upstream per request."),
+        quiet: bool = typer.Option(False, "--quiet", help="No access log."),
+    ) -> None:
+        """Proxy an OpenAI-compatible endpoint, applying an output-side defence to every response's logprobs."""
+        import uvicorn
+        from rich.console import Console
+
+        from logitleak.blackbox.accesslog import uvicorn_log_config
+        from logitleak.blackbox.guard import check_upstream, create_guard_app
+        from logitleak.blackbox.logprob_defense import check_guard_defense
+        from logitleak.cli.serve import _is_loopback
+        from logitleak.defenses.spec import parse_single_defense
+
+        if not 1 <= port <= 65535:
+            raise LogitleakError(f"Port {port} is not valid; pass a number between 1 and 65535.")
+        base = check_upstream(upstream)
+        parsed = parse_single_defense(defense)
+        check_guard_defense(parsed)
+        console = Console(stderr=True)
+        if not _is_loopback(host):
+            console.print(f"[yellow]warning:[/yellow] listening on {host}, reachable beyond this machine.")
+        if not parsed.output_side:
+            console.print("[yellow]warning:[/yellow] no --defense given: the guard passes logprobs through unchanged.")
+        console.print(f"Guarding {base} at http://{host}:{port}/v1 (defence: {parsed.label()}). Ctrl-C stops it.")
+        app_ = create_guard_app(base, parsed, timeout_s=timeout)
+        uvicorn.run(app_, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet,
+                    log_config=uvicorn_log_config())
