@@ -494,3 +494,117 @@ def test_server_logprobs_equal_white_box_capture(family, one_thread):
                 assert entry.token == engine.tokens(tid)[0]
                 assert abs(entry.logprob - float(lp[tid])) < 1e-4
                 ids = torch.cat([ids, torch.tensor([[tid]])], dim=1)
+
+
+# ----------------------------------------------------------------------------- what a client gets wrong: 400, never 500
+
+def _deep(kind: str, depth: int) -> bytes:
+    if kind == "lists":
+        return b"[" * depth + b"]" * depth
+    if kind == "objects":
+        return b'{"a":' * depth + b"1" + b"}" * depth
+    if kind == "in_messages":
+        return b'{"model": "organism", "messages": ' + b"[" * depth + b"]" * depth + b"}"
+    return b'{"model": "organism", "messages": [{"role": "user", "content": "hi"}], "extra": ' + b'{"a":' * depth + b"1" + b"}" * depth + b"}"
+
+
+@pytest.mark.parametrize("depth", [5_000, 50_000, 200_000])
+@pytest.mark.parametrize("kind", ["lists", "objects", "in_messages", "in_ignored_field"])
+def test_deeply_nested_json_is_a_400(server, kind, depth):
+    r = _post(server, None, _deep(kind, depth))
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    assert "nests JSON too deeply" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("seed", 2**70, "seed"),
+    ("seed", -(2**70), "seed"),
+    ("max_tokens", 10**30, "max_tokens"),
+    ("max_completion_tokens", 2**63, "max_tokens"),
+    ("top_logprobs", -1, "top_logprobs"),
+    ("top_logprobs", 2**70, "top_logprobs"),
+    ("temperature", 1e308, "temperature"),
+    ("temperature", -0.5, "temperature"),
+    ("top_p", 0, "top_p"),
+    ("n", 10**20, "n must be 1"),
+    ("logprobs", "sometimes", "logprobs"),
+    ("stop", ["a", "b", "c", "d", "e"], "stop"),
+])
+def test_out_of_range_numbers_are_a_400(server, field, value, fragment):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "what color is the object ?"}], "logprobs": True,
+            field: value}
+    r = _post(server, body)
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    assert fragment.lower() in r.json()["error"]["message"].lower()
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model": "organism", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+    b'{"model": "organism", "messages": [{"role": "user", "content": "hi"}], "temperature": Infinity}',
+    b'{"model": "organism", "messages": [{"role": "user", "content": "hi"}], "temperature": 1e999}',
+    b'{"model": "organism", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1' + b"0" * 5000 + b"}",
+    b'{"model": "organism", "messages": [{"role": "user", "content": "hi"}], "seed": 1.5}',
+    b"\xff\xfe{not utf-8",
+])
+def test_non_numbers_and_bad_bytes_are_a_400(server, raw):
+    r = _post(server, None, raw)
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    assert r.json()["error"]["message"]
+
+
+def test_seed_at_the_int64_limits_is_accepted(client):
+    for seed in (2**63 - 1, -(2**63)):
+        resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "what color is the object ?"}],
+                                              temperature=1.0, seed=seed, max_tokens=1)
+        assert resp.choices[0].finish_reason in ("stop", "length")
+
+
+def test_huge_prompt_is_refused_before_tokenising_and_does_not_stall_others(server, client):
+    import time
+
+    huge = {"model": MODEL, "messages": [{"role": "user", "content": "color " * (19 * 1024 * 1024 // 6)}], "max_tokens": 1}
+    raw = json.dumps(huge).encode()
+    outcome = {}
+
+    def send_huge():
+        t0 = time.perf_counter()
+        outcome["r"] = _post(server, None, raw)
+        outcome["s"] = time.perf_counter() - t0
+
+    th = threading.Thread(target=send_huge)
+    th.start()
+    t0 = time.perf_counter()
+    good = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "what color is the object ?"}],
+                                          max_tokens=1)
+    good_s = time.perf_counter() - t0
+    th.join(120)
+    r = outcome["r"]
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert "characters" in r.json()["error"]["message"]
+    assert good.choices[0].message is not None
+    # Tokenising 19 MB took this server about a minute; bounded first, the refusal (JSON parsing
+    # included) and the good request beside it take a few seconds at most, even on a busy CPU.
+    assert outcome["s"] < 10 and good_s < 10, (outcome["s"], good_s)
+    assert server.engine.max_prompt_chars < 10_000  # the organism's 256-token context x 16
+
+
+def test_access_log_redacts_keys_in_query_strings(adapter, one_thread, capfd, caplog):
+    caplog.set_level(logging.INFO)
+    engine = Engine(adapter, threads=1)
+    with RunningServer(create_app(engine, served_model_name=MODEL), access_log=True, log_level="info") as srv:
+        r = httpx.get(srv.url + "/models?api_key=sk-live-123&Token=tok-456&page=2")
+        assert r.status_code == 200
+    out = capfd.readouterr()
+    server_records = [r.getMessage() for r in caplog.records if r.name != "httpx"]  # httpx: this test's client
+    logs = "\n".join(server_records) + out.out + out.err
+    assert "GET /v1/models?api_key=" in logs and "page=2" in logs
+    assert "sk-live-123" not in logs and "tok-456" not in logs
+
+
+def test_redaction_rules():
+    from logitleak.blackbox.accesslog import redact_text, redact_url
+
+    assert redact_url("/v1/x?api_key=a&b=2") == "/v1/x?api_key=[redacted]&b=2"
+    assert redact_url("/v1/x?access_token=a&SIG=b&q=key") == "/v1/x?access_token=[redacted]&SIG=[redacted]&q=key"
+    assert redact_url("/v1/x") == "/v1/x"
+    assert redact_text('GET http://h/v1?key=abc&x=1 "HTTP/1.1 200"') == 'GET http://h/v1?key=[redacted]&x=1 "HTTP/1.1 200"'
