@@ -27,18 +27,26 @@ import threading
 import time
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from logitleak.blackbox.logprob_defense import HIDDEN_LOGPROB, HIDDEN_TOKEN, wire as _wire  # noqa: F401
+from logitleak.blackbox.requests import (  # noqa: F401 - re-exported
+    DEFAULT_MAX_TOKENS,
+    Alternative,
+    GenRequest,
+    GenResult,
+    RequestError,
+    Step,
+    prompt_chars,
+    text_of,
+)
 from logitleak.blackbox.tokens import TokenTable  # noqa: F401 - re-exported
 from logitleak.defenses.output import apply_output_defense, check_defense, content_seed
 from logitleak.defenses.spec import Defense
 from logitleak.errors import LogitleakError
 
-HIDDEN_TOKEN = "<hidden>"
-HIDDEN_LOGPROB = -9999.0
-DEFAULT_MAX_TOKENS = 16
 MAX_NEW_TOKENS = 512
 MAX_PROMPT_TOKENS = 16384
 CHARS_PER_TOKEN_BOUND = 16  # a prompt longer than context x this many characters is refused untokenised
@@ -47,76 +55,12 @@ _STOP = object()
 log = logging.getLogger("logitleak.server")
 
 
-class RequestError(Exception):
-    """A request the server refuses; becomes an OpenAI-style JSON error with ``status``."""
-
-    def __init__(self, message: str, status: int = 400, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.message, self.status, self.type, self.param, self.code = message, status, type, param, code
-
-
-@dataclass
-class GenRequest:
-    """One chat request, already parsed: HF-format messages (``{"type": "image"}`` parts in the
-    order the images came), the decoded images, and sampling / logprob settings."""
-
-    messages: list[dict]
-    images: list = field(default_factory=list)
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    top_logprobs: int | None = None  # None: no logprobs; 0..20 alternatives otherwise
-    stop: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Alternative:
-    token: str
-    logprob: float
-    bytes: list[int] | None
-
-
-@dataclass
-class Step:
-    """One generated token: its string, its (defended) log-probability and the alternatives."""
-
-    token_id: int
-    token: str
-    bytes: list[int] | None
-    logprob: float
-    top: list[Alternative]
-
-
-@dataclass
-class GenResult:
-    text: str
-    finish_reason: str
-    steps: list[Step]
-    prompt_tokens: int
-    completion_tokens: int
-    logprobs: bool
-
-
 @dataclass
 class _Job:
     request: GenRequest
     future: Future
     n_prompt: int = 0
     seed: int = 0
-
-
-def _text_of(message: dict) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text") or "" for p in content or ())
-
-
-def prompt_chars(messages: list[dict]) -> int:
-    """Characters of text in a conversation (what bounds its length before tokenising)."""
-    return sum(len(_text_of(m)) for m in messages)
 
 
 class Engine:
@@ -214,7 +158,7 @@ class Engine:
             raise RequestError(f"Too many images in one request ({len(req.images)}); send at most {self.max_images}.",
                                param="messages")
         tok = self.adapter.image_token if self.accepts_images else None
-        if tok and not req.images and any(tok in _text_of(m) for m in req.messages):
+        if tok and not req.images and any(tok in text_of(m) for m in req.messages):
             raise RequestError(f"The text contains the image placeholder {tok!r} but no image was sent; remove it "
                                "or attach the image as an image_url part.", param="messages")
         n = prompt_chars(req.messages)
@@ -447,11 +391,6 @@ def _seeded(seed: int, device):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
-
-
-def _wire(value: float) -> float:
-    """A defended value on the wire: a redacted (nan) one as OpenAI's "negligible"."""
-    return HIDDEN_LOGPROB if value != value else float(value)
 
 
 def _stop_cut(text: str, stops: list[str]) -> int | None:

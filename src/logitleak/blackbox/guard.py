@@ -13,6 +13,7 @@ refused with a 502, never passed on undefended. Nothing is logged about headers 
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from logitleak.blackbox.accesslog import redact_logger
+from logitleak.blackbox.server import error_response, read_body
 from logitleak.blackbox.logprob_defense import ResponseDefender, UndefendedLogprobs
 from logitleak.defenses.spec import Defense
 from logitleak.errors import LogitleakError
@@ -30,6 +32,7 @@ DEFENDED_ROUTES = ("/chat/completions", "/completions")
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                         "trailers", "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding",
                         "content-encoding"})
+log = logging.getLogger("logitleak.guard")
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
 
 
@@ -49,8 +52,7 @@ def check_upstream(url: str) -> str:
 
 
 def _error(status: int, message: str, code: str | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": "guard_error",
-                                                               "param": None, "code": code}})
+    return error_response(status, message, type="guard_error", code=code)
 
 
 def _headers(items) -> dict[str, str]:
@@ -87,22 +89,16 @@ def create_guard_app(upstream: str, defense: Defense, *, secret: int | None = No
 
     @app.api_route("/{path:path}", methods=METHODS)
     async def proxy(request: Request, path: str):
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body_bytes:
-            return _error(413, f"The request body is {int(declared)} bytes; send at most {max_body_bytes} bytes.",
-                          "request_too_large")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body_bytes:
-                return _error(413, f"The request body is over {max_body_bytes} bytes; send less.", "request_too_large")
+        body = await read_body(request, max_body_bytes, type="guard_error")
+        if isinstance(body, JSONResponse):
+            return body
         route = request.url.path
         defended = request.method == "POST" and route.rstrip("/").endswith(DEFENDED_ROUTES)
         headers = _headers(request.headers.items())
         headers["accept-encoding"] = "identity"
         client: httpx.AsyncClient = state["client"]
         upstream_request = client.build_request(request.method, target(route, request.url.query), headers=headers,
-                                                content=bytes(body))
+                                                content=body)
         try:
             resp = await client.send(upstream_request, stream=True)
         except httpx.TimeoutException:
@@ -114,7 +110,7 @@ def create_guard_app(upstream: str, defense: Defense, *, secret: int | None = No
         if "text/event-stream" in resp.headers.get("content-type", ""):
             if not defended:
                 return StreamingResponse(_raw(resp), status_code=resp.status_code, headers=out_headers)
-            return StreamingResponse(_sse(resp, defender, bytes(body)), status_code=resp.status_code,
+            return StreamingResponse(_sse(resp, defender, body), status_code=resp.status_code,
                                      headers=out_headers)
         try:
             data = await resp.aread()
@@ -131,10 +127,12 @@ def create_guard_app(upstream: str, defense: Defense, *, secret: int | None = No
             return Response(data, status_code=resp.status_code, headers=out_headers)
         try:
             obj = json.loads(data)
-            defender.body(obj, bytes(body))
-        except (ValueError, RecursionError, UndefendedLogprobs) as err:
+            defender.body(obj, body)
+        except Exception as err:  # noqa: BLE001 - whatever the upstream sent, fail closed
             if not defender.active or b"logprob" not in data:
                 return Response(data, status_code=resp.status_code, headers=out_headers)
+            if not isinstance(err, (ValueError, RecursionError, UndefendedLogprobs)):
+                log.exception("the guard could not rewrite a response")
             return _error(502, f"The upstream's response could not be read ({_short(err)}); the guard does not pass "
                                "on log-probabilities it cannot defend.", "undefended_logprobs")
         return Response(json.dumps(obj, separators=(",", ":")).encode(), status_code=resp.status_code,
@@ -168,7 +166,7 @@ async def _sse(resp: httpx.Response, defender: ResponseDefender, request_key: by
                     try:
                         obj = json.loads(payload)
                         defender.body(obj, request_key, offsets)
-                    except (ValueError, RecursionError, UndefendedLogprobs) as err:
+                    except Exception as err:  # noqa: BLE001 - fail closed
                         if "logprob" in payload and defender.active:
                             msg = {"error": {"message": f"The guard could not defend a stream chunk ({_short(err)}); "
                                                         "the stream was stopped.", "type": "guard_error"}}

@@ -42,7 +42,8 @@ def _number(value) -> float:
     return float(value)
 
 
-def _wire(value: float) -> float:
+def wire(value: float) -> float:
+    """A defended value on the wire: a redacted (nan) one as OpenAI's "negligible" -9999.0."""
     return HIDDEN_LOGPROB if value != value else float(value)
 
 
@@ -174,6 +175,6 @@ class ResponseDefender:
             listed = []
             for v, a in zip(out_values[i][:min(len(row), kept)], out_ids[i]):
                 tok, raw = (HIDDEN_TOKEN, None) if a < 0 else (row[a][0], row[a][2])
-                listed.append((tok, _wire(v), raw))
-            out.append((listed, _wire(out_extra[i])))
+                listed.append((tok, wire(v), raw))
+            out.append((listed, wire(out_extra[i])))
         return out

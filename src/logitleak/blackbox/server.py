@@ -88,6 +88,21 @@ def _validation_message(err: ValidationError) -> tuple[str, str | None]:
     return (f"Invalid request: {loc}: {msg}." if loc else f"Invalid request: {msg}."), (loc or None)
 
 
+async def read_body(request: Request, max_bytes: int, type: str = "invalid_request_error") -> bytes | JSONResponse:
+    """The request's body, or a 413 response once it is over ``max_bytes`` (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        return error_response(413, f"The request body is {int(declared)} bytes; send at most {max_bytes} bytes.",
+                              type=type, code="request_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            return error_response(413, f"The request body is over {max_bytes} bytes; send less.", type=type,
+                                  code="request_too_large")
+    return bytes(body)
+
+
 def decode_image_url(url: str):
     """A ``data:image/...;base64,...`` URL -> an RGB PIL image, or a :class:`RequestError`."""
     from PIL import Image
@@ -235,18 +250,11 @@ def create_app(engine: Engine, *, served_model_name: str, api_key: str | None = 
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body_bytes:
-            return error_response(413, f"The request body is {int(declared)} bytes; send at most {max_body_bytes} bytes.",
-                                  code="request_too_large")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body_bytes:
-                return error_response(413, f"The request body is over {max_body_bytes} bytes; send less.",
-                                      code="request_too_large")
+        body = await read_body(request, max_body_bytes)
+        if isinstance(body, JSONResponse):
+            return body
         try:
-            data = parse_json(bytes(body))
+            data = parse_json(body)
         except RequestError as err:
             return error_response(err.status, err.message, code=err.code)
         if not isinstance(data, dict):
