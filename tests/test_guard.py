@@ -280,3 +280,30 @@ def test_audit_through_the_guard_matches_the_defend_row(upstream, organism_dir, 
         assert abs(a_d - a_g) <= half(rows) + half(b) + 1e-9, (idx, a_d, a_g)
         bites += float(plain.loc[idx, "ci_low"]) > float(b.loc[idx, "ci_high"])
     assert bites >= 1  # the defence measurably changed what the endpoint leaks
+
+
+def test_each_choice_and_each_stream_chunk_gets_its_own_noise():
+    values = [-0.5, -0.9, -1.2]
+    d = ResponseDefender(parse_single_defense("gauss:1"), secret=2)
+    body = {"choices": [{"index": i, "logprobs": {"content": [chat_entry(values)]}} for i in range(2)]}
+    d.body(body, b"req")
+    a, b = (c["logprobs"]["content"][0]["top_logprobs"] for c in body["choices"])
+    assert [t["logprob"] for t in a] != [t["logprob"] for t in b]
+    offsets: dict[int, int] = {}
+    seen = []
+    for _ in range(2):  # the same chunk twice in one stream: the token position changes the seed
+        c = {"choices": [{"index": 0, "logprobs": {"content": [chat_entry(values)]}}]}
+        d.body(c, b"req", offsets)
+        seen.append([t["logprob"] for t in c["choices"][0]["logprobs"]["content"][0]["top_logprobs"]])
+    assert seen[0] != seen[1] and offsets == {0: 2}
+
+
+def test_a_stream_chunk_the_guard_cannot_defend_stops_the_stream():
+    good = chunk(0, [-0.1, -1.0], ["a", "b"])
+    odd = {"object": "chat.completion.chunk", "choices": [{"index": 0, "logprobs": {"probs": [0.2]}}]}
+    with RunningServer(fake_upstream(chunks=[good, odd, good])) as up, guard_for(up.url, "round:0") as g:
+        r = httpx.post(g.url + "/chat/completions", json={"model": "m", "messages": [], "stream": True})
+    events = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")]
+    assert json.loads(events[0])["choices"][0]["logprobs"]["content"][0]["logprob"] == -0.0
+    assert "could not defend" in json.loads(events[1])["error"]["message"]
+    assert len(events) == 2  # nothing after it, the undefended chunk included
