@@ -6,6 +6,9 @@
 - :func:`logitleak.blackbox.server.create_app`: serve a local model over the OpenAI
   chat-completions API with ``logprobs`` (``logitleak serve``), optionally behind an
   output-side defence.
+- :func:`logitleak.blackbox.guard.create_guard_app`: an OpenAI-compatible proxy in front of any
+  upstream endpoint that applies an output-side defence to every response's logprobs
+  (``logitleak guard``).
 
 Heavy imports stay inside the submodules.
 """
