@@ -42,10 +42,12 @@ def test_small_audit_through_the_cli(tmp_path, organism):
     res = run_cli("audit", "--model", organism, "--data", "shapes", "--task", "color", "--out", str(out), *SMALL)
     assert res.returncode == 0, res.stderr
     df, run = check_outputs(out)
-    # one row per (level, layer, k, attribute, probe): 2 residual + 2x2 tuned + 2 + 2 + 1 top1 feature sets x 5 attributes
-    assert len(df) == (2 + 4 + 2 + 2 + 1) * 5
+    # one row per (level, layer, k, attribute, probe): 2 residual + 2x2 tuned + 2 + 2 + 1 top1 feature sets x
+    # (5 class attributes + 7 numeric ones: box, centre, area)
+    assert len(df) == (2 + 4 + 2 + 2 + 1) * 12
+    assert (df.target == "numeric").sum() == (2 + 4 + 2 + 2 + 1) * 7
     assert set(df.level) == {"residual", "tuned_lens_topk", "topk_logprobs", "topk_ids", "top1_prob"}
-    assert df.loc[df.level == "residual", "layer"].dropna().astype(int).tolist().count(4) == 5
+    assert df.loc[df.level == "residual", "layer"].dropna().astype(int).tolist().count(4) == 12
     assert df.loc[df.level == "topk_ids", "layer"].isna().all()
     assert (df.task_relevant == (df.attribute == "color")).all()
     color = df[(df.attribute == "color") & (df.level == "residual") & (df.layer == 4)].iloc[0]

@@ -7,6 +7,7 @@ import pytest
 from logitleak.config import make_config
 from logitleak.data import make_shapes
 from logitleak.data.folder import load_image_folder
+from logitleak.data.shapes import NUMERIC_ATTRIBUTES
 from logitleak.errors import LogitleakError
 from logitleak.probeset_loading import load_probe_set
 
@@ -31,7 +32,11 @@ def test_folder_round_trip(tmp_path, fmt):
     ps, table = write_folder(tmp_path, fmt=fmt)
     got = load_image_folder(tmp_path, question="what color is the object ?", task="color", group_column="photo")
     assert len(got) == len(ps)
-    assert list(got.attributes.columns) == ["color", "shape", "size", "position", "background"]
+    assert list(got.attributes.columns) == ["color", "shape", "size", "position", "background", *NUMERIC_ATTRIBUTES]
+    # inferred from the columns: fractional numbers are numeric; 12 whole-pixel box edges take few
+    # distinct values, which reads as class labels (is_numeric_column)
+    assert got.numeric_attributes == ["center_x", "center_y"]
+    np.testing.assert_allclose(got.labels("center_x"), ps.labels("center_x"))
     assert (got.attributes["shape"].to_numpy() == ps.attributes["shape"].to_numpy()).all()
     assert np.array_equal(np.asarray(got.images[3]), np.asarray(ps.images[3]))
     assert list(got.groups[:4]) == [0, 0, 1, 1]

@@ -83,7 +83,7 @@ def resolve_model_path(cfg: AuditConfig, progress: bool = True) -> Path:
 
 def answer_token_ids(adapter, probeset: ProbeSet) -> list[int]:
     """First token of every attribute value as it would follow the prompt (the answer words)."""
-    words = sorted({str(v) for col in probeset.attributes.columns for v in probeset.attributes[col].unique()})
+    words = sorted({str(v) for col in probeset.categorical_attributes for v in probeset.attributes[col].unique()})
     unk = getattr(adapter.tokenizer, "unk_token_id", None)
     return sorted({i for i in adapter.answer_token_ids(words) if i != unk})
 
@@ -101,7 +101,7 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
 
     labels = {a: probeset.labels(a) for a in attributes}
     settings = json.dumps([cfg.probes.model_dump(), cfg.seed, cfg.task, attributes,
-                           [hashlib.sha256("\x1f".join(v).encode()).hexdigest() for v in labels.values()],
+                           [hashlib.sha256("\x1f".join(map(str, v)).encode()).hexdigest() for v in labels.values()],
                            hashlib.sha256(np.asarray(probeset.groups).tobytes()).hexdigest()])
     cache_dir.mkdir(parents=True, exist_ok=True)
     done: dict = {}

@@ -119,7 +119,7 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
                                      f"({adapter.vocab_size}); use k <= {adapter.vocab_size}.")
         if d.erasure_layers:
             resolve_erasure_layers(d.erasure_layers, adapter.n_layers)
-    attributes = list(probeset.attributes.columns)
+    attributes = probeset.categorical_attributes  # the trade-off is measured on the class attributes
     irrelevant = [a for a in attributes if a != cfg.task]
     labels = {a: eval_set.labels(a) for a in attributes}
     answer_ids = torch.tensor([_first_token(adapter, w) for w in eval_set.answers])

@@ -151,6 +151,19 @@ def evaluate_sweep(
     ``n_permutations > 0``: then from that many label permutations with refits (the exact but
     costly check); ``p_test`` says which. ``n_bootstrap=0`` leaves intervals NaN.
     """
+    from logitleak.regression import evaluate_regression, split_numeric
+
+    numeric, labels = split_numeric(labels)  # float labels -> regression probes (logitleak.regression)
+    if numeric:
+        reg_kw = dict(groups=groups, task_attribute=task_attribute, probes=probes, n_folds=n_folds,
+                      n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed, probe_params=probe_params)
+        if not labels:
+            return evaluate_regression(features, numeric, **reg_kw)
+        cat = evaluate_sweep(features, labels, **{**reg_kw, "task_attribute": task_attribute if task_attribute in labels
+                                                  else None}, device=device, progress=progress, test_size=test_size,
+                             val_fraction=val_fraction, dtype=dtype, memory_budget=memory_budget)
+        both = pd.concat([cat, evaluate_regression(features, numeric, **reg_kw)], ignore_index=True)
+        return to_frame(both)
     probes = tuple(probes)
     for fam in probes:
         if fam not in PROBE_FAMILIES:

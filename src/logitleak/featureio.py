@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from logitleak.data.probeset import is_numeric_column
 from logitleak.errors import LogitleakError
 
 FEATURE_SUFFIXES = (".npy", ".npz", ".parquet")
@@ -108,5 +109,10 @@ def load_labels(path: str | Path, group_column: str | None = None) -> tuple[dict
             raise LogitleakError(
                 f"Attribute column '{col}' in {p} has {int(s.isna().sum())} empty cells; fill them or drop those rows "
                 f"from features and labels.")
-        labels[col] = s.to_numpy()
+        arr = s.to_numpy()
+        if is_numeric_column(s):  # a numeric attribute: regression probes
+            arr = arr.astype(np.float64)
+        elif arr.dtype.kind == "f":  # whole numbers stored as floats, few of them: class labels
+            arr = arr.astype(str)
+        labels[col] = arr
     return labels, groups

@@ -12,6 +12,20 @@ from PIL import Image
 
 from logitleak.errors import LogitleakError
 
+CLASS_LIKE_MAX = 20
+"""A column of whole numbers with at most this many distinct values is read as class labels
+(0/1 flags, digit classes); any other all-number column is numeric (a regression target)."""
+
+
+def is_numeric_column(values) -> bool:
+    """Whether a label column is a numeric attribute: every value a finite number (numbers or
+    numeric strings), and not a small set of whole numbers (see :data:`CLASS_LIKE_MAX`)."""
+    x = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
+    if len(x) == 0 or not np.isfinite(x).all():
+        return False
+    whole = bool(np.all(x == np.round(x)))
+    return not (whole and len(np.unique(x)) <= CLASS_LIKE_MAX)
+
 
 class IndexedImages(Sequence):
     """A lazy view of some images of another sequence, in the order of ``index``."""
@@ -37,6 +51,7 @@ class ProbeSet:
     - ``images[i]``: a PIL image, or ``None`` for a text-only probe set.
     - ``attributes``: one row per sample, one column per attribute (string labels).
     - ``asked[i]``: the attribute that prompt ``i`` asks about (task-relevant for that sample).
+    - ``meta['numeric']``: attributes declared numeric (others are inferred, :func:`is_numeric_column`).
     - ``groups[i]``: samples sharing a group (e.g. several questions about one image) never
       straddle a train/test split.
     """
@@ -76,13 +91,32 @@ class ProbeSet:
         """The expected one-word answer of each sample: its value of the attribute asked."""
         return [str(self.attributes.at[i, a]) for i, a in enumerate(self.asked)]
 
+    @property
+    def numeric_attributes(self) -> list[str]:
+        """Attributes probed by regression: declared in ``meta['numeric']`` or inferred."""
+        declared = set(self.meta.get("numeric") or ())
+        return [a for a in self.attributes.columns if a in declared or is_numeric_column(self.attributes[a])]
+
+    @property
+    def categorical_attributes(self) -> list[str]:
+        """Attributes probed by classification (every attribute that is not numeric)."""
+        numeric = set(self.numeric_attributes)
+        return [a for a in self.attributes.columns if a not in numeric]
+
     def labels(self, attribute: str) -> np.ndarray:
-        """String labels of one attribute, with a clear error when it does not exist."""
+        """Labels of one attribute: float64 values for a numeric attribute, strings otherwise,
+        with a clear error when it does not exist."""
         if attribute not in self.attributes.columns:
             raise LogitleakError(
                 f"Unknown attribute {attribute!r} in probe set {self.name!r}; "
                 f"choose one of: {', '.join(self.attributes.columns)}."
             )
+        if attribute in self.numeric_attributes:
+            values = pd.to_numeric(self.attributes[attribute], errors="coerce").to_numpy(dtype=np.float64)
+            if not np.isfinite(values).all():
+                raise LogitleakError(f"Numeric attribute {attribute!r} has missing or non-numeric values; fill them or "
+                                     "drop those samples.")
+            return values
         return self.attributes[attribute].astype(str).to_numpy()
 
     def subset(self, index: Sequence[int] | np.ndarray) -> ProbeSet:

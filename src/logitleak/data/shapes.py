@@ -7,6 +7,11 @@ Attributes and their one-word values:
 - ``size``: small, medium, large
 - ``position``: top, bottom, left, right (the region the object's centre lies in)
 - ``background``: black, gray, white
+
+Numeric attributes (:data:`NUMERIC_ATTRIBUTES`), recorded exactly from the drawing, in pixels of
+the rendered image: the object's bounding box ``box_x0, box_y0, box_x1, box_y1`` (the extent of
+its drawn pixels, ``x1``/``y1`` exclusive), ``center_x, center_y`` (the point the shape is drawn
+around, jitter included) and ``area`` (the number of object pixels).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "background": tuple(BACKGROUNDS),
 }
 
+NUMERIC_ATTRIBUTES: tuple[str, ...] = ("box_x0", "box_y0", "box_x1", "box_y1", "center_x", "center_y", "area")
+
 # One template family per attribute, a few paraphrases each; every answer is one word.
 QUESTIONS: dict[str, tuple[str, ...]] = {
     "color": ("what color is the object ?", "which color does the object have ?", "name the color of the object ."),
@@ -74,11 +81,30 @@ def _shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float
     raise LogitleakError(f"Unknown shape {shape!r}; choose one of: {', '.join(SHAPES)}.")
 
 
+def geometry(masks: np.ndarray, centres: np.ndarray) -> pd.DataFrame:
+    """The numeric attributes of drawn objects: bounding box of each ``(S, S)`` mask, the drawing
+    centre ``centres`` ``(N, 2)`` (x, y) and the pixel area. An empty mask gets a NaN box."""
+    masks = np.asarray(masks, dtype=bool)
+    cols, rows = masks.any(axis=1), masks.any(axis=2)          # (N, S): x extent, y extent
+    def span(a):
+        has = a.any(axis=1)
+        first = np.where(has, a.argmax(axis=1), np.nan)
+        last = np.where(has, a.shape[1] - a[:, ::-1].argmax(axis=1), np.nan)
+        return first.astype(np.float64), last.astype(np.float64)
+    x0, x1 = span(cols)
+    y0, y1 = span(rows)
+    return pd.DataFrame({"box_x0": x0, "box_y0": y0, "box_x1": x1, "box_y1": y1,
+                         "center_x": np.asarray(centres, dtype=np.float64)[:, 0],
+                         "center_y": np.asarray(centres, dtype=np.float64)[:, 1],
+                         "area": masks.sum(axis=(1, 2)).astype(np.float64)})
+
+
 def render_shapes(attributes: pd.DataFrame, image_size: int = 32, seed: int = 0,
-                  noise: float = 4.0, jitter: float = 0.06) -> tuple[np.ndarray, np.ndarray]:
+                  noise: float = 4.0, jitter: float = 0.06, return_centres: bool = False):
     """Render one image per row of ``attributes``.
 
-    Returns ``(images, masks)``: uint8 ``(N, S, S, 3)`` pixels and bool ``(N, S, S)`` object masks.
+    Returns ``(images, masks)``: uint8 ``(N, S, S, 3)`` pixels and bool ``(N, S, S)`` object masks
+    (and the ``(N, 2)`` drawing centres in pixels, x then y, with ``return_centres``).
     ``jitter`` moves the centre by up to that fraction of the side; ``noise`` is the std of
     additive pixel noise (0 gives flat colours).
     """
@@ -110,6 +136,8 @@ def render_shapes(attributes: pd.DataFrame, image_size: int = 32, seed: int = 0,
     if noise > 0:
         noisy = images.astype(np.float32) + rng.normal(0.0, noise, size=images.shape).astype(np.float32)
         images = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    if return_centres:
+        return images, masks, np.stack([cx, cy], axis=1)
     return images, masks
 
 
@@ -132,14 +160,15 @@ def _check_questions(questions: str | list[str] | tuple[str, ...]) -> list[str]:
 
 
 def make_shapes(n: int = 1000, questions: str | list[str] | tuple[str, ...] = "color", seed: int = 0,
-                image_size: int = 32, per_image: str = "one", noise: float = 4.0) -> ProbeSet:
+                image_size: int = 32, per_image: str = "one", noise: float = 4.0, geometry_columns: bool = True) -> ProbeSet:
     """Generate the shapes probe set.
 
     ``n`` samples; ``questions`` names the attribute(s) asked (``"all"`` for every one).
     ``per_image="one"``: each image gets one question, the attribute cycling through
     ``questions``; ``per_image="all"``: every image is asked every question in ``questions``
     (``n`` is then the number of images and samples of one image share a group).
-    Same arguments, same set.
+    ``geometry_columns`` adds the numeric attributes (box, centre, area; declared numeric in
+    ``meta['numeric']``). Same arguments, same set.
     """
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise LogitleakError(f"Seed {seed!r} is not an integer; pass a whole number such as 0.")
@@ -150,7 +179,11 @@ def make_shapes(n: int = 1000, questions: str | list[str] | tuple[str, ...] = "c
     qs = _check_questions(questions)
     rng = np.random.default_rng(seed)
     attrs = sample_attributes(n, seed=int(rng.integers(2**31)))
-    pixels, _ = render_shapes(attrs, image_size=image_size, seed=int(rng.integers(2**31)), noise=noise)
+    pixels, masks, centres = render_shapes(attrs, image_size=image_size, seed=int(rng.integers(2**31)), noise=noise,
+                                           return_centres=True)
+    numeric = list(NUMERIC_ATTRIBUTES) if geometry_columns else []
+    if geometry_columns:
+        attrs = pd.concat([attrs, geometry(masks, centres)], axis=1)
     images = [Image.fromarray(p) for p in pixels]
     if per_image == "one":
         img_idx = np.arange(n)
@@ -167,5 +200,5 @@ def make_shapes(n: int = 1000, questions: str | list[str] | tuple[str, ...] = "c
         asked=asked,
         groups=img_idx.copy(),
         images=[images[i] for i in img_idx],
-        meta={"seed": int(seed), "image_size": image_size, "questions": qs, "noise": noise},
+        meta={"seed": int(seed), "image_size": image_size, "questions": qs, "noise": noise, "numeric": numeric},
     )
