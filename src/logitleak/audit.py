@@ -134,6 +134,28 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+DECODER_LAYER_LEVELS = ("residual", "image_residual", "pca", "logit_lens_topk", "logit_lens_answers",
+                        "tuned_lens_topk", "tuned_lens_answers")
+
+
+def add_layer_types(results: pd.DataFrame, layer_types: list[str] | None) -> pd.DataFrame:
+    """A ``layer_type`` column: for decoder-layer rows the kind of hidden state ``layer``
+    (``embedding``, ``self`` or ``cross`` attention block), for vision rows ``vision``."""
+    if results.empty or not layer_types:
+        return results
+    out = results.copy()
+    types = []
+    for level, layer in zip(out["level"], out["layer"]):
+        if level in DECODER_LAYER_LEVELS and not pd.isna(layer) and 0 <= int(layer) < len(layer_types):
+            types.append(layer_types[int(layer)])
+        elif level == "vision":
+            types.append("vision")
+        else:
+            types.append(None)
+    out["layer_type"] = types
+    return out
+
+
 def probe_params(cfg: AuditConfig) -> dict | None:
     """Per-family options for :func:`evaluate_sweep` from the probe settings."""
     return {"linear": {"C": cfg.probes.C}} if cfg.probes.C is not None else None
@@ -218,10 +240,17 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     with timer("levels"):
         from logitleak.levels import build_features
 
+        if not cfg.endpoint and "levels" not in cfg.model_fields_set:  # default: the levels this model has
+            from logitleak.levels import available_levels
+
+            have = set(available_levels(capture, lens=lens, answer_token_ids=answer_ids))
+            levels = [lv for lv in levels if lv in have or lv in LENS_LEVELS]
         features = build_features(capture, readout, levels=levels, layers=layers, ks=cfg.k, lens=lens,
-                                  answer_token_ids=answer_ids)
+                                  answer_token_ids=answer_ids, pca_dims=cfg.pca_dims)
     with timer("probes"):
         results = probe_with_resume(features, probeset, cfg, cache / "probes", attributes, progress=progress)
+        if not cfg.endpoint:
+            results = add_layer_types(results, adapter.layer_types)
     results = write_results(results, out)
     run_info = {
         "identity": json.loads(json.dumps(audit_identity(cfg))),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,6 +27,12 @@ class Capture:
     - ``topk_logprobs`` / ``topk_ids``: ``(N, K)`` what an API returned (sorted descending,
       ids mapped per run, ``-1`` / ``nan`` where fewer than K alternatives came back). ``None``
       for a white-box capture, whose top-k is derived from ``logits``.
+    - the vision-to-language transition (VLMs whose family declares its vision tower; ``None``
+      otherwise), from the same pass: ``vision`` ``(N, Lv+1, Dv)`` the vision tower's states
+      (index 0 its embedding output, index j block j's output) pooled over each sample's image
+      tokens; ``projector`` ``(N, Dp)`` the projector's output pooled the same way;
+      ``image_hidden`` ``(N, L+1, D)`` the decoder's residual stream averaged over the positions
+      of the image tokens.
     """
 
     hidden: torch.Tensor | None = None
@@ -33,6 +40,9 @@ class Capture:
     topk_logprobs: torch.Tensor | None = None
     topk_ids: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)
+    vision: torch.Tensor | None = None
+    projector: torch.Tensor | None = None
+    image_hidden: torch.Tensor | None = None
 
     def __len__(self) -> int:
         for t in (self.logits, self.hidden, self.topk_logprobs):
@@ -60,7 +70,101 @@ def concat_captures(parts: Sequence[Capture]) -> Capture:
 
     meta = {k: v for k, v in parts[0].meta.items() if k not in ("start", "stop")}
     return Capture(hidden=cat("hidden"), logits=cat("logits"), topk_logprobs=cat("topk_logprobs"),
-                   topk_ids=cat("topk_ids"), meta=meta)
+                   topk_ids=cat("topk_ids"), meta=meta, vision=cat("vision"), projector=cat("projector"),
+                   image_hidden=cat("image_hidden"))
+
+
+VISION_POOLS = ("mean", "cls")
+
+
+def pool_per_sample(h: torch.Tensor, batch: int, counts: torch.Tensor | None = None, mode: str = "mean") -> torch.Tensor:
+    """One vector per sample from a vision module's output: ``(batch * m, ..., D)`` (m images or
+    tiles per sample, stored sample by sample) -> mean over everything but the last axis, or the
+    first token of each image (``mode="cls"``); a flattened ``(tokens, D)`` sequence (Qwen2-VL) is
+    split by ``counts`` (tokens per sample, rescaled when the module merges tokens) or evenly."""
+    if h.dim() >= 3:
+        if h.shape[0] % batch:
+            raise LogitleakError(f"A vision module returned {h.shape[0]} images for a batch of {batch} samples; logitleak "
+                                 "pools one image (or an equal number of tiles) per sample.")
+        if mode == "cls":
+            return h.reshape(batch, -1, h.shape[-2], h.shape[-1])[:, :, 0].float().mean(1)
+        return h.reshape(batch, -1, h.shape[-1]).float().mean(1)
+    if h.dim() != 2:
+        raise LogitleakError(f"A vision module returned states of shape {tuple(h.shape)}; expected (images, tokens, D) "
+                             "or (tokens, D).")
+    n = h.shape[0]
+    if counts is not None and int(counts.sum()) > 0:
+        total = int(counts.sum())
+        if n != total and total % n == 0:
+            counts = counts // (total // n)
+        if int(counts.sum()) == n:
+            parts = torch.split(h, [int(c) for c in counts])
+            return torch.stack([p.float()[:1].mean(0) if mode == "cls" else p.float().mean(0) for p in parts])
+    if n % batch:
+        raise LogitleakError(f"A vision module returned {n} tokens for {batch} samples, which do not split evenly; "
+                             "capture this model without vision levels.")
+    h = h.reshape(batch, -1, h.shape[-1]).float()
+    return h[:, 0] if mode == "cls" else h.mean(1)
+
+
+class _VisionRecorder:
+    """Forward hooks on the vision tower's blocks (and block 0's input) and on the projector: each
+    output pooled per sample as soon as it is produced, so memory holds one vector per sample."""
+
+    def __init__(self, blocks, projector, mode: str = "mean") -> None:
+        if mode not in VISION_POOLS:
+            raise LogitleakError(f"Vision pooling {mode!r} is not valid; use one of: {', '.join(VISION_POOLS)}.")
+        self.blocks, self.projector, self.mode = list(blocks), projector, mode
+        self.batch, self.counts = 0, None
+        self.states: list[torch.Tensor | None] = []
+        self.proj: torch.Tensor | None = None
+        self.handles: list = []
+
+    def reset(self, batch: int, counts: torch.Tensor | None) -> None:
+        self.batch, self.counts = batch, counts
+        self.states = [None] * (len(self.blocks) + 1)
+        self.proj = None
+
+    def _pool(self, h, mode=None):
+        return pool_per_sample(_output_tensor(h), self.batch, self.counts, mode or self.mode)
+
+    def __enter__(self):
+        def pre_hook(module, args, kwargs):
+            if self.states[0] is None:
+                self.states[0] = self._pool(args[0] if args else kwargs.get("hidden_states"))
+
+        def make_rec(idx):
+            def hook(module, args, output):
+                self.states[idx] = self._pool(output)
+            return hook
+
+        def proj_hook(module, args, output):
+            self.proj = self._pool(output, "mean")
+
+        try:
+            if self.blocks:
+                self.handles.append(self.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
+            for i, block in enumerate(self.blocks):
+                self.handles.append(block.register_forward_hook(make_rec(i + 1)))
+            if self.projector is not None:
+                self.handles.append(self.projector.register_forward_hook(proj_hook))
+        except Exception:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        return False
+
+
+def image_counts(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    """Vision tokens per sample for processors that flatten images into one sequence (Qwen2-VL's
+    ``image_grid_thw``); ``None`` when the batch axis already separates samples."""
+    thw = inputs.get("image_grid_thw")
+    return None if thw is None else thw.long().prod(dim=-1).cpu()
 
 
 def read_positions(attention_mask: torch.Tensor, read_position: str | int = "last") -> torch.Tensor:
@@ -104,7 +208,14 @@ class _Recorder:
         self.pos: torch.Tensor | None = None
         self.seq_len: int | None = None
         self.states: list[torch.Tensor | None] = [None] * (len(layers) + 1)
+        self.image_mask: torch.Tensor | None = None   # (B, T) float: image-token positions, or None
+        self.image_states: list[torch.Tensor | None] = [None] * (len(layers) + 1)
         self.handles: list = []
+
+    def _image_pool(self, idx: int, h: torch.Tensor) -> None:
+        if self.image_mask is not None:
+            m = self.image_mask.to(h.device, torch.float32)
+            self.image_states[idx] = (h.float() * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp_min(1.0)
 
     def _gather(self, h: torch.Tensor) -> torch.Tensor:
         if h.dim() != 3 or h.shape[1] != self.seq_len:
@@ -117,6 +228,7 @@ class _Recorder:
         def pre_hook(module, args, kwargs):
             h = args[0] if args else kwargs.get("hidden_states")
             self.states[0] = self._gather(h)
+            self._image_pool(0, h)
 
         def make_edit(fn):
             def hook(module, args, output):
@@ -130,7 +242,9 @@ class _Recorder:
 
         def make_rec(idx):
             def hook(module, args, output):
-                self.states[idx] = self._gather(_output_tensor(output))
+                h = _output_tensor(output)
+                self.states[idx] = self._gather(h)
+                self._image_pool(idx, h)
             return hook
 
         try:
@@ -172,6 +286,7 @@ def _forward_batch(adapter: ModelAdapter, rec: _Recorder, inputs: Mapping[str, t
     pos = read_positions(inputs["attention_mask"], read_position)
     rec.pos, rec.seq_len = pos, inputs["attention_mask"].shape[1]
     rec.states = [None] * (adapter.n_layers + 1)
+    rec.image_states = [None] * (adapter.n_layers + 1)
     kwargs = adapter.forward_kwargs(inputs, pos)
     logits = adapter.model(**kwargs).logits
     if "logits_to_keep" in kwargs:
@@ -189,24 +304,53 @@ def _forward_batch(adapter: ModelAdapter, rec: _Recorder, inputs: Mapping[str, t
     return hidden, logits.cpu()
 
 
+def wants_vision(adapter: ModelAdapter, has_images: bool, vision_pool: str | None) -> bool:
+    """Whether a pass records the vision-to-language levels: a VLM whose family declares its
+    vision tower, a batch with images, and pooling not switched off (``vision_pool=None``)."""
+    return bool(vision_pool) and has_images and bool(getattr(adapter, "vision_layers", None))
+
+
 def capture_inputs(adapter: ModelAdapter, inputs: Mapping[str, torch.Tensor], *, read_position: str | int = "last",
                    edit_hooks: Mapping[int, EditHook] | None = None,
                    logits_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   hidden_dtype: torch.dtype = torch.float32) -> Capture:
+                   hidden_dtype: torch.dtype = torch.float32, vision_pool: str | None = "mean") -> Capture:
     """The capture pass on one batch of ready-made inputs (``adapter.build_inputs(...)``):
-    ``hidden`` ``(B, L+1, D)`` and ``logits`` ``(B, V)`` at the read positions."""
+    ``hidden`` ``(B, L+1, D)`` and ``logits`` ``(B, V)`` at the read positions, and for a VLM
+    batch with images the vision tower / projector / image-position states of the same pass
+    (``vision_pool``: ``"mean"`` over image tokens, ``"cls"`` the first token, ``None`` none)."""
     _check_edit_hooks(edit_hooks, adapter.n_layers)
-    with torch.inference_mode(), _Recorder(adapter.layers, edit_hooks) as rec:
+    has_images = any(k in inputs for k in ("pixel_values", "pixel_values_videos"))
+    vis = wants_vision(adapter, has_images, vision_pool)
+    batch = int(inputs["attention_mask"].shape[0])
+    vrec = _VisionRecorder(adapter.vision_layers, adapter.projector, vision_pool or "mean") if vis else None
+    with torch.inference_mode(), _Recorder(adapter.layers, edit_hooks) as rec, (vrec or contextlib.nullcontext()):
+        tid = adapter.image_token_id if vis else None
+        if tid is not None and "input_ids" in inputs:
+            mask = inputs["input_ids"] == tid
+            rec.image_mask = mask if bool(mask.any(1).all()) else None
+        if vrec is not None:
+            vrec.reset(batch, image_counts(inputs))
         hidden, logits = _forward_batch(adapter, rec, inputs, read_position, logits_transform, hidden_dtype)
     # Clone outside inference mode: inference tensors cannot take part in autograd later (lens fitting).
-    return Capture(hidden=hidden.clone(), logits=logits.clone())
+    out = Capture(hidden=hidden.clone(), logits=logits.clone())
+    if vrec is not None:
+        if any(v is None for v in vrec.states):
+            missing = [i for i, v in enumerate(vrec.states) if v is None]
+            raise LogitleakError(f"Vision blocks {missing} of {adapter.name!r} did not run in the forward pass; capture "
+                                 "with vision_pool=None or name the blocks the tower uses in the family table.")
+        out.vision = torch.stack(vrec.states, dim=1).to(device="cpu", dtype=hidden_dtype).clone()
+        if vrec.proj is not None:
+            out.projector = vrec.proj.to(device="cpu", dtype=hidden_dtype).clone()
+    if rec.image_mask is not None and all(v is not None for v in rec.image_states):
+        out.image_hidden = torch.stack(rec.image_states, dim=1).to(device="cpu", dtype=hidden_dtype).clone()
+    return out
 
 
 def iter_capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int = 32, read_position: str | int = "last",
                  edit_hooks: Mapping[int, EditHook] | None = None,
                  logits_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  hidden_dtype: torch.dtype = torch.float32, progress: bool = True,
-                 start: int = 0, stop: int | None = None) -> Iterator[Capture]:
+                 start: int = 0, stop: int | None = None, vision_pool: str | None = "mean") -> Iterator[Capture]:
     """One :class:`Capture` per batch of ``probeset[start:stop]`` (``meta['start'/'stop']`` give the
     samples it covers). Images are touched one batch at a time, so a lazily loaded probe set
     streams. Hooks are installed around each batch's forward pass and removed right after it."""
@@ -231,7 +375,7 @@ def iter_capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int =
             inputs = adapter.build_inputs(prompts, images)
             # Hooks and inference mode live only inside one batch, never across a ``yield``.
             part = capture_inputs(adapter, inputs, read_position=read_position, edit_hooks=edit_hooks,
-                                  logits_transform=logits_transform, hidden_dtype=hidden_dtype)
+                                  logits_transform=logits_transform, hidden_dtype=hidden_dtype, vision_pool=vision_pool)
             part.meta = {**meta, "start": b0, "stop": b1}
             if bar is not None:
                 bar.update(b1 - b0)
@@ -244,7 +388,8 @@ def iter_capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int =
 def capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int = 32, read_position: str | int = "last",
             edit_hooks: Mapping[int, EditHook] | None = None,
             logits_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-            hidden_dtype: torch.dtype = torch.float32, progress: bool = True) -> Capture:
+            hidden_dtype: torch.dtype = torch.float32, progress: bool = True,
+            vision_pool: str | None = "mean") -> Capture:
     """Run the probe set through the model, one forward pass per batch, and keep the raw residual
     stream at every layer and the final logits at the read position (the last prompt token,
     after the generation prompt, where the first answer token is predicted).
@@ -253,11 +398,12 @@ def capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int = 32, 
     ``(B, T, D)`` during the pass (model-side defences such as LEACE erasure); every later block,
     the stored state and the logits see the edited state. ``logits_transform`` rewrites the final
     ``(B, V)`` logits (output-side defences). Hidden states are ``(N, L+1, D)`` in
-    ``hidden_dtype``; logits ``(N, V)`` float32; both on the CPU.
+    ``hidden_dtype``; logits ``(N, V)`` float32; both on the CPU. A VLM's vision tower, projector
+    and image-position states come from the same pass (see :class:`Capture`; ``vision_pool``).
     """
     parts = list(iter_capture(adapter, probeset, batch_size=batch_size, read_position=read_position,
                               edit_hooks=edit_hooks, logits_transform=logits_transform, hidden_dtype=hidden_dtype,
-                              progress=progress))
+                              progress=progress, vision_pool=vision_pool))
     if not parts:
         raise LogitleakError(f"Probe set {probeset.name!r} is empty; give it at least one sample.")
     return concat_captures(parts)
@@ -279,4 +425,6 @@ def capture_meta(adapter: ModelAdapter, probeset: ProbeSet, *, read_position="la
         "vocab_size": adapter.vocab_size,
         "edited_layers": sorted(edit_hooks) if edit_hooks else [],
         "logits_transform": logits_transform is not None,
+        "n_vision_layers": getattr(adapter, "n_vision_layers", 0),
+        "layer_types": getattr(adapter, "layer_types", None),
     }

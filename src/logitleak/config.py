@@ -54,6 +54,8 @@ class AuditConfig(_Strict):
     levels: list[str] = list(LEVELS)
     layers: list[int] | Literal["all"] = "all"
     k: list[int] = list(DEFAULT_KS)
+    pca_dims: list[int] = [1, 4, 16, 64]
+    """Dimensions d of the ``pca`` level (top-d principal components, fitted per training fold)."""
     samples: int = Field(2000, ge=10)
     seed: int = 0
     out: str = "logitleak-audit"
@@ -84,6 +86,13 @@ class AuditConfig(_Strict):
     def _positive_k(cls, v: list[int]) -> list[int]:
         if not v or any(x < 1 for x in v):
             raise ValueError("k values must be positive integers, e.g. 1,2,5,10,20")
+        return sorted(set(v))
+
+    @field_validator("pca_dims")
+    @classmethod
+    def _positive_dims(cls, v: list[int]) -> list[int]:
+        if not v or any(x < 1 for x in v):
+            raise ValueError("PCA dimensions must be positive integers, e.g. 1,4,16,64")
         return sorted(set(v))
 
     @field_validator("layers")

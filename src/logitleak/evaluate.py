@@ -151,8 +151,19 @@ def evaluate_sweep(
     ``n_permutations > 0``: then from that many label permutations with refits (the exact but
     costly check); ``p_test`` says which. ``n_bootstrap=0`` leaves intervals NaN.
     """
+    from logitleak.pca_probe import evaluate_fold_levels, split_fold_levels
     from logitleak.regression import evaluate_regression, split_numeric
 
+    fold_feats, rest = split_fold_levels(features)  # pca: projection fitted inside each training fold
+    if fold_feats and labels:
+        kw = dict(groups=groups, task_attribute=task_attribute, probes=probes, n_folds=n_folds,
+                  n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed, probe_params=probe_params)
+        fold_rows = evaluate_fold_levels(fold_feats, labels, **kw)
+        if not rest:
+            return fold_rows
+        others = evaluate_sweep(rest, labels, **kw, device=device, progress=progress, test_size=test_size,
+                                val_fraction=val_fraction, dtype=dtype, memory_budget=memory_budget)
+        return to_frame(pd.concat([others, fold_rows], ignore_index=True))
     numeric, labels = split_numeric(labels)  # float labels -> regression probes (logitleak.regression)
     if numeric:
         reg_kw = dict(groups=groups, task_attribute=task_attribute, probes=probes, n_folds=n_folds,

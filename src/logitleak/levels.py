@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from logitleak import transition as T
 from logitleak.errors import LogitleakError
 from logitleak.results import LEVELS
 
@@ -270,8 +271,10 @@ def available_levels(cap, *, lens=None, answer_token_ids=None) -> list[str]:
     has_api = getattr(cap, "topk_logprobs", None) is not None
     out = []
     for lv in LEVELS:
-        if lv == "residual":
+        if lv in ("residual", "pca"):
             ok = has_hidden
+        elif lv in T.TRANSITION_LEVELS:
+            ok = lv in T.available(cap)
         elif lv in ("logit_lens_topk", "tuned_lens_topk"):
             ok = has_hidden and (lv != "tuned_lens_topk" or lens is not None)
         elif lv in ANSWER_LEVELS:
@@ -318,8 +321,15 @@ def _lens_features(cap, readout: Readout, layer: int, ks: Sequence[int], answer_
 
 
 def build_features(cap, readout: Readout | None, *, levels: Iterable[str], layers: Iterable[int], ks: Iterable[int],
-                   lens=None, answer_token_ids: Sequence[int] | None = None) -> dict[FeatureKey, np.ndarray]:
+                   lens=None, answer_token_ids: Sequence[int] | None = None,
+                   pca_dims: Iterable[int] = T.DEFAULT_PCA_DIMS,
+                   vision_layers: Iterable[int] | None = None) -> dict[FeatureKey, np.ndarray]:
     """Every requested level as a feature matrix: ``{(level, layer | None, k | None): (N, F) float32}``.
+
+    The vision-to-language levels (:mod:`logitleak.transition`): ``vision`` one entry per vision
+    state (``vision_layers``, default all), ``projector`` one, ``image_residual`` one per layer;
+    ``pca`` one per (layer, ``d`` in ``pca_dims``), its matrix the residual itself (the components
+    are fitted inside each training fold by the probes).
 
     Layer levels (``residual``, ``*_lens_*``) get one entry per layer in ``layers``; final-output
     levels use ``layer=None``. ``k`` is set for the top-k levels and ``None`` elsewhere. A
@@ -345,18 +355,26 @@ def build_features(cap, readout: Readout | None, *, levels: Iterable[str], layer
             raise LogitleakError(f"Level {lv!r} needs a tuned lens; fit one with fit_tuned_lens or drop the level.")
         if lv in ANSWER_LEVELS and answer_token_ids is None:
             raise LogitleakError(f"Level {lv!r} needs answer_token_ids (the ids of the answer words).")
+        if lv in T.TRANSITION_LEVELS:
+            raise LogitleakError(f"Level {lv!r} needs a vision-language model whose family declares its vision tower "
+                                 "and projector, captured on a probe set with images; drop the level for this model.")
         raise LogitleakError(f"Level {lv!r} cannot be computed from this capture (a black-box capture has no hidden "
                              "states or full logits); drop it or capture with a local model.")
     lens_levels = [lv for lv in levels if lv in LAYER_LEVELS and lv != "residual"]
     if lens_levels and readout is None:
         raise LogitleakError(f"Level {lens_levels[0]!r} needs the model's readout (adapter.readout()).")
-    for layer in layers if any(lv in LAYER_LEVELS for lv in levels) else []:
+    for layer in layers if any(lv in LAYER_LEVELS + ("image_residual", "pca") for lv in levels) else []:
         _check_layer(cap, layer)
 
-    feats: dict[FeatureKey, np.ndarray] = {}
+    feats: dict[FeatureKey, np.ndarray] = T.transition_features(cap, levels, layers, vision_layers)
+    pca_dims = list(pca_dims)
     for layer in layers:
-        if "residual" in levels:
-            feats[("residual", layer, None)] = residual(cap, layer)
+        if "residual" in levels or "pca" in levels:
+            res = residual(cap, layer)
+            if "residual" in levels:
+                feats[("residual", layer, None)] = res
+            if "pca" in levels:
+                feats.update(T.pca_features({("residual", layer, None): res}, pca_dims))
         for name, lens_obj in (("logit_lens", None), ("tuned_lens", lens)):
             want_topk, want_ans = f"{name}_topk" in levels, f"{name}_answers" in levels
             if not (want_topk or want_ans):

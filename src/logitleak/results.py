@@ -14,7 +14,11 @@ import pandas as pd
 
 # Level names, in the order the report shows them (rich -> compressed).
 LEVELS: tuple[str, ...] = (
+    "vision",              # vision tower state at vision layer l, pooled over the image tokens
+    "projector",           # the projector's output (what the decoder receives), pooled
+    "image_residual",      # decoder hidden state at layer l, averaged over the image-token positions
     "residual",            # hidden state at layer l
+    "pca",                 # hidden state at layer l through its top-k principal components (fitted per training fold)
     "logit_lens_topk",     # top-k values of the logit-lens logits at layer l
     "logit_lens_answers",  # logit-lens logits restricted to the answer-word tokens at layer l
     "tuned_lens_topk",     # same through the tuned lens

@@ -5,6 +5,8 @@ Layout, one directory per (model fingerprint, probe-set fingerprint, capture set
     root/<model_fp>/<probeset_fp>/<settings_fp>/
         manifest.json             what was captured, how, and which shards are finished
         shard-00000.safetensors   hidden.0 .. hidden.L: (n, D) float16;  logits: (n, V) float32
+                                  (VLMs) vision.0 .. vision.Lv: (n, Dv); projector: (n, Dp);
+                                  image.0 .. image.L: (n, D) residual pooled over image tokens
 
 Each shard covers samples ``[i * shard_size, (i + 1) * shard_size)`` and is written to a temp
 file, then renamed; the manifest is rewritten (atomically) after every shard. An interrupted
@@ -45,6 +47,30 @@ def _shard_name(i: int) -> str:
     return f"shard-{i:05d}.safetensors"
 
 
+def _extra_keys(adapter, probeset, vision_pool) -> list[str]:
+    """Names of the extra tensors a capture of ``probeset`` stores (empty for a text capture)."""
+    from logitleak.capture import wants_vision
+
+    if not wants_vision(adapter, probeset.has_images, vision_pool):
+        return []
+    keys = [f"vision.{j}" for j in range(adapter.n_vision_layers + 1)]
+    if adapter.projector is not None:
+        keys.append("projector")
+    if adapter.image_token_id is not None:
+        keys += [f"image.{layer}" for layer in range(adapter.n_layers + 1)]
+    return keys
+
+
+def _extra_of(part: Capture, key: str, adapter) -> torch.Tensor:
+    """One extra tensor of a batch capture, with a clear error when the pass did not produce it."""
+    name, _, idx = key.partition(".")
+    src = {"vision": part.vision, "projector": part.projector, "image": part.image_hidden}[name]
+    if src is None:
+        raise LogitleakError(f"The capture pass of {adapter.name!r} produced no {name!r} states (e.g. a prompt without "
+                             "image tokens); extract with vision_pool=None.")
+    return src if not idx else src[:, int(idx)]
+
+
 class StoredCapture:
     """A capture on disk, read lazily: :meth:`layer` reads one layer from every shard,
     :meth:`logits` the final logits, :meth:`to_capture` builds an in-memory :class:`Capture`."""
@@ -78,6 +104,34 @@ class StoredCapture:
     def vocab_size(self) -> int:
         return int(self.manifest["meta"]["vocab_size"])
 
+    @property
+    def extra_keys(self) -> list[str]:
+        """Tensors stored beside ``hidden.*`` / ``logits`` (vision tower, projector, image positions)."""
+        return list(self.manifest.get("extra_keys", []))
+
+    @property
+    def n_vision_layers(self) -> int:
+        return sum(1 for k in self.extra_keys if k.startswith("vision.")) - 1 if self.has_vision else 0
+
+    @property
+    def has_vision(self) -> bool:
+        return "vision.0" in self.extra_keys
+
+    @property
+    def has_projector(self) -> bool:
+        return "projector" in self.extra_keys
+
+    @property
+    def has_image_hidden(self) -> bool:
+        return "image.0" in self.extra_keys
+
+    def extra(self, name: str) -> np.ndarray:
+        """``(N, ·)`` one stored extra tensor (``vision.j``, ``projector``, ``image.l``), stored dtype."""
+        if name not in self.extra_keys:
+            raise LogitleakError(f"This capture holds no {name!r} states (available: {', '.join(self.extra_keys) or 'none'}); "
+                                 "vision levels need a vision-language model whose family declares its vision tower.")
+        return self._read(name)
+
     def _files(self) -> list[Path]:
         return [self.path / s["file"] for s in self.manifest["shards"]]
 
@@ -108,7 +162,18 @@ class StoredCapture:
         hidden = torch.empty((n, L + 1, D), dtype=hidden_dtype)
         for layer in range(L + 1):
             hidden[:, layer] = torch.from_numpy(self.layer(layer)).to(hidden_dtype)
-        return Capture(hidden=hidden, logits=torch.from_numpy(self.logits()), meta=self.meta)
+        cap = Capture(hidden=hidden, logits=torch.from_numpy(self.logits()), meta=self.meta)
+
+        def stack(prefix: str, count: int):
+            return torch.stack([torch.from_numpy(self.extra(f"{prefix}.{j}")).to(hidden_dtype) for j in range(count)], 1)
+
+        if self.has_vision:
+            cap.vision = stack("vision", self.n_vision_layers + 1)
+        if self.has_projector:
+            cap.projector = torch.from_numpy(self.extra("projector")).to(hidden_dtype)
+        if self.has_image_hidden:
+            cap.image_hidden = stack("image", L + 1)
+        return cap
 
     def __repr__(self) -> str:
         return f"StoredCapture({str(self.path)!r}, n={len(self)}, layers={self.n_layers}, d_model={self.d_model})"
@@ -130,12 +195,14 @@ class ActivationStore:
                 read_position: str | int = "last", hidden_dtype: str = "float16",
                 edit_hooks: Mapping[int, Callable] | None = None, edit_key: str | None = None,
                 logits_transform: Callable | None = None, transform_key: str | None = None,
-                progress: bool = True, on_shard: Callable[[int, Path], None] | None = None) -> StoredCapture:
+                progress: bool = True, on_shard: Callable[[int, Path], None] | None = None,
+                vision_pool: str | None = "mean") -> StoredCapture:
         """Capture ``probeset`` into the store (or reuse / resume what is there) and return it.
 
         ``shard_size`` samples per shard (memory holds one shard). Edits and logit transforms
         are functions, so they need a name for the key: ``edit_key`` / ``transform_key``.
-        ``on_shard(index, path)`` is called after each shard is safely on disk.
+        ``on_shard(index, path)`` is called after each shard is safely on disk. ``vision_pool``:
+        how a VLM's vision-tower states are pooled per sample (``None``: not stored).
         """
         if hidden_dtype not in _DTYPES:
             raise LogitleakError(f"Hidden dtype {hidden_dtype!r} is not supported; use one of: {', '.join(_DTYPES)}.")
@@ -151,6 +218,9 @@ class ActivationStore:
         settings = {"read_position": read_position, "hidden_dtype": hidden_dtype, "padding_side": adapter.padding_side,
                     "edit": edit_key if edit_hooks else None, "transform": transform_key if logits_transform else None,
                     "version": STORE_VERSION}
+        extras = _extra_keys(adapter, probeset, vision_pool)
+        if extras:  # only then, so text captures keep their keys
+            settings["vision_pool"] = vision_pool
         pfp = probeset.fingerprint()
         path = self.path_for(adapter, pfp, settings)
         path.mkdir(parents=True, exist_ok=True)
@@ -170,9 +240,9 @@ class ActivationStore:
             "meta": {**capture_meta(adapter, probeset, read_position=read_position, edit_hooks=edit_hooks,
                                     logits_transform=logits_transform),
                      "hidden_dtype": hidden_dtype, "edit_key": settings["edit"], "transform_key": settings["transform"]},
-            "shards": [], "complete": False,
+            "shards": [], "complete": False, "extra_keys": extras,
         }
-        done = {i for i in range(n_shards) if self._shard_ok(path, i, shard_size, n, adapter)}
+        done = {i for i in range(n_shards) if self._shard_ok(path, i, shard_size, n, adapter, extras)}
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -185,7 +255,8 @@ class ActivationStore:
                 if i not in done:
                     self._write_shard(path, i, adapter, probeset, start, stop, batch_size=batch_size,
                                       read_position=read_position, hidden_dtype=_DTYPES[hidden_dtype],
-                                      edit_hooks=edit_hooks, logits_transform=logits_transform)
+                                      edit_hooks=edit_hooks, logits_transform=logits_transform, extras=extras,
+                                      vision_pool=vision_pool)
                     if bar is not None:
                         bar.update(stop - start)
                 manifest["shards"].append({"index": i, "file": _shard_name(i), "start": start, "stop": stop})
@@ -201,7 +272,7 @@ class ActivationStore:
         return StoredCapture(path)
 
     @staticmethod
-    def _shard_ok(path: Path, i: int, shard_size: int, n: int, adapter: ModelAdapter) -> bool:
+    def _shard_ok(path: Path, i: int, shard_size: int, n: int, adapter: ModelAdapter, extras: list[str] = ()) -> bool:
         """A finished shard: present, readable, covering the right samples with the right shapes."""
         from safetensors import safe_open
 
@@ -215,7 +286,7 @@ class ActivationStore:
                 keys = set(fh.keys())
                 if int(md.get("start", -1)) != start or int(md.get("stop", -1)) != stop:
                     return False
-                want = {f"hidden.{layer}" for layer in range(adapter.n_layers + 1)} | {"logits"}
+                want = {f"hidden.{layer}" for layer in range(adapter.n_layers + 1)} | {"logits"} | set(extras)
                 if keys != want:
                     return False
                 return tuple(fh.get_slice("logits").get_shape()) == (stop - start, adapter.vocab_size)
@@ -224,20 +295,25 @@ class ActivationStore:
 
     @staticmethod
     def _write_shard(path: Path, i: int, adapter, probeset, start: int, stop: int, *, batch_size, read_position,
-                     hidden_dtype, edit_hooks, logits_transform) -> None:
+                     hidden_dtype, edit_hooks, logits_transform, extras=(), vision_pool="mean") -> None:
         from safetensors.torch import save_file
 
         L, D, V = adapter.n_layers, adapter.d_model, adapter.vocab_size
         hidden = torch.empty((stop - start, L + 1, D), dtype=hidden_dtype)
         logits = torch.empty((stop - start, V), dtype=torch.float32)
+        extra_parts: dict[str, list[torch.Tensor]] = {k: [] for k in extras}
         for part in iter_capture(adapter, probeset, batch_size=batch_size, read_position=read_position,
                                  edit_hooks=edit_hooks, logits_transform=logits_transform, hidden_dtype=hidden_dtype,
-                                 progress=False, start=start, stop=stop):
+                                 progress=False, start=start, stop=stop, vision_pool=vision_pool if extras else None):
             a, b = part.meta["start"] - start, part.meta["stop"] - start
             hidden[a:b] = part.hidden
             logits[a:b] = part.logits
+            for key in extras:
+                extra_parts[key].append(_extra_of(part, key, adapter))
         tensors = {f"hidden.{layer}": hidden[:, layer].contiguous() for layer in range(L + 1)}
         tensors["logits"] = logits
+        for key, parts in extra_parts.items():
+            tensors[key] = torch.cat(parts, dim=0).contiguous()
         meta = {"start": str(start), "stop": str(stop), "index": str(i)}
         atomic_write(path / _shard_name(i), lambda tmp: save_file(tensors, tmp, metadata=meta))
 

@@ -26,7 +26,8 @@ def parse_str_list(text: str | None) -> list[str] | None:
 
 def audit_overrides(*, model, data, labels, task, question, attributes, levels, k, layers, samples, seed, out,
                     force, probes, folds, permutations, batch_size, device, dtype,
-                    endpoint=None, served_model=None, api_key_env=None, concurrency=None, max_requests=None) -> dict:
+                    endpoint=None, served_model=None, api_key_env=None, concurrency=None, max_requests=None,
+                    pca_dims=None) -> dict:
     """CLI flags -> config overrides (None = not given)."""
     return {
         "model": model, "data": data, "labels": labels, "task": task, "question": question,
@@ -38,6 +39,7 @@ def audit_overrides(*, model, data, labels, task, question, attributes, levels, 
         "batch_size": batch_size, "device": device, "dtype": dtype,
         "endpoint": endpoint, "served_model": served_model, "api_key_env": api_key_env,
         "concurrency": concurrency, "max_requests": max_requests,
+        "pca_dims": parse_int_list(pca_dims, "--pca-dims"),
     }
 
 
@@ -67,6 +69,7 @@ def register(app: typer.Typer) -> None:
         attributes: Optional[str] = typer.Option(None, help="Comma-separated attributes to probe (default: all)."),
         levels: Optional[str] = typer.Option(None, help="Comma-separated levels (default: all)."),
         k: Optional[str] = typer.Option(None, "--k", help="Comma-separated k values, e.g. 1,2,5,10,20."),
+        pca_dims: Optional[str] = typer.Option(None, "--pca-dims", help="Dimensions of the pca level, e.g. 1,4,16,64."),
         layers: Optional[str] = typer.Option(None, help="Comma-separated hidden-state indices, or 'all'."),
         samples: Optional[int] = typer.Option(None, help="Number of probe samples."),
         seed: Optional[int] = typer.Option(None, help="Random seed (data, splits, probes)."),
@@ -94,7 +97,7 @@ def register(app: typer.Typer) -> None:
             levels=levels, k=k, layers=layers, samples=samples, seed=seed, out=out, force=force, probes=probes,
             folds=folds, permutations=permutations, batch_size=batch_size, device=device, dtype=dtype,
             endpoint=endpoint, served_model=served_model, api_key_env=api_key_env, concurrency=concurrency,
-            max_requests=max_requests))
+            max_requests=max_requests, pca_dims=pca_dims))
         if cfg.endpoint and not cfg.served_model:
             raise LogitleakError("A black-box audit needs --served-model NAME alongside --endpoint URL.")
         finish(run_audit(cfg, progress=not quiet))

@@ -92,6 +92,28 @@ class ModelAdapter:
         return len(self.components.layers)
 
     @property
+    def vision_layers(self) -> list[nn.Module]:
+        """The vision tower's blocks in execution order (empty: no vision-tower levels)."""
+        return self.components.vision_layers
+
+    @property
+    def projector(self) -> nn.Module | None:
+        """The module mapping vision features into the decoder's space, or ``None``."""
+        return self.components.projector
+
+    @property
+    def n_vision_layers(self) -> int:
+        return len(self.components.vision_layers)
+
+    @property
+    def layer_types(self) -> list[str]:
+        """Kind of each hidden state ``0..L``: ``"embedding"``, then per decoder block ``"self"``
+        (self-attention) or ``"cross"`` (cross-attention to the image, e.g. Mllama)."""
+        attr = self.family.cross_attention
+        cross = set(getattr(self.text_config, attr, None) or []) if attr else set()
+        return ["embedding"] + ["cross" if i in cross else "self" for i in range(self.n_layers)]
+
+    @property
     def d_model(self) -> int:
         return int(self.unembed.weight.shape[1])
 

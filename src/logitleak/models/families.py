@@ -43,6 +43,12 @@ class Family:
     - ``image_prefix``: how a plain prompt (no chat template) carries the image placeholder.
     - ``logit_softcap`` / ``logit_scale``: text-config attributes the readout applies to the
       logits (``tanh(x / c) * c``; ``x * s``) when the config sets them.
+    - ``vision_layers``: path(s) of the vision tower's blocks (several lists joined with ``+`` run
+      one after the other, e.g. Mllama's local then global encoder); ``projector``: the module
+      that maps vision features into the decoder's space. Both optional: without them there are
+      no vision-tower / projector levels.
+    - ``cross_attention``: text-config attribute listing the decoder blocks that cross-attend to
+      the image (Mllama); every other block is a self-attention block.
     - ``quirks``: informational notes (e.g. Gemma's embedding scaling happens before block 0, so
       it is inside ``hidden[0]`` and needs nothing from the readout).
     """
@@ -58,23 +64,34 @@ class Family:
     image_prefix: str = "{image}\n"
     logit_softcap: str | None = "final_logit_softcapping"
     logit_scale: str | None = None
+    vision_layers: str | None = None
+    projector: str | None = None
+    cross_attention: str | None = None
     quirks: tuple[str, ...] = field(default_factory=tuple)
 
 
 _LLAVA_TEXT = dict(layers="model.language_model.layers", final_norm="model.language_model.norm", unembed="lm_head")
+_CLIP_TOWER = dict(vision_layers="model.vision_tower.encoder.layers", projector="model.multi_modal_projector")
+_QWEN_TOWER = dict(vision_layers="model.visual.blocks", projector="model.visual.merger")
 
 FAMILIES: tuple[Family, ...] = (
-    Family("llava", ("llava",), vision=True, **_LLAVA_TEXT),
-    Family("llava_next", ("llava_next",), vision=True, **_LLAVA_TEXT),
-    Family("qwen2_vl", ("qwen2_vl",), vision=True, positions="model", **_LLAVA_TEXT,
+    Family("llava", ("llava",), vision=True, **_LLAVA_TEXT, **_CLIP_TOWER),
+    Family("llava_next", ("llava_next",), vision=True, **_LLAVA_TEXT, **_CLIP_TOWER),
+    Family("qwen2_vl", ("qwen2_vl",), vision=True, positions="model", **_LLAVA_TEXT, **_QWEN_TOWER,
            quirks=("multimodal RoPE: position ids derived by the model from the attention mask",)),
-    Family("qwen2_5_vl", ("qwen2_5_vl",), vision=True, positions="model", **_LLAVA_TEXT,
+    Family("qwen2_5_vl", ("qwen2_5_vl",), vision=True, positions="model", **_LLAVA_TEXT, **_QWEN_TOWER,
            quirks=("multimodal RoPE: position ids derived by the model from the attention mask",)),
     Family("paligemma", ("paligemma",), vision=True, position_offset=1, image_prefix="{image}", **_LLAVA_TEXT,
-           quirks=("1-indexed positions", "Gemma embedding scaling (inside hidden[0])",
-                   "prefix-LM attention over image + prompt (token_type_ids)")),
+           **_CLIP_TOWER, quirks=("1-indexed positions", "Gemma embedding scaling (inside hidden[0])",
+                                  "prefix-LM attention over image + prompt (token_type_ids)")),
     Family("idefics3", ("idefics3", "smolvlm"), vision=True, layers="model.text_model.layers",
-           final_norm="model.text_model.norm", unembed="lm_head"),
+           final_norm="model.text_model.norm", unembed="lm_head", vision_layers="model.vision_model.encoder.layers",
+           projector="model.connector"),
+    Family("mllama", ("mllama",), vision=True, image_prefix="{image}", **_LLAVA_TEXT,
+           vision_layers="model.vision_model.transformer.layers+model.vision_model.global_transformer.layers",
+           projector="model.multi_modal_projector", cross_attention="cross_attention_layers",
+           quirks=("image features enter through cross-attention blocks (text_config.cross_attention_layers)",
+                   "one <|image|> token in the text; the vision tower runs on tiles")),
     Family("gpt2", ("gpt2",), layers="transformer.h", final_norm="transformer.ln_f", unembed="lm_head",
            quirks=("absolute position embeddings: left padding needs position ids",)),
     Family("llama", ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "phi3", "smollm3"),
@@ -152,13 +169,39 @@ def module_path(root: nn.Module, target: nn.Module) -> str | None:
 
 @dataclass
 class Components:
-    """The resolved components, with the dotted path each came from."""
+    """The resolved components, with the dotted path each came from (``vision_layers`` /
+    ``projector``: ``None`` / empty for a text-only model or a family that does not declare them)."""
 
     layers: nn.ModuleList
     final_norm: nn.Module
     unembed: nn.Module
     paths: dict[str, str]
     family: Family
+    vision_layers: list[nn.Module] = field(default_factory=list)
+    projector: nn.Module | None = None
+
+
+def resolve_vision(model: nn.Module, fam: Family) -> tuple[list[nn.Module], nn.Module | None, dict[str, str]]:
+    """The vision tower's blocks (in execution order) and the projector declared by ``fam``;
+    empty / ``None`` when the family declares none or a path is absent (never an error: vision
+    levels are then simply not available)."""
+    blocks: list[nn.Module] = []
+    paths: dict[str, str] = {}
+    if fam.vision_layers:
+        for part in fam.vision_layers.split("+"):
+            mod = get_path(model, part)
+            if not isinstance(mod, (nn.ModuleList, nn.Sequential)) or len(mod) == 0:
+                blocks = []
+                break
+            blocks.extend(mod)
+        if blocks:
+            paths["vision_layers"] = fam.vision_layers
+    proj = get_path(model, fam.projector) if fam.projector else None
+    if isinstance(proj, nn.Module):
+        paths["projector"] = fam.projector
+    else:
+        proj = None
+    return blocks, proj, paths
 
 
 def _fix_hint(component: str, model_type: str | None) -> str:
@@ -229,4 +272,6 @@ def resolve_components(model: nn.Module, mapping: Mapping | None = None) -> Comp
         raise LogitleakError(f"The unembedding of {type(model).__name__} has no weight matrix; "
                              f"{_fix_hint('unembed', model_type)}.")
     paths = {comp: module_path(model, mod) or "?" for comp, mod in found.items()}
-    return Components(layers=layers, final_norm=found["final_norm"], unembed=found["unembed"], paths=paths, family=fam)
+    vision_blocks, projector, _ = resolve_vision(model, fam)
+    return Components(layers=layers, final_norm=found["final_norm"], unembed=found["unembed"], paths=paths, family=fam,
+                      vision_layers=vision_blocks, projector=projector)
