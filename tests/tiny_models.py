@@ -16,7 +16,7 @@ import torch
 
 from logitleak.data.shapes import ATTRIBUTES, QUESTIONS  # noqa: F401
 
-VLM_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "paligemma", "idefics3")
+VLM_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "paligemma", "idefics3", "mllama")
 LM_FAMILIES = ("gpt2", "llama", "qwen2", "gemma", "gemma2")
 FAMILIES = VLM_FAMILIES + LM_FAMILIES
 
@@ -269,6 +269,33 @@ def build_idefics3(out: Path, n_layers: int = 2):
     cfg = Idefics3Config(vision_config=vision, text_config=text.to_dict(), scale_factor=2,
                          image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
     return Idefics3ForConditionalGeneration(cfg), proc
+
+
+LLAMA32 = ("{{ bos_token }}" + _parts_loop("<|image|>", prefix="<|start_header_id|>user<|end_header_id|>\n\n",
+                                           suffix="<|eot_id|>")
+           + "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+def build_mllama(out: Path, n_layers: int = 2):
+    """Llama 3.2 Vision: a tiled vision tower (local + global encoder) whose features enter the
+    decoder through cross-attention blocks (block 1 here), one <|image|> token in the text."""
+    from transformers import (MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor,
+                              MllamaTextConfig, MllamaVisionConfig)
+
+    specials = ["<|image|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    tok = word_tokenizer(specials, bos="<|begin_of_text|>", eos="<|eot_id|>", extra_special={"image_token": "<|image|>"})
+    ip = MllamaImageProcessorPil(size={"height": IMAGE, "width": IMAGE}, max_image_tiles=1)
+    proc = MllamaProcessor(image_processor=ip, tokenizer=tok, chat_template=LLAMA32)
+    vision = MllamaVisionConfig(hidden_size=16, num_hidden_layers=1, num_global_layers=1, attention_heads=2,
+                                intermediate_size=32, vision_output_dim=32, image_size=IMAGE, patch_size=8,
+                                max_num_tiles=1, intermediate_layers_indices=[0], supported_aspect_ratios=[[1, 1]])
+    text = MllamaTextConfig(vocab_size=len(tok), hidden_size=D, intermediate_size=2 * D, num_hidden_layers=n_layers,
+                            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                            cross_attention_layers=[1], bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                            pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    cfg = MllamaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<|image|>"),
+                       tie_word_embeddings=False)
+    return MllamaForConditionalGeneration(cfg), proc
 
 
 def build_gpt2(out: Path, n_layers: int = 2):

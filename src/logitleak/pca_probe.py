@@ -89,9 +89,9 @@ def _fit_classes(family, X, plan, s, params, seed):
 
     V = plan.n_variants
     y = plan.labels
-    tr = np.broadcast_to(plan.train[0, s], (V, y.shape[1]))
-    fi = np.broadcast_to(plan.inner_fit[0, s], tr.shape)
-    va = np.broadcast_to(plan.inner_val[0, s], tr.shape)
+    tr = np.ascontiguousarray(np.broadcast_to(plan.train[0, s], (V, y.shape[1])))
+    fi = np.ascontiguousarray(np.broadcast_to(plan.inner_fit[0, s], tr.shape))
+    va = np.ascontiguousarray(np.broadcast_to(plan.inner_val[0, s], tr.shape))
     seeds = np.array([seed * 7919 + 31 * s + v for v in range(V)], dtype=np.int64)
     return _fit_family(family, X, y, tr, fi, va, plan.n_classes, params, seeds)
 

@@ -270,7 +270,10 @@ class ModelAdapter:
         try:
             if self.processor is not None and (images is not None or self.is_vlm):
                 if images is not None:
-                    enc = self.processor(text=texts, images=_rgb(images), **kwargs)
+                    rgb = _rgb(images)
+                    if self.family.nested_images:
+                        rgb = [im if isinstance(im, list) else [im] for im in rgb]
+                    enc = self.processor(text=texts, images=rgb, **kwargs)
                 else:
                     enc = self.processor(text=texts, **kwargs)
             else:

@@ -49,6 +49,7 @@ class Family:
       no vision-tower / projector levels.
     - ``cross_attention``: text-config attribute listing the decoder blocks that cross-attend to
       the image (Mllama); every other block is a self-attention block.
+    - ``nested_images``: the processor takes images as one list per sample (Mllama).
     - ``quirks``: informational notes (e.g. Gemma's embedding scaling happens before block 0, so
       it is inside ``hidden[0]`` and needs nothing from the readout).
     """
@@ -67,6 +68,7 @@ class Family:
     vision_layers: str | None = None
     projector: str | None = None
     cross_attention: str | None = None
+    nested_images: bool = False
     quirks: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -89,7 +91,7 @@ FAMILIES: tuple[Family, ...] = (
            projector="model.connector"),
     Family("mllama", ("mllama",), vision=True, image_prefix="{image}", **_LLAVA_TEXT,
            vision_layers="model.vision_model.transformer.layers+model.vision_model.global_transformer.layers",
-           projector="model.multi_modal_projector", cross_attention="cross_attention_layers",
+           projector="model.multi_modal_projector", cross_attention="cross_attention_layers", nested_images=True,
            quirks=("image features enter through cross-attention blocks (text_config.cross_attention_layers)",
                    "one <|image|> token in the text; the vision tower runs on tiles")),
     Family("gpt2", ("gpt2",), layers="transformer.h", final_norm="transformer.ln_f", unembed="lm_head",
