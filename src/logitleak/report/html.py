@@ -17,6 +17,7 @@ from logitleak.report.verdict import (
     Finding,
     annotate,
     finite,
+    fmt_acc,
     fmt_interval,
     fmt_num,
     fmt_p,
@@ -171,8 +172,7 @@ def results_table(ann: pd.DataFrame) -> str:
     for _, r in df.iterrows():
         cls, badge = _status(r)
         classes = " ".join(c for c in (cls, "relevant" if r["task_relevant_attr"] else "") if c)
-        acc = fmt_num(r["accuracy"]) + fmt_interval(r["ci_low"], r["ci_high"])
-        acc += f" vs {fmt_num(r['baseline_accuracy'])}" if finite(r["baseline_accuracy"]) else ""
+        acc = fmt_acc(r)
         bits = fmt_num(r["v_info_bits"]) + fmt_interval(r["v_info_ci_low"], r["v_info_ci_high"])
         bits += f" of {fmt_num(r['entropy_bits'])}" if finite(r["entropy_bits"]) else ""
         body.append(

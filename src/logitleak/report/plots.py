@@ -18,7 +18,11 @@ from logitleak.report.verdict import best_row, level_rank, num, strongest
 from logitleak.results import API_LEVELS
 
 LEVEL_COLORS: dict[str, str] = {
+    "vision": "#f9a825",
+    "projector": "#ef6c00",
+    "image_residual": "#00838f",
     "residual": "#1f4e79",
+    "pca": "#5c6bc0",
     "logit_lens_topk": "#e08214",
     "logit_lens_answers": "#b35806",
     "tuned_lens_topk": "#2e8b57",
@@ -332,8 +336,10 @@ def tradeoff_plot(tradeoff: pd.DataFrame, relevance: dict[str, bool]) -> Plot | 
 
 def section_plots(ann: pd.DataFrame, relevant: bool) -> list[Plot]:
     """The plots for one side (task-relevant or task-irrelevant attributes)."""
+    from logitleak.report.flow import flow_plot
+
     out = []
-    for fn in (layer_plot, level_plot, k_plot):
+    for fn in (flow_plot, layer_plot, level_plot, k_plot):
         p = fn(ann, relevant)
         if p is not None:
             out.append(p)

@@ -107,7 +107,11 @@ def fmt_interval(lo, hi, digits: int = 2) -> str:
 
 
 def fmt_acc(row) -> str:
-    """'0.83 [0.80, 0.86] vs 0.35' — accuracy, its interval, the majority baseline."""
+    """'0.83 [0.80, 0.86] vs 0.35' — accuracy, its interval, the majority baseline (for a numeric
+    attribute: 'R² 0.91 [0.90, 0.92], MAE 1.3 vs 4.5', the error beside the training mean's)."""
+    if not finite(row.get("accuracy")) and finite(row.get("r2")):
+        return (f"R² {fmt_num(row.get('r2'))}{fmt_interval(row.get('r2_ci_low'), row.get('r2_ci_high'))}, "
+                f"MAE {fmt_num(row.get('mae'))} vs {fmt_num(row.get('baseline_mae'))}")
     s = fmt_num(row.get("accuracy")) + fmt_interval(row.get("ci_low"), row.get("ci_high"))
     if finite(row.get("baseline_accuracy")):
         s += f" vs {fmt_num(row.get('baseline_accuracy'))}"
@@ -202,6 +206,9 @@ def annotate(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     df["significant"] = np.isfinite(df["p_used"]) & (df["p_used"] < alpha)
     df["above_baseline"] = (np.isfinite(df["ci_low"]) & np.isfinite(df["baseline_accuracy"])
                             & (df["ci_low"] > df["baseline_accuracy"]))
+    if "r2_ci_low" in df.columns:  # numeric attributes: the R² interval above the training-mean predictor's 0
+        r2_lo = pd.to_numeric(df["r2_ci_low"], errors="coerce").astype(float)
+        df["above_baseline"] |= np.isfinite(r2_lo) & (r2_lo > 0)
     df["readable"] = df["significant"] & df["above_baseline"]
     df["leak"] = df["readable"] & df["is_api"] & ~df["task_relevant_attr"]
     bits = df["v_info_bits"].where(np.isfinite(df["v_info_bits"]), -np.inf)
@@ -248,7 +255,8 @@ def where(row) -> str:
 
 def evidence(row, with_p: bool = True) -> str:
     """'mlp probe: 0.61 [0.52, 0.70] of 1.58 bits; accuracy 0.83 [0.80, 0.86] vs baseline 0.35; Holm p=0.001'."""
-    s = f"{row['probe']} probe: {bits_text(row)}; accuracy {fmt_acc(row).replace(' vs ', ' vs baseline ')}"
+    score = fmt_acc(row).replace(" vs ", " vs baseline ")
+    s = f"{row['probe']} probe: {bits_text(row)}; " + (score if score.startswith("R²") else f"accuracy {score}")
     if with_p:
         if bool(row.get("is_api")) and finite(row.get("p_holm")):
             s += f"; Holm p={fmt_p(row['p_holm'])} (raw {fmt_p(row.get('p_value'))})"
@@ -415,6 +423,9 @@ def verdict(results: pd.DataFrame, alpha: float = 0.05) -> list[Finding]:
                 attr, b["level"], _int_or_none(b["k"]), b["probe"], num(b["v_info_bits"]), _ci(b)))
 
     if len(ann):
+        from logitleak.report.flow import numeric_findings
+
+        findings += numeric_findings(ann, best)
         families = ", ".join(dict.fromkeys(ann["probe"]))
         tests = set(ann["p_test"].dropna().astype(str)) if "p_test" in ann.columns else set()
         test_words = " and ".join(TEST_WORDS.get(t, t) for t in sorted(tests)) or "the table's p-values"
