@@ -38,7 +38,9 @@ def synthetic():
     readout = Readout(norm=norm, weight=torch.randn(V, D, generator=g), bias=torch.randn(V, generator=g))
     with torch.no_grad():
         logits = readout(hidden[:, L])
-    return Capture(hidden=hidden, logits=logits), readout
+    # a VLM capture also holds the vision tower (2 blocks, width 6), the projector and the image positions
+    return Capture(hidden=hidden, logits=logits, vision=torch.randn(N, 3, 6, generator=g),
+                   projector=torch.randn(N, D, generator=g), image_hidden=torch.randn(N, L + 1, D, generator=g)), readout
 
 
 ALL_WHITE_BOX = [lv for lv in LEVELS if lv not in ("tuned_lens_topk", "tuned_lens_answers")]
@@ -48,18 +50,25 @@ def test_every_level_and_shape(synthetic):
     cap, readout = synthetic
     answers = [3, 7, 11]
     lens = TunedLens(D, L, range(L), readout=readout)
-    feats = build_features(cap, readout, levels=LEVELS, layers=[0, 2, L], ks=KS, lens=lens, answer_token_ids=answers)
+    feats = build_features(cap, readout, levels=LEVELS, layers=[0, 2, L], ks=KS, lens=lens, answer_token_ids=answers,
+                           pca_dims=[1, 4, D])
     assert {k[0] for k in feats} == set(LEVELS)
     for (level, layer, k), x in feats.items():
         assert x.dtype == np.float32 and x.shape[0] == N and x.ndim == 2
         assert (layer is None) == (level not in ("residual", "logit_lens_topk", "logit_lens_answers",
-                                                 "tuned_lens_topk", "tuned_lens_answers"))
+                                                 "tuned_lens_topk", "tuned_lens_answers", "vision",
+                                                 "image_residual", "pca"))
         assert (k is None) == (level not in ("logit_lens_topk", "tuned_lens_topk", "topk_ids", "topk_logprobs",
-                                             "topk_logits"))
+                                             "topk_logits", "pca"))
         if level in ("logit_lens_topk", "tuned_lens_topk", "topk_logprobs", "topk_logits"):
             assert x.shape[1] == k
             assert np.all(np.diff(x, axis=1) <= 0), f"{level} not sorted descending"
     assert feats[("residual", 2, None)].shape == (N, D)
+    assert {key[1] for key in feats if key[0] == "vision"} == {0, 1, 2} and feats[("vision", 2, None)].shape == (N, 6)
+    np.testing.assert_array_equal(feats[("image_residual", 2, None)], cap.image_hidden[:, 2].numpy())
+    # the pca level hands the probes the residual itself: its components are fitted inside each training fold
+    assert {key[2] for key in feats if key[0] == "pca"} == {1, 4, D}
+    assert feats[("pca", 2, 4)] is feats[("residual", 2, None)]
     assert feats[("logit_lens_answers", 0, None)].shape == (N, len(answers))
     assert feats[("logits", None, None)].shape == (N, V)
     assert feats[("top1_prob", None, None)].shape == (N, 1)

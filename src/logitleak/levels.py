@@ -370,7 +370,7 @@ def build_features(cap, readout: Readout | None, *, levels: Iterable[str], layer
     pca_dims = list(pca_dims)
     for layer in layers:
         if "residual" in levels or "pca" in levels:
-            res = residual(cap, layer)
+            res = np.ascontiguousarray(residual(cap, layer), dtype=np.float32)  # shared by residual and pca
             if "residual" in levels:
                 feats[("residual", layer, None)] = res
             if "pca" in levels:
