@@ -105,9 +105,13 @@ def test_regression_nulls_are_calibrated():
     df = evaluate_regression({("noise", None, None): X}, values, probes=("linear",), n_permutations=49, n_bootstrap=0)
     lo, hi = M.binomial_interval(runs, 0.05, 0.99)
     assert len(df) == runs
-    assert lo <= int((df.p_value < 0.05).sum()) <= hi
-    assert int((df.p_value_heldout < 0.05).sum()) <= hi
+    assert lo <= int((df.p_value < 0.05).sum()) <= hi and (df.p_test == "permutation").all()
     assert df.v_info_bits.mean() <= 0.0 and df.r2.mean() <= 0.0
+    # the default test (no permutations): the held-out gain test on forward-chained blocks, also calibrated
+    held = evaluate_regression({("noise", None, None): X}, values, probes=("linear",), n_bootstrap=0)
+    assert (held.p_test == "heldout").all() and held.p_value.equals(held.p_value_heldout)
+    assert lo <= int((held.p_value < 0.05).sum()) <= hi
+    np.testing.assert_allclose(held.p_value_heldout, df.p_value_heldout)   # permutations do not change it
 
 
 def test_grouped_nulls_and_mlp():

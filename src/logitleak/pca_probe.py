@@ -45,12 +45,22 @@ def fold_pca(X: np.ndarray, train: np.ndarray, d_max: int) -> list[np.ndarray]:
     return out
 
 
-def _projections(features: Mapping, train: np.ndarray) -> dict:
-    """``{key: [fold s -> (n, d)]}``, one SVD per distinct residual array and fold."""
+def _fits(splits, block, fwd):
+    """Every fit the probes make: ``(train, test, inner_fit, inner_val, cv)`` masks ``(n,)``; the
+    cross-validation splits (all variants) then the extra forward-chained fits (real labels only)."""
+    train, test, fit, val = splits
+    out = [(train[s], test[s], fit[s], val[s], True) for s in range(train.shape[0])]
+    out += [(tr[0], te[0], fi[0], va[0], False) for tr, te, fi, va in fwd]
+    return out
+
+
+def _projections(features: Mapping, fits) -> dict:
+    """``{key: [fit -> (n, d)]}``: one SVD per distinct residual array and fit, on its training rows."""
     by_array: dict[int, list] = {}
     for key, X in features.items():
         by_array.setdefault(id(X), []).append(key)
     out = {}
+    train = np.stack([f[0] for f in fits])
     for keys in by_array.values():
         X = features[keys[0]]
         d_max = max(k[2] for k in keys)
@@ -63,9 +73,11 @@ def _projections(features: Mapping, train: np.ndarray) -> dict:
     return out
 
 
-def _class_plan(name, values, groups, train, test, fit, val, n_permutations, n_bootstrap, seed, n_folds):
-    from logitleak.evaluate import AttributePlan, _check_attribute, _rng, encode_labels
+def _class_plan(name, values, groups, splits, block, fwd, n_permutations, n_bootstrap, seed, n_folds):
+    from logitleak.plans import AttributePlan
+    from logitleak.splits import _check_attribute, _rng, encode_labels
 
+    train, test, fit, val = splits
     classes, codes = encode_labels(name, values)
     _check_attribute(name, classes, codes, groups, n_folds, None)
     K = len(classes)
@@ -73,65 +85,67 @@ def _class_plan(name, values, groups, train, test, fit, val, n_permutations, n_b
     rng = _rng(seed, name, "permutations")
     variants += [M.permute_labels(codes, rng, groups) for _ in range(n_permutations)]
     labels = np.stack(variants)
-    V, S = len(variants), train.shape[0]
-    tr, te = np.broadcast_to(train, (V, S, train.shape[1])), np.broadcast_to(test, (V, S, test.shape[1]))
+    V, S, n = len(variants), train.shape[0], train.shape[1]
+
+    def each(m):
+        return np.broadcast_to(m, (V, S, n)).copy()
+
     prior = np.stack([M.prior_loss_bits(labels[v], train, test, K) for v in range(V)])
-    tested = te.any(1)
+    tested = test.any(0)[None].repeat(V, 0)
     boot = M.bootstrap_weights(int(tested[0].sum()), n_bootstrap, _rng(seed, name, "bootstrap"),
                                None if groups is None else np.asarray(groups)[tested[0]])
-    return AttributePlan(name, classes, codes, labels, tr, te, np.broadcast_to(fit, tr.shape),
-                         np.broadcast_to(val, tr.shape), prior, tested, M.majority_baseline(codes, train, test, K), boot)
+    seq = [np.concatenate([f[i] for f in fwd]) if fwd else np.zeros((0, n), bool) for i in range(4)]
+    source = {b: ("cv", S - 1) if b == S - 1 else ("seq", b - 1) for b in range(1, S)}
+    return AttributePlan(name, classes, codes, labels, each(train), each(test), each(fit), each(val), prior, tested,
+                         M.majority_baseline(codes, train, test, K), boot, *seq, block, source)
 
 
-def _fit_classes(family, X, plan, s, params, seed):
-    """Log-probabilities ``(F, n, V, K)`` of every variant's probe on fold ``s`` and its C."""
+def _class_rows(keys, proj, fits, name, values, groups, splits, block, fwd, probes, params, task, n_permutations,
+                n_bootstrap, seed, n_folds) -> list[dict]:
     from logitleak.evaluate import _fit_family
+    from logitleak.heldout import block_weights, centred_gains
+    from logitleak.rows import result_rows
 
-    V = plan.n_variants
-    y = plan.labels
-    tr = np.ascontiguousarray(np.broadcast_to(plan.train[0, s], (V, y.shape[1])))
-    fi = np.ascontiguousarray(np.broadcast_to(plan.inner_fit[0, s], tr.shape))
-    va = np.ascontiguousarray(np.broadcast_to(plan.inner_val[0, s], tr.shape))
-    seeds = np.array([seed * 7919 + 31 * s + v for v in range(V)], dtype=np.int64)
-    return _fit_family(family, X, y, tr, fi, va, plan.n_classes, params, seeds)
-
-
-def _class_rows(keys, proj, name, values, groups, splits, probes, params, task, n_permutations, n_bootstrap, seed,
-                n_folds) -> list[dict]:
-    from logitleak.evaluate import _rows_for
-
-    train, test, fit, val = splits
-    plan = _class_plan(name, values, groups, train, test, fit, val, n_permutations, n_bootstrap, seed, n_folds)
-    n, V, S = len(plan.codes), plan.n_variants, train.shape[0]
+    plan = _class_plan(name, values, groups, splits, block, fwd, n_permutations, n_bootstrap, seed, n_folds)
+    n, V, S, K = len(plan.codes), plan.n_variants, splits[0].shape[0], plan.n_classes
     F = len(keys)
-    rows = []
     n_groups = None if groups is None else int(len(np.unique(groups)))
+    rows = []
     for fam in probes:
         lp = np.zeros((F, V, n), np.float32)
         pr = np.zeros((F, V, n), np.int64)
+        lk = np.zeros((F, n, K))
         C = np.full((F, S), np.nan)
-        for s in range(S):
-            X = torch.as_tensor(np.stack([proj[k][s] for k in keys]))
-            logp, Cs = _fit_classes(fam, X, plan, s, params.get(fam, {}), seed)       # (F, n, V, K)
-            yt = torch.as_tensor(plan.labels.T.copy()).clamp(0, plan.n_classes - 1)[None, :, :, None]
-            lpy = torch.gather(logp, -1, yt.expand(F, -1, -1, -1)).squeeze(-1).float().numpy()   # (F, n, V)
-            pred = logp.argmax(-1).numpy()
-            te = test[s]
-            lp[:, :, te] = lpy[:, te].transpose(0, 2, 1)
-            pr[:, :, te] = pred[:, te].transpose(0, 2, 1)
-            if Cs is not None:
-                C[:, s] = Cs[:, 0].double().numpy()
-        rows += _rows_for(plan, keys, [k[2] for k in keys], lp, pr, C if fam == "linear" else None, fam, task,
-                          n_groups, S, n_permutations)
+        for f_i, (tr, te, fi, va, cv) in enumerate(fits):
+            X = torch.as_tensor(np.stack([proj[k][f_i] for k in keys]))
+            y = plan.labels if cv else plan.labels[:1]
+            P = y.shape[0]
+            masks = [np.broadcast_to(m, (P, n)).copy() for m in (tr, fi, va)]
+            seeds = np.array([seed * 7919 + 31 * f_i + v for v in range(P)], dtype=np.int64)
+            logp, Cs = _fit_family(fam, X, y, masks[0], masks[1], masks[2], K, params.get(fam, {}), seeds)
+            yt = torch.as_tensor(y.T.copy()).clamp(0, K - 1)[None, :, :, None]
+            lpy = torch.gather(logp, -1, yt.expand(F, -1, -1, -1)).squeeze(-1).float().numpy()   # (F, n, P)
+            scored = (plan.block >= 1) & te
+            if cv and f_i == S - 1 or not cv:                  # this fit scores a forward-chained block
+                lk[:, scored] = logp[:, scored, 0].double().numpy()
+            if cv:
+                lp[:, :, te] = lpy[:, te].transpose(0, 2, 1)
+                pr[:, :, te] = logp.argmax(-1).numpy()[:, te].transpose(0, 2, 1)
+                if Cs is not None:
+                    C[:, f_i] = Cs[:, 0].double().numpy()
+        gains = centred_gains(lk, plan.codes, plan.block) * block_weights(plan.block)
+        rows += result_rows(plan, keys, [k[2] for k in keys], lp, pr, gains, C if fam == "linear" else None, fam,
+                            task_attribute=task, n_groups=n_groups, n_folds_eff=S, n_permutations=n_permutations,
+                            groups=groups)
     return rows
 
 
-def _numeric_rows(keys, proj, name, values, groups, splits, probes, params, task, n_permutations, n_bootstrap,
-                  seed) -> list[dict]:
+def _numeric_rows(keys, proj, fits, name, values, groups, splits, block, fwd, probes, params, task, n_permutations,
+                  n_bootstrap, seed) -> list[dict]:
     from logitleak.regression import fit_ridge_cv, plan_regression, regression_rows
     from logitleak.regression_mlp import MLP_KEYS, fit_mlp_regression
 
-    train, test, fit, val = splits
+    train, test = splits[0], splits[1]
     plan = plan_regression(name, values, groups=groups, n_permutations=n_permutations, n_bootstrap=n_bootstrap,
                            seed=seed)
     Y = torch.as_tensor(plan.values.T.copy(), dtype=torch.float64)
@@ -140,49 +154,59 @@ def _numeric_rows(keys, proj, name, values, groups, splits, probes, params, task
     for fam in probes:
         pred, s2 = np.zeros((F, B, n)), np.zeros((F, B, n))
         alpha = np.zeros((F, B, S))
-        for s in range(S):
-            X = torch.as_tensor(np.stack([proj[k][s] for k in keys]), dtype=torch.float64)
-            one = tuple(m[s:s + 1] for m in (train, test, fit, val))
+        forward = np.zeros((F, n))
+        for f_i, (tr, te, fi, va, cv) in enumerate(fits):
+            X = torch.as_tensor(np.stack([proj[k][f_i] for k in keys]), dtype=torch.float64)
+            one = tuple(m[None] for m in (tr, te, fi, va))
+            Yf = Y if cv else Y[:, :1]
             if fam == "linear":
-                p, v, a = fit_ridge_cv(X, Y, *one)
-                alpha[:, :, s] = a[:, :, 0]
+                p, v, a = fit_ridge_cv(X, Yf, *one)
             else:
                 opts = {k: x for k, x in params.get(fam, {}).items() if k in MLP_KEYS}
-                p, v = fit_mlp_regression(X, Y, *one, seed=seed, **opts)
-            pred[:, :, test[s]] = p[:, :, test[s]]
-            s2[:, :, test[s]] = v[:, :, test[s]]
+                p, v = fit_mlp_regression(X, Yf, *one, seed=seed, **opts)
+                a = None
+            if cv and f_i == S - 1 or not cv:
+                forward[:, te] = p[:, 0, te]
+            if cv:
+                pred[:, :, te], s2[:, :, te] = p[:, :, te], v[:, :, te]
+                if a is not None:
+                    alpha[:, :, f_i] = a[:, :, 0]
         rows += regression_rows(plan, keys, [k[2] for k in keys], pred, s2, alpha if fam == "linear" else None, fam,
-                                train, test, groups, task, n_permutations)
+                                train, test, groups, task, n_permutations, forward, block)
     return rows
 
 
 def evaluate_fold_levels(features: Mapping, labels: Mapping[str, np.ndarray], *, groups=None, task_attribute=None,
-                         probes: Sequence[str] = ("linear", "mlp"), n_folds: int = 5, n_permutations: int = 100,
+                         probes: Sequence[str] = ("linear", "mlp"), n_folds: int = 5, n_permutations: int = 0,
                          n_bootstrap: int = 1000, seed: int = 0, probe_params: Mapping | None = None,
                          **_ignored) -> pd.DataFrame:
     """Rows for fold-projected feature sets (``pca``), class and numeric attributes alike, with
-    every column :func:`logitleak.evaluate.evaluate_sweep` / :func:`~logitleak.regression.evaluate_regression` give."""
-    from logitleak.evaluate import _check_features
-    from logitleak.regression import is_numeric_labels, shared_splits
+    every column :func:`logitleak.evaluate.evaluate_sweep` / :func:`~logitleak.regression.evaluate_regression`
+    give. Every fit (cross-validation split or forward-chained block of the held-out test) projects
+    on the components of its own training rows."""
+    from logitleak.regression import forward_fits, is_numeric_labels, shared_splits
+    from logitleak.splits import _check_features
 
     n = len(next(iter(labels.values())))
     features = {tuple(k): _check_features(tuple(k), X, n) for k, X in features.items()}
     groups = None if groups is None else np.asarray(groups)
     splits = shared_splits(n, groups, n_folds, seed)
-    proj = _projections(features, splits[0])
+    block, fwd = forward_fits(splits[1], groups, seed)
+    fits = _fits(splits, block, fwd)
+    proj = _projections(features, fits)
     params = {fam: dict((probe_params or {}).get(fam, {})) for fam in probes}
     by_dim: dict[int, list] = {}
     for key in features:
         by_dim.setdefault(key[2], []).append(key)
     rows: dict[tuple, dict] = {}
-    common = dict(groups=groups, splits=splits, probes=probes, params=params, task=task_attribute,
-                  n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed)
+    common = dict(fits=fits, groups=groups, splits=splits, block=block, fwd=fwd, probes=probes, params=params,
+                  task=task_attribute, n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed)
     for d, keys in by_dim.items():
         for name, values in labels.items():
             if is_numeric_labels(values):
-                out = _numeric_rows(keys, proj, name, values, **common)
+                out = _numeric_rows(keys, proj, name=name, values=values, **common)
             else:
-                out = _class_rows(keys, proj, name, values, **common, n_folds=n_folds)
+                out = _class_rows(keys, proj, name=name, values=values, **common, n_folds=n_folds)
             for r in out:
                 rows[((r["level"], r["layer"], r["k"]), r["attribute"], r["probe"])] = r
     ordered = [rows[(key, a, fam)] for key in features for a in labels for fam in probes]

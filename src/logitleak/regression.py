@@ -17,10 +17,17 @@ Families:
 Measures, all held out: ``r2`` (``1 - SSE / SSE_baseline``, the baseline predicting the training
 fold's mean), ``mae`` in the attribute's units beside ``baseline_mae``, information in bits under
 a Gaussian predictive family ``v_info_bits = ½·log₂(MSE_baseline / MSE)`` (so bits compare with
-the categorical rows' V-information), group-bootstrap intervals for R² and bits, a permutation
-p-value (``p_value``; refits on permuted values), the refit-free held-out test on per-sample
-Gaussian log-likelihood gains over the training-mean predictor (``p_value_heldout``), and a
-control task giving selectivity (``r2 - control_r2``).
+the categorical rows' V-information), group-bootstrap intervals for R² and bits, the p-value of the held-out gain test
+(:mod:`logitleak.heldout`; the default, ``p_test = 'heldout'``) or, with permutations, of the
+permutation test (refits on permuted values, ``p_test = 'permutation'``), and a control task
+giving selectivity (``r2 - control_r2``).
+
+The held-out test scores the folds ``1..S-1`` of the shared split with probes trained on the
+folds before them (forward chaining, like the classifiers). A sample of block ``b`` gains
+``(y_i - ȳ_b)(ŷ_i - mean_b ŷ)``: the Gaussian log-likelihood gain of its prediction over the
+training-fold mean, doubly centred within the block (what is left of ``(y - ȳ)² - (y - ŷ)²``
+once the terms that no assignment of the block's values changes are removed), so under
+"values independent of features" its expectation is exactly 0.
 """
 
 from __future__ import annotations
@@ -43,8 +50,8 @@ ALPHAS: tuple[float, ...] = tuple(10.0 ** np.arange(-5, 3))
 
 REGRESSION_COLUMNS: tuple[str, ...] = (
     "target", "r2", "r2_ci_low", "r2_ci_high", "mae", "baseline_mae", "mse", "baseline_mse", "control_r2",
-    "gauss_gain_bits", "p_value_heldout", "v_info_p_value", "p_value_tail", "n_permutations", "n_folds",
-    "n_groups", "ridge_alpha",
+    "gauss_gain_bits", "p_test", "p_value_heldout", "p_value_permutation", "v_info_p_value", "n_permutations",
+    "n_folds", "n_groups", "ridge_alpha",
 )
 """Columns regression rows add after ``RESULT_COLUMNS`` (``target`` is ``"numeric"``)."""
 
@@ -65,25 +72,18 @@ def _rng(seed: int, *words) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
-def heldout_gain_pvalue(gains: np.ndarray, groups: np.ndarray | None = None) -> float:
-    """One-sided p-value that the mean per-sample held-out gain is positive: a t-test on the
-    per-group mean gains (each group one unit, so samples of one image count once). Uses
-    :func:`logitleak.metrics.heldout_gain_pvalue` when the metrics module provides it."""
-    shared = getattr(M, "heldout_gain_pvalue", None)
-    if shared is not None:
-        return float(shared(gains, groups))
-    from scipy.stats import t as student
+def forward_gains(y: np.ndarray, pred: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """``(F, n)`` centred held-out gains ``(y_i - ȳ_b)(ŷ_i - mean_b ŷ)`` of forward-chained
+    predictions ``pred`` ``(F, n)`` for the samples of each block ``b >= 1`` (NaN elsewhere),
+    weighted like the classifiers' (:func:`logitleak.heldout.block_weights`)."""
+    from logitleak.heldout import block_weights
 
-    g = np.asarray(gains, dtype=np.float64)
-    if groups is not None:
-        _, inv = np.unique(np.asarray(groups), return_inverse=True)
-        g = np.bincount(inv, weights=g) / np.bincount(inv)
-    if len(g) < 2:
-        return float("nan")
-    sd = g.std(ddof=1)
-    if sd == 0:
-        return 0.0 if g.mean() > 0 else 1.0
-    return float(student.sf(g.mean() / (sd / math.sqrt(len(g))), df=len(g) - 1))
+    out = np.full(pred.shape, np.nan)
+    for b in np.unique(block[block >= 1]):
+        rows = block == b
+        yc = y[rows] - y[rows].mean()
+        out[:, rows] = yc[None] * (pred[:, rows] - pred[:, rows].mean(1, keepdims=True))
+    return out * block_weights(np.where(block >= 1, block, -1))[None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ class RegressionPlan:
 def shared_splits(n: int, groups, n_folds: int, seed: int, val_fraction: float = 0.2):
     """Label-free grouped k-fold splits and one inner (fit, validation) split per training fold:
     ``(train (S, n), test (S, n), inner_fit (S, n), inner_val (S, n))`` bool arrays."""
-    from logitleak.evaluate import cv_splits
+    from logitleak.splits import cv_splits
     from logitleak.probes import stratified_holdout
 
     zeros = np.zeros(n, dtype=np.int64)
@@ -141,7 +141,30 @@ def shared_splits(n: int, groups, n_folds: int, seed: int, val_fraction: float =
     return train, test, fit, val
 
 
-def plan_regression(name: str, values, *, groups=None, n_permutations: int = 100, n_bootstrap: int = 1000,
+def forward_fits(test: np.ndarray, groups, seed: int, val_fraction: float = 0.2):
+    """The forward-chained fits of the held-out test on the shared split: ``(block (n,), [(train,
+    test, inner_fit, inner_val) (1, n) masks for blocks 1..S-2])``; block ``S-1`` is scored by
+    cross-validation split ``S-1`` (trained on folds ``0..S-2``)."""
+    from logitleak.heldout import forward_chain
+    from logitleak.probes import stratified_holdout
+
+    S, n = test.shape
+    fold = np.argmax(test, axis=0)
+    block = np.where(fold >= 1, fold, -1)
+    rng = _rng(seed, "regression-forward")
+    fits = []
+    for b, (tr, te) in enumerate(forward_chain(fold, S), start=1):
+        if b == S - 1:
+            continue
+        fi, va = stratified_holdout(np.zeros(n, np.int64), val_fraction, rng, groups, rows=np.flatnonzero(tr))
+        if len(va) == 0 or len(fi) < 2:
+            fi = va = np.flatnonzero(tr)
+        masks = [tr, te, np.isin(np.arange(n), fi), np.isin(np.arange(n), va)]
+        fits.append(tuple(m[None] for m in masks))
+    return block, fits
+
+
+def plan_regression(name: str, values, *, groups=None, n_permutations: int = 0, n_bootstrap: int = 1000,
                     seed: int = 0) -> RegressionPlan:
     """Real values, control task and permutations of one numeric attribute (validated)."""
     y = np.asarray(values, dtype=np.float64)
@@ -247,8 +270,11 @@ def _boot_ratio(weights: np.ndarray, num: np.ndarray, den: np.ndarray, fn) -> tu
 
 
 def regression_rows(plan: RegressionPlan, keys, dims, pred: np.ndarray, sigma2: np.ndarray, alpha: np.ndarray | None,
-                    family: str, train: np.ndarray, test: np.ndarray, groups, task_attribute, n_permutations) -> list[dict]:
-    """Result rows of one attribute x family; ``pred``/``sigma2`` ``(F, V, n)`` out-of-fold."""
+                    family: str, train: np.ndarray, test: np.ndarray, groups, task_attribute, n_permutations,
+                    forward: np.ndarray | None = None, block: np.ndarray | None = None) -> list[dict]:
+    """Result rows of one attribute x family; ``pred``/``sigma2`` ``(F, V, n)`` out-of-fold,
+    ``forward`` ``(F, n)`` the forward-chained predictions of the real values scoring ``block``."""
+    from logitleak.heldout import TEST_NAME, heldout_pvalues
     Y = plan.values                                                     # (V, n)
     base = np.zeros_like(Y)
     base_var = np.zeros_like(Y)
@@ -267,16 +293,19 @@ def regression_rows(plan: RegressionPlan, keys, dims, pred: np.ndarray, sigma2: 
                              lambda a, b: 0.5 * np.log2(np.maximum(b, 1e-300) / np.maximum(a, 1e-300)))
     n = Y.shape[1]
     n_groups = None if groups is None else int(len(np.unique(groups)))
+    p_held = (heldout_pvalues(forward_gains(Y[0], forward, block), groups) if forward is not None
+              else np.full(len(keys), np.nan))
     rows = []
     for i, key in enumerate(keys):
         ae = np.abs(pred[i, 0] - Y[0])
+        p_perm = M.permutation_p_value(bits[i, 0], bits[i, 2:]) if n_permutations else float("nan")
         rows.append({
             "level": key[0], "layer": key[1], "k": key[2], "attribute": plan.name, "probe": family,
             "task_relevant": task_attribute is not None and plan.name == task_attribute,
             "n": int(n), "n_classes": None, "n_features": int(dims[i]),
             "accuracy": float("nan"), "balanced_accuracy": float("nan"), "macro_f1": float("nan"),
             "baseline_accuracy": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
-            "p_value": M.permutation_p_value(bits[i, 0], bits[i, 2:]),
+            "p_value": p_perm if n_permutations else float(p_held[i]),
             "ce_bits": float("nan"), "entropy_bits": float("nan"),
             "v_info_bits": float(bits[i, 0]), "v_info_frac": float("nan"),
             "v_info_ci_low": float(b_lo[i]), "v_info_ci_high": float(b_hi[i]),
@@ -285,9 +314,9 @@ def regression_rows(plan: RegressionPlan, keys, dims, pred: np.ndarray, sigma2: 
             "mae": float(ae.mean()), "baseline_mae": float(np.abs(base[0] - Y[0]).mean()),
             "mse": float(sse[i, 0] / n), "baseline_mse": float(sse_base[0] / n), "control_r2": float(r2[i, 1]),
             "gauss_gain_bits": float(gains[i].mean()),
-            "p_value_heldout": heldout_gain_pvalue(gains[i], groups),
-            "v_info_p_value": M.permutation_p_value(bits[i, 0], bits[i, 2:]),
-            "p_value_tail": M.permutation_p_value_tail(bits[i, 0], bits[i, 2:]),
+            "p_test": "permutation" if n_permutations else TEST_NAME,
+            "p_value_heldout": float(p_held[i]), "p_value_permutation": p_perm,
+            "v_info_p_value": p_perm,
             "n_permutations": int(n_permutations), "n_folds": int(train.shape[0]), "n_groups": n_groups,
             "ridge_alpha": float(np.median(alpha[i, 0])) if alpha is not None else float("nan"),
         })
@@ -300,13 +329,13 @@ def regression_rows(plan: RegressionPlan, keys, dims, pred: np.ndarray, sigma2: 
 
 def evaluate_regression(features: Mapping[tuple, np.ndarray], values: Mapping[str, np.ndarray], *,
                         groups: np.ndarray | None = None, task_attribute: str | None = None,
-                        probes: Sequence[str] = ("linear", "mlp"), n_folds: int = 5, n_permutations: int = 100,
+                        probes: Sequence[str] = ("linear", "mlp"), n_folds: int = 5, n_permutations: int = 0,
                         n_bootstrap: int = 1000, seed: int = 0, probe_params: Mapping[str, Mapping] | None = None,
                         memory_budget: int = 1 << 30, **_ignored) -> pd.DataFrame:
     """Probe every feature set for every numeric attribute with every family (see the module
     docstring). ``features``: ``{(level, layer, k): (n, d)}``; ``values``: ``{attribute: (n,)
     floats}``. Rows in the order feature set, attribute, family."""
-    from logitleak.evaluate import _check_features
+    from logitleak.splits import _check_features
     from logitleak.regression_mlp import MLP_KEYS, fit_mlp_regression
 
     if not values:
@@ -324,6 +353,7 @@ def evaluate_regression(features: Mapping[tuple, np.ndarray], values: Mapping[st
     plans = [plan_regression(a, v, groups=groups, n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed)
              for a, v in values.items()]
     train, test, fit, val = shared_splits(n, groups, n_folds, seed)
+    block, fwd_fits = forward_fits(test, groups, seed)
     Y = torch.as_tensor(np.concatenate([p.values for p in plans]).T.copy(), dtype=torch.float64)   # (n, ΣV)
     offsets = np.cumsum([0] + [p.n_variants for p in plans])
     by_dim: dict[int, list] = {}
@@ -340,18 +370,27 @@ def evaluate_regression(features: Mapping[tuple, np.ndarray], values: Mapping[st
             for fam in probes:
                 if fam == "linear":
                     alphas = params[fam].get("alphas", ALPHAS)
-                    pred, s2, alpha = fit_ridge_cv(X, Y, train, test, fit, val, alphas)
+
+                    def fit_fn(X_, Y_, tr, te, fi, va):
+                        return fit_ridge_cv(X_, Y_, tr, te, fi, va, alphas)
                 elif fam == "mlp":
                     opts = {k: v for k, v in params[fam].items() if k in MLP_KEYS}
-                    pred, s2 = fit_mlp_regression(X, Y, train, test, fit, val, seed=seed, **opts)
-                    alpha = None
+
+                    def fit_fn(X_, Y_, tr, te, fi, va):
+                        return fit_mlp_regression(X_, Y_, tr, te, fi, va, seed=seed, **opts) + (None,)
                 else:
                     raise LogitleakError(f"Unknown probe family '{fam}'; use linear or mlp.")
+                pred, s2, alpha = fit_fn(X, Y, train, test, fit, val)
+                forward = pred[:, offsets[:-1]].copy()          # (F, A, n): block S-1 from CV split S-1
+                for masks in fwd_fits:                           # the other forward-chained blocks, real values
+                    p_b = fit_fn(X, Y[:, offsets[:-1]], *masks)[0]
+                    te = masks[1][0]
+                    forward[:, :, te] = p_b[:, :, te]
                 for j, plan in enumerate(plans):
                     sl = slice(offsets[j], offsets[j + 1])
                     rows = regression_rows(plan, kc, [d] * len(kc), pred[:, sl], s2[:, sl],
                                            None if alpha is None else alpha[:, sl], fam, train, test, groups,
-                                           task_attribute, n_permutations)
+                                           task_attribute, n_permutations, forward[:, j], block)
                     for key, row in zip(kc, rows):
                         results[(key, plan.name, fam)] = row
     ordered = [results[(key, a, fam)] for key in features for a in values for fam in probes]
