@@ -223,7 +223,8 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
         else:
             from logitleak.store import ActivationStore
 
-            stored = ActivationStore(cache / "captures").extract(adapter, probeset, batch_size=cfg.batch_size, progress=progress)
+            stored = ActivationStore(cache / "captures").extract(adapter, probeset, batch_size=cfg.batch_size, progress=progress,
+                                                                 vision_pool=cfg.vision_pool)
             capture = stored  # levels and the lens read one layer at a time from disk
             readout = adapter.readout()
             answer_ids = answer_token_ids(adapter, probeset)

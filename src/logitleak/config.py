@@ -56,6 +56,8 @@ class AuditConfig(_Strict):
     k: list[int] = list(DEFAULT_KS)
     pca_dims: list[int] = [1, 4, 16, 64]
     """Dimensions d of the ``pca`` level (top-d principal components, fitted per training fold)."""
+    vision_pool: Literal["mean", "cls"] = "mean"
+    """How the vision levels pool a sample's image tokens: their mean, or the first (CLS) token."""
     samples: int = Field(2000, ge=10)
     seed: int = 0
     out: str = "logitleak-audit"

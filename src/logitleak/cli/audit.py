@@ -27,7 +27,7 @@ def parse_str_list(text: str | None) -> list[str] | None:
 def audit_overrides(*, model, data, labels, task, question, attributes, levels, k, layers, samples, seed, out,
                     force, probes, folds, permutations, batch_size, device, dtype,
                     endpoint=None, served_model=None, api_key_env=None, concurrency=None, max_requests=None,
-                    pca_dims=None) -> dict:
+                    pca_dims=None, vision_pool=None) -> dict:
     """CLI flags -> config overrides (None = not given)."""
     return {
         "model": model, "data": data, "labels": labels, "task": task, "question": question,
@@ -39,7 +39,7 @@ def audit_overrides(*, model, data, labels, task, question, attributes, levels, 
         "batch_size": batch_size, "device": device, "dtype": dtype,
         "endpoint": endpoint, "served_model": served_model, "api_key_env": api_key_env,
         "concurrency": concurrency, "max_requests": max_requests,
-        "pca_dims": parse_int_list(pca_dims, "--pca-dims"),
+        "pca_dims": parse_int_list(pca_dims, "--pca-dims"), "vision_pool": vision_pool,
     }
 
 
@@ -70,6 +70,7 @@ def register(app: typer.Typer) -> None:
         levels: Optional[str] = typer.Option(None, help="Comma-separated levels (default: all)."),
         k: Optional[str] = typer.Option(None, "--k", help="Comma-separated k values, e.g. 1,2,5,10,20."),
         pca_dims: Optional[str] = typer.Option(None, "--pca-dims", help="Dimensions of the pca level, e.g. 1,4,16,64."),
+        vision_pool: Optional[str] = typer.Option(None, "--vision-pool", help="Vision levels: 'mean' of the image tokens or 'cls'."),
         layers: Optional[str] = typer.Option(None, help="Comma-separated hidden-state indices, or 'all'."),
         samples: Optional[int] = typer.Option(None, help="Number of probe samples."),
         seed: Optional[int] = typer.Option(None, help="Random seed (data, splits, probes)."),
@@ -97,7 +98,7 @@ def register(app: typer.Typer) -> None:
             levels=levels, k=k, layers=layers, samples=samples, seed=seed, out=out, force=force, probes=probes,
             folds=folds, permutations=permutations, batch_size=batch_size, device=device, dtype=dtype,
             endpoint=endpoint, served_model=served_model, api_key_env=api_key_env, concurrency=concurrency,
-            max_requests=max_requests, pca_dims=pca_dims))
+            max_requests=max_requests, pca_dims=pca_dims, vision_pool=vision_pool))
         if cfg.endpoint and not cfg.served_model:
             raise LogitleakError("A black-box audit needs --served-model NAME alongside --endpoint URL.")
         finish(run_audit(cfg, progress=not quiet))
