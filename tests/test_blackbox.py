@@ -154,8 +154,10 @@ def test_blackbox_run_audit_agrees_with_white_box(server, model_dir, tmp_path):
     b = black.results.set_index(key).sort_index()
     assert list(b.index) == list(w.index) and len(b) > 0
     for idx in w.index:
-        aw, ab = float(w.loc[idx, "accuracy"]), float(b.loc[idx, "accuracy"])
-        hw = max(float(w.loc[idx, "ci_high"] - w.loc[idx, "ci_low"]), float(b.loc[idx, "ci_high"] - b.loc[idx, "ci_low"])) / 2
+        # class attributes: accuracy and its interval; numeric ones (box, centre, area): R² and its interval
+        score, lo, hi = ("accuracy", "ci_low", "ci_high") if pd.notna(w.loc[idx, "accuracy"]) else ("r2", "r2_ci_low", "r2_ci_high")
+        aw, ab = float(w.loc[idx, score]), float(b.loc[idx, score])
+        hw = max(float(w.loc[idx, hi] - w.loc[idx, lo]), float(b.loc[idx, hi] - b.loc[idx, lo])) / 2
         assert abs(aw - ab) <= hw + 1e-9, (idx, aw, ab, hw)
 
 
