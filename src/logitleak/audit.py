@@ -73,12 +73,11 @@ def package_versions() -> dict[str, str]:
 
 
 def resolve_model_path(cfg: AuditConfig, progress: bool = True) -> Path:
-    """``organism`` -> the cached trained organism (training it once); otherwise a local directory."""
-    if cfg.model == "organism":
-        from logitleak.models.organism import ensure_organism
+    """``organism`` -> the cached trained organism (training it once); ``smollm2`` or a GGUF file ->
+    its converted directory; otherwise a local directory (see :mod:`logitleak.models.resolve`)."""
+    from logitleak.models.resolve import resolve_model
 
-        return ensure_organism(seed=0, progress=progress)
-    return Path(cfg.model)
+    return resolve_model(cfg.model, progress=progress)
 
 
 def answer_token_ids(adapter, probeset: ProbeSet) -> list[int]:

@@ -372,7 +372,8 @@ def iter_capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int =
             b1 = min(b0 + batch_size, stop)
             prompts = probeset.prompts[b0:b1]
             images = None if probeset.images is None else [probeset.images[i] for i in range(b0, b1)]
-            inputs = adapter.build_inputs(prompts, images)
+            messages = None if probeset.messages is None else probeset.messages[b0:b1]
+            inputs = adapter.build_inputs(prompts, images, messages=messages)
             # Hooks and inference mode live only inside one batch, never across a ``yield``.
             part = capture_inputs(adapter, inputs, read_position=read_position, edit_hooks=edit_hooks,
                                   logits_transform=logits_transform, hidden_dtype=hidden_dtype, vision_pool=vision_pool)

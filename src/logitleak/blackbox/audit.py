@@ -69,13 +69,17 @@ def image_data_url(image) -> str:
 
 
 def request_messages(probeset: ProbeSet, i: int) -> list[dict]:
-    """One user turn: the image part first, then the question (the order a white-box capture uses)."""
+    """The sample's conversation (one user turn, or its chat turns): the image part first in the
+    first user turn, then the question (the order a white-box capture uses)."""
+    turns = probeset.conversation(i)
     if probeset.images is None:
-        return [{"role": "user", "content": probeset.prompts[i]}]
-    return [{"role": "user", "content": [
+        return turns
+    first_user = next(j for j, t in enumerate(turns) if t["role"] == "user")
+    turns[first_user] = {"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": image_data_url(probeset.images[i])}},
-        {"type": "text", "text": probeset.prompts[i]},
-    ]}]
+        {"type": "text", "text": turns[first_user]["content"]},
+    ]}
+    return turns
 
 
 def request_settings(k: int) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -54,6 +55,11 @@ class ProbeSet:
     - ``meta['numeric']``: attributes declared numeric (others are inferred, :func:`is_numeric_column`).
     - ``groups[i]``: samples sharing a group (e.g. several questions about one image) never
       straddle a train/test split.
+    - ``messages[i]``: for a chat probe set, the whole conversation (``[{"role", "content"}, ...]``,
+      a system turn allowed, ending with the user turn whose reply is read); ``prompts[i]`` is then
+      that last user turn. ``None``: every sample is the single user turn ``prompts[i]``.
+    - ``answer_texts[i]``: the expected answer when it is not the value of the asked attribute
+      (an ``answer`` column); ``None``: :attr:`answers` uses the asked attribute's value.
     """
 
     name: str
@@ -63,6 +69,8 @@ class ProbeSet:
     groups: np.ndarray
     images: Sequence[Image.Image] | None = None
     meta: dict = field(default_factory=dict)
+    messages: list[list[dict]] | None = None
+    answer_texts: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.prompts)
@@ -74,6 +82,9 @@ class ProbeSet:
                 raise LogitleakError(f"Probe set {self.name!r} has {n} prompts but {size} {what}; give one per sample.")
         if self.images is not None and len(self.images) != n:
             raise LogitleakError(f"Probe set {self.name!r} has {n} prompts but {len(self.images)} images; give one image per sample.")
+        for what, seq in (("conversations", self.messages), ("answers", self.answer_texts)):
+            if seq is not None and len(seq) != n:
+                raise LogitleakError(f"Probe set {self.name!r} has {n} prompts but {len(seq)} {what}; give one per sample.")
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -88,7 +99,10 @@ class ProbeSet:
 
     @property
     def answers(self) -> list[str]:
-        """The expected one-word answer of each sample: its value of the attribute asked."""
+        """The expected one-word answer of each sample: its value of the attribute asked (or the
+        probe set's answer column)."""
+        if self.answer_texts is not None:
+            return list(self.answer_texts)
         return [str(self.attributes.at[i, a]) for i, a in enumerate(self.asked)]
 
     @property
@@ -130,7 +144,15 @@ class ProbeSet:
             groups=self.groups[idx],
             images=None if self.images is None else IndexedImages(self.images, idx),
             meta=dict(self.meta),
+            messages=None if self.messages is None else [self.messages[i] for i in idx],
+            answer_texts=None if self.answer_texts is None else [self.answer_texts[i] for i in idx],
         )
+
+    def conversation(self, i: int) -> list[dict]:
+        """Sample ``i`` as chat turns (its messages, or one user turn holding its prompt)."""
+        if self.messages is not None:
+            return [dict(t) for t in self.messages[i]]
+        return [{"role": "user", "content": self.prompts[i]}]
 
     def fingerprint(self) -> str:
         """A short content hash (prompts, labels, groups, pixels) that keys stored captures."""
@@ -142,4 +164,8 @@ class ProbeSet:
         if self.images is not None:
             for img in self.images:
                 h.update(np.asarray(img).tobytes())
+        if self.messages is not None:  # absent for prompt-only sets, so their fingerprints are unchanged
+            h.update(json.dumps(self.messages, sort_keys=True).encode())
+        if self.answer_texts is not None:
+            h.update(("answers\x1f" + "\x1f".join(self.answer_texts)).encode())
         return h.hexdigest()[:16]

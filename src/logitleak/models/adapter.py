@@ -227,15 +227,33 @@ class ModelAdapter:
                 out, last_text = out + (" " if last_text else "") + p["text"], True
         return out
 
-    def build_inputs(self, prompts: Sequence[str], images: Sequence | None = None) -> dict[str, torch.Tensor]:
-        """Model inputs for one batch, on the model's device, padded on the tokenizer's side."""
+    def format_conversation(self, turns: Sequence[Mapping], with_image: bool) -> str:
+        """The text the model sees for a whole conversation (system / user / assistant turns with
+        text contents, ending with a user turn): :meth:`render_chat`, with the image part first
+        in the first user turn when there is an image."""
+        turns = [dict(t) for t in turns]
+        if with_image:
+            i = next((j for j, t in enumerate(turns) if t["role"] == "user"), None)
+            if i is not None:
+                turns[i]["content"] = [{"type": "image"}] + _as_parts(turns[i]["content"])
+        return self.render_chat(turns)
+
+    def build_inputs(self, prompts: Sequence[str], images: Sequence | None = None,
+                     messages: Sequence[Sequence[Mapping]] | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs for one batch, on the model's device, padded on the tokenizer's side.
+        ``messages``: whole conversations (one per prompt) instead of single user turns."""
         prompts = list(prompts)
+        if messages is not None and len(messages) != len(prompts):
+            raise LogitleakError(f"Got {len(messages)} conversations for {len(prompts)} prompts; give one per prompt.")
         if images is not None and not self.is_vlm:
             raise LogitleakError(f"Model {self.name!r} is a text-only language model but the probe set has images; "
                                  "use a text probe set or a vision-language model.")
         if images is not None and len(images) != len(prompts):
             raise LogitleakError(f"Got {len(images)} images for {len(prompts)} prompts; give one image per prompt.")
-        texts = [self.format_prompt(p, images is not None) for p in prompts]
+        if messages is not None:
+            texts = [self.format_conversation(m, images is not None) for m in messages]
+        else:
+            texts = [self.format_prompt(p, images is not None) for p in prompts]
         return self._encode(texts, None if images is None else list(images), [f"Prompt {p!r}" for p in prompts])
 
     def build_chat_inputs(self, conversations: Sequence[Sequence[Mapping]], images: Sequence[Sequence] | None = None,
@@ -360,7 +378,11 @@ class ModelAdapter:
 
     def fingerprint(self) -> str:
         """A short hash of the architecture (config), chat template and a strided sample of every
-        weight: different weights give a different key without hashing gigabytes."""
+        weight: different weights give a different key without hashing gigabytes. A model converted
+        from a GGUF file is named by that file's hash: ``gguf-<sha256[:16]>``."""
+        source = getattr(self, "gguf_source", None)
+        if self._fingerprint is None and source and source.get("sha256"):
+            self._fingerprint = f"gguf-{source['sha256'][:16]}"
         if self._fingerprint is None:
             h = hashlib.sha256()
             cfg = self.config.to_dict()

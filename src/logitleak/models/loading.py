@@ -140,8 +140,13 @@ def load_model(path_or_name: str | Path, *, device: str | None = None, dtype: st
                                      "save it beside the weights with tokenizer.save_pretrained(model_dir).") from None
     if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
-    return ModelAdapter(model, tokenizer=tokenizer, processor=processor, mapping=user_mapping, name=src,
-                        padding_side=padding_side)
+    from logitleak.models.gguf import read_source
+
+    gguf_source = read_source(local) if local.is_dir() else None
+    adapter = ModelAdapter(model, tokenizer=tokenizer, processor=processor, mapping=user_mapping,
+                           name=gguf_source["file"] if gguf_source else src, padding_side=padding_side)
+    adapter.gguf_source = gguf_source
+    return adapter
 
 
 def _assemble_processor(src: str, config):
