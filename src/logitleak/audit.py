@@ -20,7 +20,8 @@ from logitleak.probeset_loading import load_probe_set
 from logitleak.results import atomic_write, write_json, write_results
 
 LENS_LEVELS = ("tuned_lens_topk", "tuned_lens_answers")
-IDENTITY_KEYS = ("model", "data", "labels", "task", "question", "attributes", "samples", "seed", "endpoint", "served_model")
+IDENTITY_KEYS = ("model", "data", "labels", "task", "question", "attributes", "samples", "seed", "endpoint", "served_model",
+                 "generate")
 
 
 @dataclass
@@ -35,8 +36,12 @@ class AuditResult:
 
 
 def audit_identity(cfg: AuditConfig) -> dict:
-    """The settings that make two audits 'the same audit' (others only add or reuse work)."""
-    return {k: getattr(cfg, k) for k in IDENTITY_KEYS}
+    """The settings that make two audits 'the same audit' (others only add or reuse work). An
+    endpoint audit names no local model (``model`` is then ``None``, not the config default)."""
+    identity = {k: getattr(cfg, k) for k in IDENTITY_KEYS}
+    if cfg.endpoint:
+        identity["model"] = None
+    return identity
 
 
 def prepare_out_dir(cfg: AuditConfig) -> Path:
@@ -223,20 +228,28 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
             from logitleak.store import ActivationStore
 
             stored = ActivationStore(cache / "captures").extract(adapter, probeset, batch_size=cfg.batch_size, progress=progress,
-                                                                 vision_pool=cfg.vision_pool)
+                                                                 vision_pool=cfg.vision_pool, generate=cfg.generate,
+                                                                 gen_k=max(cfg.k))
             capture = stored  # levels and the lens read one layer at a time from disk
             readout = adapter.readout()
             answer_ids = answer_token_ids(adapter, probeset)
             n_layers = capture.n_layers
             layers = _selected_layers(cfg, n_layers)
     levels = list(cfg.levels)
+    if not cfg.generate:
+        from logitleak.response_levels import RESPONSE_LEVELS
+
+        levels = [lv for lv in levels if lv not in RESPONSE_LEVELS]
+        if not levels:
+            raise LogitleakError("The response levels need a generated response; pass --generate N (e.g. 8) or choose "
+                                 "first-token levels with --levels.")
     if cfg.endpoint:
         from logitleak.results import API_LEVELS
 
         levels = [lv for lv in levels if lv in API_LEVELS and lv != "topk_logits"]
     if not cfg.endpoint and any(lv in LENS_LEVELS for lv in levels):
         with timer("tuned_lens"):
-            lens = _tuned_lens(capture, readout, cache / "lens", cfg, probeset.groups)
+            lens = _tuned_lens(capture, readout, cache / "lens", cfg, probeset.groups, layers=layers)
     with timer("levels"):
         from logitleak.levels import build_features
 
@@ -269,6 +282,9 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
         "problems": problems,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    from logitleak.utility import answer_utility
+
+    run_info["utility"] = answer_utility(capture, probeset, adapter=None if cfg.endpoint else adapter)
     if lens is not None and hasattr(lens, "heldout_kl_"):
         run_info["tuned_lens_kl"] = lens.heldout_kl_
     with timer("report"):
@@ -280,14 +296,18 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     return AuditResult(results=results, out_dir=out, run_info=run_info, report_path=report_path, problems=problems)
 
 
-def _tuned_lens(capture, readout, lens_dir: Path, cfg: AuditConfig, groups: np.ndarray):
-    """Reuse a lens saved for this model in the output directory, else train and save one."""
+def _tuned_lens(capture, readout, lens_dir: Path, cfg: AuditConfig, groups: np.ndarray, layers=None):
+    """Reuse a lens saved for this model in the output directory, else train and save one, with
+    translators for the audited ``layers`` only (every layer when ``None``)."""
     from logitleak.lens import TunedLens, fit_tuned_lens
 
     if (lens_dir / "config.json").exists():
         lens = TunedLens.load(lens_dir, readout=readout)
-        if getattr(lens, "matches", lambda r: True)(readout):
+        wanted = set(lens.layers) >= {x for x in (layers or []) if x < capture.n_layers} if layers else True
+        if getattr(lens, "matches", lambda r: True)(readout) and wanted:
             return lens
-    lens = fit_tuned_lens(capture, readout, steps=cfg.lens.steps, lr=cfg.lens.lr, seed=cfg.seed, groups=groups)
+    fit_layers = None if layers is None else [x for x in layers if x < capture.n_layers]
+    lens = fit_tuned_lens(capture, readout, layers=fit_layers, steps=cfg.lens.steps, lr=cfg.lens.lr, seed=cfg.seed,
+                          groups=groups)
     lens.save(lens_dir)
     return lens

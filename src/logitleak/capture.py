@@ -33,6 +33,10 @@ class Capture:
       tokens; ``projector`` ``(N, Dp)`` the projector's output pooled the same way;
       ``image_hidden`` ``(N, L+1, D)`` the decoder's residual stream averaged over the positions
       of the image tokens.
+    - ``gen_*``: the whole response (``--generate N``, :mod:`logitleak.generation`): ``gen_hidden``
+      ``(N, G, L+1, D)`` (white-box only), ``gen_topk_logprobs`` / ``gen_topk_ids`` ``(N, G, K)``,
+      ``gen_tokens`` ``(N, G)`` and ``gen_mask`` ``(N, G)`` (positions before the response ended).
+      ``None`` when only the first token was read.
     """
 
     hidden: torch.Tensor | None = None
@@ -43,6 +47,11 @@ class Capture:
     vision: torch.Tensor | None = None
     projector: torch.Tensor | None = None
     image_hidden: torch.Tensor | None = None
+    gen_hidden: torch.Tensor | None = None
+    gen_topk_logprobs: torch.Tensor | None = None
+    gen_topk_ids: torch.Tensor | None = None
+    gen_tokens: torch.Tensor | None = None
+    gen_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         for t in (self.logits, self.hidden, self.topk_logprobs):
@@ -57,6 +66,7 @@ class Capture:
 
 
 EditHook = Callable[[torch.Tensor], torch.Tensor]
+GEN_FIELDS = ("gen_hidden", "gen_topk_logprobs", "gen_topk_ids", "gen_tokens", "gen_mask")
 
 
 def concat_captures(parts: Sequence[Capture]) -> Capture:
@@ -71,7 +81,8 @@ def concat_captures(parts: Sequence[Capture]) -> Capture:
     meta = {k: v for k, v in parts[0].meta.items() if k not in ("start", "stop")}
     return Capture(hidden=cat("hidden"), logits=cat("logits"), topk_logprobs=cat("topk_logprobs"),
                    topk_ids=cat("topk_ids"), meta=meta, vision=cat("vision"), projector=cat("projector"),
-                   image_hidden=cat("image_hidden"))
+                   image_hidden=cat("image_hidden"),
+                   **{f: cat(f) for f in GEN_FIELDS})
 
 
 VISION_POOLS = ("mean", "cls")
@@ -350,12 +361,22 @@ def iter_capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int =
                  edit_hooks: Mapping[int, EditHook] | None = None,
                  logits_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  hidden_dtype: torch.dtype = torch.float32, progress: bool = True,
-                 start: int = 0, stop: int | None = None, vision_pool: str | None = "mean") -> Iterator[Capture]:
+                 start: int = 0, stop: int | None = None, vision_pool: str | None = "mean",
+                 generate: int | None = None, gen_k: int = 20) -> Iterator[Capture]:
     """One :class:`Capture` per batch of ``probeset[start:stop]`` (``meta['start'/'stop']`` give the
     samples it covers). Images are touched one batch at a time, so a lazily loaded probe set
-    streams. Hooks are installed around each batch's forward pass and removed right after it."""
+    streams. Hooks are installed around each batch's forward pass and removed right after it.
+    ``generate=N``: one greedy generation pass of N tokens per batch instead of a forward pass,
+    filling the ``gen_*`` fields (top ``gen_k`` at every position; :mod:`logitleak.generation`)."""
     if batch_size < 1:
         raise LogitleakError(f"Batch size {batch_size} must be at least 1.")
+    if generate is not None:
+        from logitleak.generation import check_generate
+
+        check_generate(generate)
+        if logits_transform is not None or read_position not in ("last", -1):
+            raise LogitleakError("Generation reads the last prompt token and the response as the model produced them; "
+                                 "drop the logits transform / read position, or generate=None.")
     check_compatible(adapter, probeset)
     _check_edit_hooks(edit_hooks, adapter.n_layers)
     stop = len(probeset) if stop is None else min(stop, len(probeset))
@@ -373,10 +394,23 @@ def iter_capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int =
             prompts = probeset.prompts[b0:b1]
             images = None if probeset.images is None else [probeset.images[i] for i in range(b0, b1)]
             messages = None if probeset.messages is None else probeset.messages[b0:b1]
-            inputs = adapter.build_inputs(prompts, images, messages=messages)
             # Hooks and inference mode live only inside one batch, never across a ``yield``.
-            part = capture_inputs(adapter, inputs, read_position=read_position, edit_hooks=edit_hooks,
-                                  logits_transform=logits_transform, hidden_dtype=hidden_dtype, vision_pool=vision_pool)
+            if generate is not None:
+                from logitleak.generation import capture_generate
+
+                side = adapter.padding_side
+                adapter.set_padding_side("left")  # generation continues every row from the last column
+                try:
+                    inputs = adapter.build_inputs(prompts, images, messages=messages)
+                finally:
+                    adapter.set_padding_side(side)
+                part = capture_generate(adapter, inputs, n_new=generate, k=gen_k, edit_hooks=edit_hooks,
+                                        hidden_dtype=hidden_dtype)
+            else:
+                inputs = adapter.build_inputs(prompts, images, messages=messages)
+                part = capture_inputs(adapter, inputs, read_position=read_position, edit_hooks=edit_hooks,
+                                      logits_transform=logits_transform, hidden_dtype=hidden_dtype,
+                                      vision_pool=vision_pool)
             part.meta = {**meta, "start": b0, "stop": b1}
             if bar is not None:
                 bar.update(b1 - b0)
@@ -390,7 +424,7 @@ def capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int = 32, 
             edit_hooks: Mapping[int, EditHook] | None = None,
             logits_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
             hidden_dtype: torch.dtype = torch.float32, progress: bool = True,
-            vision_pool: str | None = "mean") -> Capture:
+            vision_pool: str | None = "mean", generate: int | None = None, gen_k: int = 20) -> Capture:
     """Run the probe set through the model, one forward pass per batch, and keep the raw residual
     stream at every layer and the final logits at the read position (the last prompt token,
     after the generation prompt, where the first answer token is predicted).
@@ -404,7 +438,7 @@ def capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int = 32, 
     """
     parts = list(iter_capture(adapter, probeset, batch_size=batch_size, read_position=read_position,
                               edit_hooks=edit_hooks, logits_transform=logits_transform, hidden_dtype=hidden_dtype,
-                              progress=progress, vision_pool=vision_pool))
+                              progress=progress, vision_pool=vision_pool, generate=generate, gen_k=gen_k))
     if not parts:
         raise LogitleakError(f"Probe set {probeset.name!r} is empty; give it at least one sample.")
     return concat_captures(parts)

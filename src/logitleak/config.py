@@ -72,6 +72,20 @@ class AuditConfig(_Strict):
     api_key_env: str | None = None
     concurrency: int = Field(8, ge=1)
     max_requests: int | None = None
+    generate: int | None = None
+    """Generated tokens to read (greedy, as an API at temperature 0): residual and top-k at every
+    generated position plus the whole-response levels; ``None`` reads only the first token."""
+
+    @field_validator("generate")
+    @classmethod
+    def _generate_positive(cls, v: int | None) -> int | None:
+        if v is not None:
+            from logitleak.generation import MAX_GENERATE
+
+            if isinstance(v, bool) or v < 1 or v > MAX_GENERATE:
+                raise ValueError(f"generate={v} is not a number of generated tokens; pass a whole number from 1 to "
+                                 f"{MAX_GENERATE} (e.g. --generate 8), or leave it out to read only the first token")
+        return v
 
     @field_validator("levels")
     @classmethod

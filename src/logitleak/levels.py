@@ -29,6 +29,13 @@ from torch import nn
 
 from logitleak import transition as T
 from logitleak.errors import LogitleakError
+from logitleak.response_levels import (
+    RESPONSE_LAYER_LEVELS,
+    RESPONSE_LEVELS,
+    has_response,
+    has_response_hidden,
+    response_features,
+)
 from logitleak.results import LEVELS
 
 LAYER_LEVELS = ("residual", "logit_lens_topk", "logit_lens_answers", "tuned_lens_topk", "tuned_lens_answers")
@@ -284,6 +291,8 @@ def available_levels(cap, *, lens=None, answer_token_ids=None) -> list[str]:
         elif lv == "topk_ids":
             ok = has_logits or (has_api and getattr(cap, "topk_ids", None) is not None
                                 and bool((cap.topk_ids >= 0).any()))
+        elif lv in RESPONSE_LEVELS:
+            ok = has_response(cap) and (lv != "response_residual" or has_response_hidden(cap))
         else:  # topk_logprobs, top1_prob
             ok = has_logits or has_api
         if ok:
@@ -355,6 +364,9 @@ def build_features(cap, readout: Readout | None, *, levels: Iterable[str], layer
             raise LogitleakError(f"Level {lv!r} needs a tuned lens; fit one with fit_tuned_lens or drop the level.")
         if lv in ANSWER_LEVELS and answer_token_ids is None:
             raise LogitleakError(f"Level {lv!r} needs answer_token_ids (the ids of the answer words).")
+        if lv in RESPONSE_LEVELS and not has_response(cap):
+            raise LogitleakError(f"Level {lv!r} needs a generated response; capture with --generate N (e.g. 8) or drop "
+                                 "the response levels.")
         if lv in T.TRANSITION_LEVELS:
             raise LogitleakError(f"Level {lv!r} needs a vision-language model whose family declares its vision tower "
                                  "and projector, captured on a probe set with images; drop the level for this model.")
@@ -363,7 +375,7 @@ def build_features(cap, readout: Readout | None, *, levels: Iterable[str], layer
     lens_levels = [lv for lv in levels if lv in LAYER_LEVELS and lv != "residual"]
     if lens_levels and readout is None:
         raise LogitleakError(f"Level {lens_levels[0]!r} needs the model's readout (adapter.readout()).")
-    for layer in layers if any(lv in LAYER_LEVELS + ("image_residual", "pca") for lv in levels) else []:
+    for layer in layers if any(lv in LAYER_LEVELS + RESPONSE_LAYER_LEVELS + ("image_residual", "pca") for lv in levels) else []:
         _check_layer(cap, layer)
 
     feats: dict[FeatureKey, np.ndarray] = T.transition_features(cap, levels, layers, vision_layers)
@@ -413,4 +425,5 @@ def build_features(cap, readout: Readout | None, *, levels: Iterable[str], layer
                     feats[("topk_logprobs", None, k)] = _fill_missing(lp.clone())
     if "top1_prob" in levels:
         feats[("top1_prob", None, None)] = top1_prob(cap)
+    feats.update(response_features(cap, levels, layers, ks))
     return {key: np.ascontiguousarray(v, dtype=np.float32) for key, v in feats.items()}

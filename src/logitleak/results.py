@@ -28,8 +28,13 @@ LEVELS: tuple[str, ...] = (
     "topk_logprobs",       # sorted top-k log-probabilities, no ids
     "topk_logits",         # sorted top-k logit values, no ids
     "top1_prob",           # probability of the top token
+    # the whole response (--generate N; logitleak.response_levels)
+    "response_residual",       # residual at layer l averaged over the generated positions
+    "response_topk_ids",       # top-k with ids of every returned token, combined
+    "response_topk_logprobs",  # sorted top-k values of every returned token, side by side
 )
-API_LEVELS: tuple[str, ...] = ("topk_ids", "topk_logprobs", "topk_logits", "top1_prob")
+API_LEVELS: tuple[str, ...] = ("topk_ids", "topk_logprobs", "topk_logits", "top1_prob",
+                               "response_topk_ids", "response_topk_logprobs")
 
 # Key columns, then the measures. Extra columns are allowed after these.
 KEY_COLUMNS: tuple[str, ...] = ("level", "layer", "k", "attribute", "probe")

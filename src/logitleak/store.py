@@ -47,10 +47,14 @@ def _shard_name(i: int) -> str:
     return f"shard-{i:05d}.safetensors"
 
 
-def _extra_keys(adapter, probeset, vision_pool) -> list[str]:
-    """Names of the extra tensors a capture of ``probeset`` stores (empty for a text capture)."""
+def _extra_keys(adapter, probeset, vision_pool, generate: int | None = None) -> list[str]:
+    """Names of the extra tensors a capture of ``probeset`` stores (empty for a first-token text
+    capture): the vision-to-language states, or with ``generate`` the response's ``gen.*`` arrays."""
     from logitleak.capture import wants_vision
 
+    if generate:
+        return ([f"gen.hidden.{layer}" for layer in range(adapter.n_layers + 1)]
+                + [f"gen.{x}" for x in ("topk_logprobs", "topk_ids", "tokens", "mask")])
     if not wants_vision(adapter, probeset.has_images, vision_pool):
         return []
     keys = [f"vision.{j}" for j in range(adapter.n_vision_layers + 1)]
@@ -64,6 +68,13 @@ def _extra_keys(adapter, probeset, vision_pool) -> list[str]:
 def _extra_of(part: Capture, key: str, adapter) -> torch.Tensor:
     """One extra tensor of a batch capture, with a clear error when the pass did not produce it."""
     name, _, idx = key.partition(".")
+    if name == "gen":  # gen.hidden.<layer> (B, G, D), gen.topk_logprobs / topk_ids (B, G, K), gen.tokens / mask (B, G)
+        field, _, layer = idx.partition(".")
+        src = getattr(part, f"gen_{field}")
+        if src is None:
+            raise LogitleakError(f"The capture pass of {adapter.name!r} produced no response; extract with generate=N.")
+        src = src[:, :, int(layer)] if layer else src
+        return src.to(torch.uint8) if field == "mask" else src
     src = {"vision": part.vision, "projector": part.projector, "image": part.image_hidden}[name]
     if src is None:
         raise LogitleakError(f"The capture pass of {adapter.name!r} produced no {name!r} states (e.g. a prompt without "
@@ -156,6 +167,34 @@ class StoredCapture:
         """``(N, V)`` float32 final logits."""
         return self._read("logits")
 
+    @property
+    def generated(self) -> int | None:
+        """Number of generated positions stored (``--generate N``), ``None`` for a first-token capture."""
+        g = self.manifest["meta"].get("generate")
+        return int(g) if g else None
+
+    def _gen(self, name: str) -> np.ndarray:
+        if not self.generated:
+            raise LogitleakError("This stored capture holds only the first token; extract it again with generate=N "
+                                 "(--generate N) for the response levels.")
+        return self._read(f"gen.{name}")
+
+    def gen_layer(self, layer: int) -> np.ndarray:
+        """``(N, G, D)`` raw residual at ``layer`` at every generated position (zeros past the end)."""
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= self.n_layers:
+            raise LogitleakError(f"Layer {layer!r} does not exist: this capture has hidden states 0..{self.n_layers}.")
+        return self._gen(f"hidden.{int(layer)}")
+
+    def gen_topk(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, G, K)`` top-k log-probabilities and ids at every generated position (nan / -1 past the end)."""
+        return self._gen("topk_logprobs"), self._gen("topk_ids")
+
+    def gen_tokens(self) -> np.ndarray:
+        return self._gen("tokens")
+
+    def gen_mask(self) -> np.ndarray:
+        return self._gen("mask").astype(bool)
+
     def to_capture(self, hidden_dtype: torch.dtype = torch.float32) -> Capture:
         """Everything in memory: hidden ``(N, L+1, D)`` in ``hidden_dtype``, logits ``(N, V)`` float32."""
         n, L, D = len(self), self.n_layers, self.d_model
@@ -196,13 +235,16 @@ class ActivationStore:
                 edit_hooks: Mapping[int, Callable] | None = None, edit_key: str | None = None,
                 logits_transform: Callable | None = None, transform_key: str | None = None,
                 progress: bool = True, on_shard: Callable[[int, Path], None] | None = None,
-                vision_pool: str | None = "mean") -> StoredCapture:
+                vision_pool: str | None = "mean", generate: int | None = None, gen_k: int = 20) -> StoredCapture:
         """Capture ``probeset`` into the store (or reuse / resume what is there) and return it.
 
         ``shard_size`` samples per shard (memory holds one shard). Edits and logit transforms
         are functions, so they need a name for the key: ``edit_key`` / ``transform_key``.
         ``on_shard(index, path)`` is called after each shard is safely on disk. ``vision_pool``:
         how a VLM's vision-tower states are pooled per sample (``None``: not stored).
+        ``generate=N`` stores one greedy generation pass instead (the first token as usual, plus
+        ``gen.*`` arrays for every generated position, top ``gen_k``; see :mod:`logitleak.generation`;
+        no vision states then).
         """
         if hidden_dtype not in _DTYPES:
             raise LogitleakError(f"Hidden dtype {hidden_dtype!r} is not supported; use one of: {', '.join(_DTYPES)}.")
@@ -218,9 +260,11 @@ class ActivationStore:
         settings = {"read_position": read_position, "hidden_dtype": hidden_dtype, "padding_side": adapter.padding_side,
                     "edit": edit_key if edit_hooks else None, "transform": transform_key if logits_transform else None,
                     "version": STORE_VERSION}
-        extras = _extra_keys(adapter, probeset, vision_pool)
-        if extras:  # only then, so text captures keep their keys
+        extras = _extra_keys(adapter, probeset, vision_pool, generate)
+        if extras and not generate:  # only then, so text captures keep their keys
             settings["vision_pool"] = vision_pool
+        if generate:  # only then, so first-token captures keep their keys
+            settings.update(generate=int(generate), gen_k=int(gen_k))
         pfp = probeset.fingerprint()
         path = self.path_for(adapter, pfp, settings)
         path.mkdir(parents=True, exist_ok=True)
@@ -239,7 +283,8 @@ class ActivationStore:
             "n_shards": n_shards, "settings": settings, "probeset_fingerprint": pfp,
             "meta": {**capture_meta(adapter, probeset, read_position=read_position, edit_hooks=edit_hooks,
                                     logits_transform=logits_transform),
-                     "hidden_dtype": hidden_dtype, "edit_key": settings["edit"], "transform_key": settings["transform"]},
+                     "hidden_dtype": hidden_dtype, "edit_key": settings["edit"], "transform_key": settings["transform"],
+                     "generate": settings.get("generate"), "gen_k": settings.get("gen_k")},
             "shards": [], "complete": False, "extra_keys": extras,
         }
         done = {i for i in range(n_shards) if self._shard_ok(path, i, shard_size, n, adapter, extras)}
@@ -256,7 +301,7 @@ class ActivationStore:
                     self._write_shard(path, i, adapter, probeset, start, stop, batch_size=batch_size,
                                       read_position=read_position, hidden_dtype=_DTYPES[hidden_dtype],
                                       edit_hooks=edit_hooks, logits_transform=logits_transform, extras=extras,
-                                      vision_pool=vision_pool)
+                                      vision_pool=vision_pool, generate=generate, gen_k=gen_k)
                     if bar is not None:
                         bar.update(stop - start)
                 manifest["shards"].append({"index": i, "file": _shard_name(i), "start": start, "stop": stop})
@@ -295,7 +340,8 @@ class ActivationStore:
 
     @staticmethod
     def _write_shard(path: Path, i: int, adapter, probeset, start: int, stop: int, *, batch_size, read_position,
-                     hidden_dtype, edit_hooks, logits_transform, extras=(), vision_pool="mean") -> None:
+                     hidden_dtype, edit_hooks, logits_transform, extras=(), vision_pool="mean",
+                     generate=None, gen_k=20) -> None:
         from safetensors.torch import save_file
 
         L, D, V = adapter.n_layers, adapter.d_model, adapter.vocab_size
@@ -304,7 +350,9 @@ class ActivationStore:
         extra_parts: dict[str, list[torch.Tensor]] = {k: [] for k in extras}
         for part in iter_capture(adapter, probeset, batch_size=batch_size, read_position=read_position,
                                  edit_hooks=edit_hooks, logits_transform=logits_transform, hidden_dtype=hidden_dtype,
-                                 progress=False, start=start, stop=stop, vision_pool=vision_pool if extras else None):
+                                 progress=False, start=start, stop=stop,
+                                 vision_pool=vision_pool if extras and not generate else None, generate=generate,
+                                 gen_k=gen_k):
             a, b = part.meta["start"] - start, part.meta["stop"] - start
             hidden[a:b] = part.hidden
             logits[a:b] = part.logits

@@ -1,7 +1,8 @@
 """Black-box capture: what an attacker sees from an OpenAI-compatible endpoint with ``logprobs``.
 
 For every probe sample, one chat request (the image as a PNG data URL, then the prompt text;
-``logprobs=True, top_logprobs=max(k), max_tokens=1, temperature=0``) is sent through the
+``logprobs=True, top_logprobs=max(k), max_tokens=1`` (``N`` with ``--generate N``),
+``temperature=0``) is sent through the
 official ``openai`` client; the top-k log-probabilities of the first answer token fill a
 :class:`~logitleak.capture.Capture` (``topk_logprobs`` sorted descending, ``topk_ids`` mapped per
 run), which the rest of the audit consumes unchanged.
@@ -12,7 +13,7 @@ The cache (``cache_dir``):
   flushed and fsync'd as each response arrives: ``{"index", "key", "first", "n_tokens",
   "content", "finish_reason"}`` where ``key`` hashes the request (endpoint, served model, prompt,
   image bytes, settings) and ``first`` is the first token's logprob entry as the endpoint sent
-  it. A rerun reads it and sends only the samples without a line whose key matches, so an
+  it (with ``--generate N`` also ``"tokens"``: every returned token's entry). A rerun reads it and sends only the samples without a line whose key matches, so an
   interrupted audit resumes with no sample lost or sent twice; a torn last line (a crash
   mid-write) is skipped. Failed requests are not cached, so a rerun retries them.
 - ``vocab.json``: the run's token vocabulary ``{token key: id}``. Token ids are assigned to
@@ -48,6 +49,7 @@ from logitleak.blackbox.client import (
     SampleFailed,
     Stopped,
 )
+from logitleak.blackbox.responses import response_arrays
 from logitleak.capture import Capture
 from logitleak.config import AuditConfig
 from logitleak.data.probeset import ProbeSet
@@ -82,8 +84,8 @@ def request_messages(probeset: ProbeSet, i: int) -> list[dict]:
     return turns
 
 
-def request_settings(k: int) -> dict:
-    return {"logprobs": True, "top_logprobs": k, "max_tokens": 1, "temperature": 0}
+def request_settings(k: int, max_tokens: int = 1) -> dict:
+    return {"logprobs": True, "top_logprobs": k, "max_tokens": int(max_tokens), "temperature": 0}
 
 
 def request_key(endpoint: str, served_model: str, messages: list[dict], settings: dict) -> str:
@@ -207,7 +209,7 @@ def blackbox_capture(cfg: AuditConfig, probeset: ProbeSet, cache_dir: str | Path
         raise LogitleakError(f"k={k} is above {MAX_API_TOP_LOGPROBS}, the most top_logprobs the OpenAI API returns; "
                              f"use k values up to {MAX_API_TOP_LOGPROBS} for a black-box audit.")
     n = len(probeset)
-    settings = request_settings(k)
+    settings = request_settings(k, cfg.generate or 1)
     keys = {i: request_key(cfg.endpoint, cfg.served_model, request_messages(probeset, i), settings) for i in range(n)}
     cache = ResponseCache(cache_dir)
     done = cache.load(keys)
@@ -240,6 +242,8 @@ def _query(client: EndpointClient, probeset: ProbeSet, todo: list[int], keys: di
         choice = response["choices"][0]
         record = {"index": i, "key": keys[i], "first": entry, "n_tokens": n_tokens,
                   "content": (choice.get("message") or {}).get("content"), "finish_reason": choice.get("finish_reason")}
+        if settings["max_tokens"] > 1:  # the whole response: every token's logprob entry
+            record["tokens"] = list((choice.get("logprobs") or {}).get("content") or [])
         cache.append(record)
         with lock:
             done[i] = record
@@ -372,8 +376,6 @@ def _build_capture(cfg: AuditConfig, probeset: ProbeSet, done: dict[int, dict], 
             dup_total += dups
         if len(alts) < k:
             fewer.append(i)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_json(vocab_path, vocab)
 
     if fewer:
         got = sorted({len(alternatives(done[i]["first"])) for i in fewer})
@@ -382,8 +384,11 @@ def _build_capture(cfg: AuditConfig, probeset: ProbeSet, done: dict[int, dict], 
     if dup_samples:
         problems.append(f"{dup_samples} samples had alternatives with the same token string ({dup_total} collapsed "
                         "onto one token id; their values are kept).")
-    if extra_tokens:
+    gen = response_arrays(done, n, k, int(cfg.generate), vocab) if cfg.generate else {}
+    if extra_tokens and not cfg.generate:
         problems.append(f"{extra_tokens} responses carried more than max_tokens=1 tokens; only the first was used.")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_json(vocab_path, vocab)
     tokens = [None] * len(vocab)
     for key, idx in vocab.items():
         if 0 <= idx < len(tokens):
@@ -393,7 +398,13 @@ def _build_capture(cfg: AuditConfig, probeset: ProbeSet, done: dict[int, dict], 
         "tokens": tokens, "answers": answers, "answered": len(done), "failed": missing,
         "fewer_than_k": len(fewer), "duplicate_samples": dup_samples, "cached": cached, "requests_sent": sent,
     }
-    return Capture(topk_logprobs=values, topk_ids=ids, meta=meta), problems
+    if cfg.generate:
+        meta["responses"] = [None if done.get(i) is None else done[i].get("content") for i in range(n)]
+        short = int((gen["gen_mask"].sum(1) < cfg.generate).sum())
+        if short:
+            problems.append(f"{short} responses ended before max_tokens={cfg.generate} tokens; their later positions are "
+                            "empty in the response levels.")
+    return Capture(topk_logprobs=values, topk_ids=ids, meta=meta, **gen), problems
 
 
 def _first_line(err: BaseException) -> str:

@@ -27,7 +27,7 @@ def parse_str_list(text: str | None) -> list[str] | None:
 def audit_overrides(*, model, data, labels, task, question, attributes, levels, k, layers, samples, seed, out,
                     force, probes, folds, permutations, batch_size, device, dtype,
                     endpoint=None, served_model=None, api_key_env=None, concurrency=None, max_requests=None,
-                    pca_dims=None, vision_pool=None) -> dict:
+                    pca_dims=None, vision_pool=None, generate=None) -> dict:
     """CLI flags -> config overrides (None = not given)."""
     return {
         "model": model, "data": data, "labels": labels, "task": task, "question": question,
@@ -39,7 +39,7 @@ def audit_overrides(*, model, data, labels, task, question, attributes, levels, 
         "batch_size": batch_size, "device": device, "dtype": dtype,
         "endpoint": endpoint, "served_model": served_model, "api_key_env": api_key_env,
         "concurrency": concurrency, "max_requests": max_requests,
-        "pca_dims": parse_int_list(pca_dims, "--pca-dims"), "vision_pool": vision_pool,
+        "pca_dims": parse_int_list(pca_dims, "--pca-dims"), "vision_pool": vision_pool, "generate": generate,
     }
 
 
@@ -51,6 +51,11 @@ def finish(result, console=None) -> None:
 
     console = console or Console()
     print_summary(result.results, console=console)
+    utility = (result.run_info or {}).get("utility") or {}
+    parts = [f"{name.replace('_', ' ')} {utility[name]:.3f}" for name in ("first_token_accuracy", "response_accuracy")
+             if isinstance(utility.get(name), float)]
+    if parts:
+        console.print("Answer quality: " + ", ".join(parts) + f" (n={utility.get('n')}).")
     for problem in result.problems:
         console.print(f"[yellow]warning:[/yellow] {problem}")
     console.print(f"\nResults, run record and report written to [bold]{result.out_dir}[/bold] "
@@ -61,8 +66,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def audit(
         config: Optional[Path] = typer.Option(None, "--config", help="YAML or TOML audit configuration; flags override it."),
-        model: Optional[str] = typer.Option(None, help="Local Hugging Face model directory, or 'organism'."),
-        data: Optional[str] = typer.Option(None, help="'shapes', an image folder (with labels.csv), a label file, or a saved `datasets` directory."),
+        model: Optional[str] = typer.Option(None, help="Local Hugging Face model directory, a .gguf file, 'organism' or 'smollm2'."),
+        data: Optional[str] = typer.Option(None, help="'shapes', 'personas', a prompt file (prompt/messages column), an image folder (with labels.csv), a label file, or a saved `datasets` directory."),
         labels: Optional[str] = typer.Option(None, help="Label file for an image folder (CSV/JSONL/parquet)."),
         task: Optional[str] = typer.Option(None, help="The attribute the question asks about (task-relevant)."),
         question: Optional[str] = typer.Option(None, help="Prompt text asked of every sample."),
@@ -87,6 +92,7 @@ def register(app: typer.Typer) -> None:
         api_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the endpoint's API key."),
         concurrency: Optional[int] = typer.Option(None, help="Concurrent requests to the endpoint."),
         max_requests: Optional[int] = typer.Option(None, help="Request budget for the endpoint."),
+        generate: Optional[int] = typer.Option(None, help="Generate N tokens (greedy) and read every one: residual and top-k at each generated position, whole-response levels."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     ) -> None:
         """Audit a model (or an endpoint) on a probe set at every representational level."""
@@ -98,7 +104,7 @@ def register(app: typer.Typer) -> None:
             levels=levels, k=k, layers=layers, samples=samples, seed=seed, out=out, force=force, probes=probes,
             folds=folds, permutations=permutations, batch_size=batch_size, device=device, dtype=dtype,
             endpoint=endpoint, served_model=served_model, api_key_env=api_key_env, concurrency=concurrency,
-            max_requests=max_requests, pca_dims=pca_dims, vision_pool=vision_pool))
+            max_requests=max_requests, pca_dims=pca_dims, vision_pool=vision_pool, generate=generate))
         if cfg.endpoint and not cfg.served_model:
             raise LogitleakError("A black-box audit needs --served-model NAME alongside --endpoint URL.")
         finish(run_audit(cfg, progress=not quiet))
