@@ -213,7 +213,9 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
             model_path = resolve_model_path(cfg, progress=progress)
             adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype)
             probeset = load_probe_set(cfg)
-            model_desc, model_fp = ("organism" if cfg.model == "organism" else str(model_path)), adapter.fingerprint()
+            model_desc = "organism" if cfg.model == "organism" else (adapter.name if getattr(adapter, "gguf_source", None)
+                                                                      else str(model_path))
+            model_fp = adapter.fingerprint()
     attributes = list(probeset.attributes.columns)
     for a in attributes:
         if probeset.attributes[a].nunique() < 2:
