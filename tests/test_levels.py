@@ -38,9 +38,18 @@ def synthetic():
     readout = Readout(norm=norm, weight=torch.randn(V, D, generator=g), bias=torch.randn(V, generator=g))
     with torch.no_grad():
         logits = readout(hidden[:, L])
-    # a VLM capture also holds the vision tower (2 blocks, width 6), the projector and the image positions
+    # a VLM capture also holds the vision tower (2 blocks, width 6), the projector and the image positions;
+    # a generated response (4 positions, top 5) fills the response levels
+    G, K = 4, 5
+    gen_hidden = torch.randn(N, G, L + 1, D, generator=g)
+    with torch.no_grad():
+        gen_top = torch.topk(torch.log_softmax(readout(gen_hidden[:, :, L]), -1), K)
+    gen_mask = torch.ones(N, G, dtype=torch.bool)
+    gen_mask[::3, 2:] = False
     return Capture(hidden=hidden, logits=logits, vision=torch.randn(N, 3, 6, generator=g),
-                   projector=torch.randn(N, D, generator=g), image_hidden=torch.randn(N, L + 1, D, generator=g)), readout
+                   projector=torch.randn(N, D, generator=g), image_hidden=torch.randn(N, L + 1, D, generator=g),
+                   gen_hidden=gen_hidden, gen_topk_logprobs=gen_top.values, gen_topk_ids=gen_top.indices,
+                   gen_tokens=gen_top.indices[:, :, 0], gen_mask=gen_mask), readout
 
 
 ALL_WHITE_BOX = [lv for lv in LEVELS if lv not in ("tuned_lens_topk", "tuned_lens_answers")]
@@ -57,9 +66,9 @@ def test_every_level_and_shape(synthetic):
         assert x.dtype == np.float32 and x.shape[0] == N and x.ndim == 2
         assert (layer is None) == (level not in ("residual", "logit_lens_topk", "logit_lens_answers",
                                                  "tuned_lens_topk", "tuned_lens_answers", "vision",
-                                                 "image_residual", "pca"))
+                                                 "image_residual", "pca", "response_residual"))
         assert (k is None) == (level not in ("logit_lens_topk", "tuned_lens_topk", "topk_ids", "topk_logprobs",
-                                             "topk_logits", "pca"))
+                                             "topk_logits", "pca", "response_topk_ids", "response_topk_logprobs"))
         if level in ("logit_lens_topk", "tuned_lens_topk", "topk_logprobs", "topk_logits"):
             assert x.shape[1] == k
             assert np.all(np.diff(x, axis=1) <= 0), f"{level} not sorted descending"
@@ -72,6 +81,8 @@ def test_every_level_and_shape(synthetic):
     assert feats[("logit_lens_answers", 0, None)].shape == (N, len(answers))
     assert feats[("logits", None, None)].shape == (N, V)
     assert feats[("top1_prob", None, None)].shape == (N, 1)
+    assert feats[("response_residual", 2, None)].shape == (N, D)
+    assert feats[("response_topk_logprobs", None, 5)].shape == (N, 4 * 5)
     # an identity (untrained) tuned lens is the logit lens
     np.testing.assert_array_equal(feats[("tuned_lens_topk", 2, 5)], feats[("logit_lens_topk", 2, 5)])
 
