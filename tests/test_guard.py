@@ -307,3 +307,38 @@ def test_a_stream_chunk_the_guard_cannot_defend_stops_the_stream():
     assert json.loads(events[0])["choices"][0]["logprobs"]["content"][0]["logprob"] == -0.0
     assert "could not defend" in json.loads(events[1])["error"]["message"]
     assert len(events) == 2  # nothing after it, the undefended chunk included
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--upstream", "ftp://x/v1", "--defense", "round:1"], "not an http(s) URL"),
+    (["--upstream", "http://[::1/v1", "--defense", "round:1"], "not a valid URL"),
+    (["--upstream", "http://127.0.0.1:9/v1", "--defense", "temperature:2"], "full distribution"),
+    (["--upstream", "http://127.0.0.1:9/v1", "--defense", "leace:2"], "inside the model"),
+    (["--upstream", "http://127.0.0.1:9/v1", "--defense", "round:1,2"], "expands to 2 settings"),
+    (["--upstream", "http://127.0.0.1:9/v1", "--defense", "wobble:1"], "Unknown defence"),
+    (["--upstream", "http://127.0.0.1:9/v1", "--port", "70000"], "Port 70000"),
+    (["--upstream", "http://127.0.0.1:9/v1", "--host", "999.1.1.1"], "Cannot listen on --host"),
+])
+def test_guard_cli_refuses_bad_input_in_one_sentence(args, fragment):
+    from typer.testing import CliRunner
+
+    from logitleak.cli import app
+
+    result = CliRunner().invoke(app, ["guard", *args])
+    assert isinstance(result.exception, LogitleakError), result.output
+    assert fragment in str(result.exception)
+
+
+def test_serve_cli_refuses_a_port_in_use():
+    import socket
+
+    from typer.testing import CliRunner
+
+    from logitleak.cli import app
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--port", str(port)])
+    assert isinstance(result.exception, LogitleakError) and "already in use" in str(result.exception)

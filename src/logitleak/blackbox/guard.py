@@ -38,7 +38,11 @@ METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
 
 def check_upstream(url: str) -> str:
     """The upstream's API base URL (``http(s)://host[:port][/prefix]``, no trailing slash), or a clear error."""
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as err:
+        raise LogitleakError(f"Upstream {url!r} is not a valid URL ({err}); pass the API base a client would use, "
+                             "e.g. http://127.0.0.1:8000/v1.") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise LogitleakError(f"Upstream {url!r} is not an http(s) URL; pass the API base a client would use, "
                              "e.g. http://127.0.0.1:8000/v1.")

@@ -6,8 +6,6 @@ from typing import Optional
 
 import typer
 
-from logitleak.errors import LogitleakError
-
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -32,11 +30,10 @@ def register(app: typer.Typer) -> None:
         from logitleak.blackbox.accesslog import uvicorn_log_config
         from logitleak.blackbox.guard import check_upstream, create_guard_app
         from logitleak.blackbox.logprob_defense import check_guard_defense
-        from logitleak.cli.serve import _is_loopback
+        from logitleak.cli.serve import _is_loopback, check_listen
         from logitleak.defenses.spec import parse_single_defense
 
-        if not 1 <= port <= 65535:
-            raise LogitleakError(f"Port {port} is not valid; pass a number between 1 and 65535.")
+        check_listen(host, port)
         base = check_upstream(upstream)
         parsed = parse_single_defense(defense)
         check_guard_defense(parsed)

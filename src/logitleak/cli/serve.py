@@ -20,6 +20,27 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def check_listen(host: str, port: int) -> None:
+    """Fail in one sentence when ``host:port`` cannot be listened on (before loading anything)."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise LogitleakError(f"Port {port} is not valid; pass a number between 1 and 65535.")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as err:
+        raise LogitleakError(f"Cannot listen on --host {host!r} ({err}); pass an address of this machine, "
+                             "e.g. 127.0.0.1.") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as err:
+            raise LogitleakError(f"Cannot listen on {host}:{port} ({err.strerror or err}); choose another --port "
+                                 "or stop what is using it.") from None
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def serve(
@@ -49,8 +70,7 @@ def register(app: typer.Typer) -> None:
 
         from logitleak.blackbox.server import build_engine, create_app
 
-        if not 1 <= port <= 65535:
-            raise LogitleakError(f"Port {port} is not valid; pass a number between 1 and 65535.")
+        check_listen(host, port)
         api_key = None
         if api_key_env:
             api_key = os.environ.get(api_key_env, "").strip()
