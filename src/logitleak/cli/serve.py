@@ -70,13 +70,13 @@ def register(app: typer.Typer) -> None:
 
         from logitleak.blackbox.server import build_engine, create_app
 
-        check_listen(host, port)
         api_key = None
         if api_key_env:
             api_key = os.environ.get(api_key_env, "").strip()
             if not api_key:
                 raise LogitleakError(f"The environment variable {api_key_env} named by --api-key-env is not set or "
                                      "empty; export the key there first.")
+        check_listen(host, port)
         console = Console(stderr=True)
         engine, name = build_engine(model, defense=defense, max_batch=max_batch, device=device, dtype=dtype,
                                     threads=threads, progress=not quiet)
