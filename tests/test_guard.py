@@ -272,13 +272,18 @@ def test_audit_through_the_guard_matches_the_defend_row(upstream, organism_dir, 
     b = via.results.set_index(key).sort_index()
     rows = d[d.defense_label == spec].set_index(key).sort_index()
     plain = d[d.defense_label == "none"].set_index(key).sort_index()
-    assert len(b) > 0 and set(b.index) == set(rows.index)
+    assert len(rows) > 0 and set(rows.index) <= set(b.index)  # every defend row has its endpoint reading
+
+    def score(r, idx):  # a class attribute's accuracy or a numeric one's R², with its interval
+        numeric = "target" in r.columns and r.loc[idx, "target"] == "numeric"
+        cols = ("r2", "r2_ci_low", "r2_ci_high") if numeric else ("accuracy", "ci_low", "ci_high")
+        return tuple(float(r.loc[idx, c]) for c in cols)
+
     bites = 0
     for idx in rows.index:
-        a_d, a_g = float(rows.loc[idx, "accuracy"]), float(b.loc[idx, "accuracy"])
-        half = lambda r: float(r.loc[idx, "ci_high"] - r.loc[idx, "ci_low"]) / 2  # noqa: E731
-        assert abs(a_d - a_g) <= half(rows) + half(b) + 1e-9, (idx, a_d, a_g)
-        bites += float(plain.loc[idx, "ci_low"]) > float(b.loc[idx, "ci_high"])
+        (a_d, lo_d, hi_d), (a_g, lo_g, hi_g), (_, lo_p, _) = score(rows, idx), score(b, idx), score(plain, idx)
+        assert abs(a_d - a_g) <= (hi_d - lo_d) / 2 + (hi_g - lo_g) / 2 + 1e-9, (idx, a_d, a_g)
+        bites += lo_p > hi_g
     assert bites >= 1  # the defence measurably changed what the endpoint leaks
 
 
