@@ -5,7 +5,7 @@ import math
 import pandas as pd
 
 from logitleak.report import build_report
-from logitleak.report.flow import flow_plot, numeric_findings
+from logitleak.report.flow import flow_plot, numeric_findings, pca_plot
 from logitleak.report.verdict import annotate, verdict_text
 
 
@@ -31,6 +31,7 @@ def table():
         rows.append(_row("projector", None, None, attr, 1.6))
         rows += [_row("image_residual", l, None, attr, 1.6) for l in range(5)]
         rows += [_row("residual", l, None, attr, 0.4 * l) for l in range(5)]
+        rows += [_row("pca", l, d, attr, 0.4 * l * d / 64) for l in (2, 4) for d in (1, 4, 16, 64)]
         rows += [_row("topk_ids", None, 20, attr, 0.5), _row("topk_logprobs", None, 20, attr, 0.02, p_value=0.6,
                                                              p_value_tail=0.6)]
     return pd.DataFrame(rows)
@@ -45,6 +46,8 @@ def test_flow_figure_and_numeric_rows(tmp_path):
     plot = flow_plot(ann, relevant=False)
     assert plot is not None and plot.data_uri.startswith("data:image/png;base64,") and "projector" in plot.title
     assert flow_plot(annotate(df[~df.level.isin(["vision", "projector", "image_residual"])]), False) is None
+    curve = pca_plot(ann, relevant=False)
+    assert curve is not None and "bottleneck" in curve.title and pca_plot(annotate(df[df.level != "pca"]), False) is None
     (finding,) = numeric_findings(ann)
     ids = num[num.level == "topk_ids"].iloc[0]
     assert f"within {ids.mae:.2f}" in finding.text and "training mean is off by 4.40" in finding.text
@@ -52,4 +55,4 @@ def test_flow_figure_and_numeric_rows(tmp_path):
     text = " ".join(verdict_text(df))
     assert "LEAK — center_x" in text and "R² " in text and "MAE" in text
     html = build_report(df, {"model": "m"}, tmp_path / "r.html").read_text()
-    assert "Information flow" in html and "R² " in html
+    assert "Information flow" in html and "R² " in html and "d-dimensional bottleneck" in html

@@ -106,6 +106,48 @@ def flow_plot(ann: pd.DataFrame, relevant: bool) -> Plot | None:
         to_data_uri(fig))
 
 
+def pca_plot(ann: pd.DataFrame, relevant: bool) -> Plot | None:
+    """Bits against the PCA bottleneck width d, one line per layer, the full residual stream of
+    that layer as the dotted level it tends to (``None`` without ``pca`` rows)."""
+    best = strongest(ann)
+    rows_all = best[best["level"] == "pca"]
+    attrs = [a for a in _attrs(ann, relevant) if a in set(rows_all["attribute"])]
+    if not attrs:
+        return None
+    from matplotlib.figure import Figure
+
+    nrows, ncols = _grid(len(attrs), 3)
+    fig = Figure(figsize=(4.8 * ncols, 3.4 * nrows))
+    cmap = ["#08306b", "#2171b5", "#4292c6", "#6baed6", "#9ecae1", "#c6dbef"]
+    for i, attr in enumerate(attrs):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        rows = rows_all[rows_all["attribute"] == attr]
+        layers = sorted({int(num(x)) for x in rows["layer"] if finite(x)})
+        res = best[(best["level"] == "residual") & (best["attribute"] == attr)]
+        for j, layer in enumerate(layers):
+            lv = rows[rows["layer"].astype(float) == layer].sort_values("k")
+            c = cmap[min(j, len(cmap) - 1)] if len(layers) <= len(cmap) else cmap[j % len(cmap)]
+            ax.plot(lv["k"].astype(float), lv["v_info_bits"].astype(float), "-o", ms=3, lw=1.4, color=c,
+                    label=f"layer {layer}")
+            full = res[res["layer"].astype(float) == layer]
+            if len(full):
+                ax.axhline(num(full["v_info_bits"].iloc[0]), color=c, lw=0.8, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.axhline(0, color="#333333", lw=0.6)
+        ax.set_xlabel("d (principal components kept)")
+        ax.set_ylabel("bits (held out)")
+        ax.set_title(_attr_title(attr, relevant), fontsize=10)
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return Plot(
+        "How much survives a d-dimensional bottleneck",
+        "Bits a probe reads from the top d principal components of the residual stream (components fitted on each "
+        "training fold only), one line per layer; dotted: the full residual stream at that layer.",
+        to_data_uri(fig))
+
+
 def numeric_findings(ann: pd.DataFrame, best: pd.DataFrame | None = None) -> list[Finding]:
     """One statement per numeric attribute: how close the best API-level reading gets, in the
     attribute's units, beside the training-mean baseline and the best residual-stream layer."""

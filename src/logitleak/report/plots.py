@@ -336,10 +336,10 @@ def tradeoff_plot(tradeoff: pd.DataFrame, relevance: dict[str, bool]) -> Plot | 
 
 def section_plots(ann: pd.DataFrame, relevant: bool) -> list[Plot]:
     """The plots for one side (task-relevant or task-irrelevant attributes)."""
-    from logitleak.report.flow import flow_plot
+    from logitleak.report.flow import flow_plot, pca_plot
 
     out = []
-    for fn in (flow_plot, layer_plot, level_plot, k_plot):
+    for fn in (flow_plot, layer_plot, level_plot, k_plot, pca_plot):
         p = fn(ann, relevant)
         if p is not None:
             out.append(p)
