@@ -7,7 +7,7 @@ same inner split of each training fold, features standardised on each training f
 wall times, the speed-up (target >= 10x) and the largest absolute difference in held-out R²
 (target <= 1e-6), with the load average beside the timings (the machine is shared).
 
-    .venv/bin/python benchmarks/bench_regression.py [--layers 8] [--n 1000] [--d 128] [--variants 21]
+    .venv/bin/python benchmarks/bench_regression.py [--layers 2] [--n 1000] [--d 128] [--variants 6]
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from logitleak.regression import ALPHAS, fit_ridge_cv, shared_splits
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--d", type=int, default=128)
-    ap.add_argument("--variants", type=int, default=21)
+    ap.add_argument("--variants", type=int, default=6)
     ap.add_argument("--spin", action="store_true")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
