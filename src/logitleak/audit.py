@@ -118,9 +118,16 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
         else:
             todo[key] = (x, path)
     # Group by level so each call batches many layers / k values at once, then cache per feature set.
+    # A level with any set missing is probed whole again, so a resumed run batches exactly as an
+    # uninterrupted one and reproduces it bit for bit.
     by_level: dict[str, list] = {}
-    for key in todo:
-        by_level.setdefault(key[0], []).append(key)
+    missing_levels = {key[0] for key in todo}
+    for key, x in features.items():
+        if key[0] in missing_levels:
+            by_level.setdefault(key[0], []).append(key)
+            if key not in todo:
+                digest = hashlib.sha256((settings + _features_digest(key, x)).encode()).hexdigest()[:20]
+                todo[key] = (x, cache_dir / f"{digest}.parquet")
     for level, keys in by_level.items():
         families = [f for f in cfg.probes.families
                     if f != "mlp" or cfg.probes.mlp_levels is None or level in cfg.probes.mlp_levels]

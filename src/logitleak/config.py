@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from logitleak.errors import LogitleakError
-from logitleak.results import LEVELS
+from logitleak.results import API_LEVELS, LEVELS
 
 DEFAULT_KS: tuple[int, ...] = (1, 2, 5, 10, 20)
 
@@ -29,8 +29,9 @@ class ProbeSettings(_Strict):
     bootstrap: int = Field(1000, ge=0)
     C: float | None = Field(None, gt=0)
     """Fixed inverse L2 strength for the linear probe; ``None`` chooses it by inner validation."""
-    mlp_levels: list[str] | None = None
-    """Run the MLP only on these levels (``None``: every level); it is the expensive family."""
+    mlp_levels: list[str] | None = list(API_LEVELS)
+    """Run the MLP only on these levels (default: the API levels, where leak claims are made and
+    the linear probe reads least; ``None``: every level). It is the expensive family."""
 
 
 class LensSettings(_Strict):

@@ -10,9 +10,9 @@ significance test (:mod:`logitleak.heldout`), which needs no refit per permutati
 class counts) are fitted together by the batched probes in :mod:`logitleak.probes`. Metrics come
 from out-of-fold predictions (:mod:`logitleak.metrics`, :mod:`logitleak.rows`).
 
-Each feature set is fitted on its own, in chunks of problems sized by a fixed budget, so a
-feature set's results do not depend on which other feature sets were in the same call (a
-resumed audit reproduces an uninterrupted one exactly).
+Chunks of problems are sized by a fixed budget, and a feature set's results do not depend on
+which other feature sets were in the same call (see :func:`_schedule`), so a resumed audit
+reproduces an uninterrupted one exactly.
 """
 
 from __future__ import annotations
@@ -80,25 +80,25 @@ def _fit_family(family: str, X: torch.Tensor, y, train, inner_fit, inner_val, K:
 
 
 def _fit_bucket(X: torch.Tensor, b: Problems, fam: str, params: Mapping, p_chunk: int, seed: int, prog, task):
-    """Out-of-fold predictions of one feature set for one bucket: per plan, ``lp``/``pred``
-    ``(1, V, n)``, the forward-chained log-probabilities ``(1, n, K)`` and the chosen C ``(1, S)``."""
-    n = X.shape[1]
+    """Out-of-fold predictions of ``F`` feature sets for one bucket: per plan, ``lp``/``pred``
+    ``(F, V, n)``, the forward-chained log-probabilities ``(F, n, K)`` and the chosen C ``(F, S)``."""
+    F, n = X.shape[0], X.shape[1]
     dev = X.device
-    lp = [np.zeros((1, p.n_variants, n), np.float32) for p in b.plans]
-    pr = [np.zeros((1, p.n_variants, n), np.int64) for p in b.plans]
-    lk = [np.zeros((1, n, p.n_classes), np.float64) for p in b.plans]
-    Cc = [np.full((1, p.n_splits), np.nan) for p in b.plans]
+    lp = [np.zeros((F, p.n_variants, n), np.float32) for p in b.plans]
+    pr = [np.zeros((F, p.n_variants, n), np.int64) for p in b.plans]
+    lk = [np.zeros((F, n, p.n_classes), np.float64) for p in b.plans]
+    Cc = [np.full((F, p.n_splits), np.nan) for p in b.plans]
     for p0 in range(0, len(b), p_chunk):
         idx = np.arange(p0, min(p0 + p_chunk, len(b)))
         y, tr, te, fi, va, cm = b.arrays(idx)
         logp, C = _fit_family(fam, X, y, tr, fi, va, b.K, params, seed=b.seeds(idx, seed))
         yt = torch.as_tensor(y, device=dev).clamp(0, b.K - 1).T.unsqueeze(0).unsqueeze(-1)
-        lpy = torch.gather(logp, -1, yt).squeeze(-1).float().cpu().numpy()
+        lpy = torch.gather(logp, -1, yt.expand(F, -1, -1, -1)).squeeze(-1).float().cpu().numpy()
         pred = logp.argmax(-1).cpu().numpy()
         for j in np.flatnonzero(b.block[idx] >= 0):          # the held-out test's blocks
             plan_i = b.attr[idx[j]]
             rows = np.flatnonzero(b.plans[plan_i].block == b.block[idx[j]])
-            lk[plan_i][0, rows] = logp[0, rows, j, : b.plans[plan_i].n_classes].double().cpu().numpy()
+            lk[plan_i][:, rows] = logp[:, rows, j, : b.plans[plan_i].n_classes].double().cpu().numpy()
         C_np = C.double().cpu().numpy() if C is not None else None
         del logp
         cv = b.variant[idx] >= 0
@@ -112,8 +112,23 @@ def _fit_bucket(X: torch.Tensor, b: Problems, fam: str, params: Mapping, p_chunk
         if C_np is not None:
             for j in np.flatnonzero(b.variant[idx] == 0):
                 Cc[b.attr[idx[j]]][:, b.split[idx[j]]] = C_np[:, j]
-        prog.advance(task, len(idx))
+        prog.advance(task, F * len(idx))
     return lp, pr, lk, Cc
+
+
+def _schedule(feats: Mapping, probes: Sequence[str]) -> list[tuple[str, list]]:
+    """``[(family, keys), ...]``: the MLP fits one feature set at a time (its batched early
+    stopping shrinks the batch as problems stop, so a batch's shapes depend on its members); the
+    linear probe fits every feature set of one width together (each problem's L-BFGS runs on its
+    own feature set's rows and stops on its own, so its result does not depend on the others)."""
+    by_dim: dict[int, list] = {}
+    for key, X in feats.items():
+        by_dim.setdefault(X.shape[1], []).append(key)
+    out = []
+    for fam in probes:
+        for keys in by_dim.values():
+            out += [(fam, keys)] if fam == "linear" else [(fam, [k]) for k in keys]
+    return out
 
 
 def evaluate_sweep(
@@ -245,22 +260,25 @@ def evaluate_sweep(
     total = len(feats) * len(probes) * sum(len(b) for b in buckets)
     with make_progress(progress) as prog:
         task = prog.add_task("probing", total=total)
-        for key, Xnp in feats.items():
-            d = Xnp.shape[1]
-            X, _, _ = prepare_features([Xnp], dev, dtype)
-            for fam in probes:
-                prog.update(task, description=f"{fam} {_describe(key)}")
-                for b in buckets:
-                    per_pair = pair_bytes(fam, n, d, b.K, itemsize, probe_params[fam])
-                    p_chunk = chunk_size(len(b), per_pair, budget, n * d * 16)
+        for fam, keys in _schedule(feats, probes):
+            d = feats[keys[0]].shape[1]
+            for b in buckets:
+                per_pair = pair_bytes(fam, n, d, b.K, itemsize, probe_params[fam])
+                p_chunk = chunk_size(len(b), per_pair, budget, n * d * 16)
+                f_chunk = int(max(1, min(len(keys), budget // (p_chunk * per_pair + n * d * (itemsize + 16)))))
+                for f0 in range(0, len(keys), f_chunk):
+                    kc = keys[f0: f0 + f_chunk]
+                    prog.update(task, description=f"{fam} {_describe(kc[0])}" + (f" (+{len(kc) - 1})" if len(kc) > 1 else ""))
+                    X, _, _ = prepare_features([feats[k] for k in kc], dev, dtype)
                     lp, pr, lk, Cc = _fit_bucket(X, b, fam, probe_params[fam], p_chunk, seed, prog, task)
+                    del X
                     for ai, plan in enumerate(b.plans):
                         gains = centred_gains(lk[ai], plan.codes, plan.block) * block_weights(plan.block)
-                        row, = result_rows(plan, [key], [d], lp[ai], pr[ai], gains,
+                        rows = result_rows(plan, kc, [d] * len(kc), lp[ai], pr[ai], gains,
                                            Cc[ai] if fam == "linear" else None, fam, task_attribute=task_attribute,
                                            n_groups=n_groups, n_folds_eff=n_folds_eff,
                                            n_permutations=n_permutations, groups=groups)
-                        results[(key, plan.name, fam)] = row
-            del X
+                        for key, row in zip(kc, rows):
+                            results[(key, plan.name, fam)] = row
     ordered = [results[(key, a, fam)] for key in feats for a in labels for fam in probes]
     return to_frame(ordered)

@@ -113,7 +113,6 @@ def register(app: typer.Typer) -> None:
     def demo(
         out: str = typer.Option("logitleak-demo", help="Output directory."),
         samples: int = typer.Option(1000, help="Number of probe samples."),
-        mlp: bool = typer.Option(False, "--mlp", help="Also run the MLP probe at the API levels (several minutes on 2 CPU cores)."),
         seed: int = typer.Option(0, help="Random seed."),
         force: bool = typer.Option(False, "--force", help="Replace a different audit's results in --out."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -128,12 +127,9 @@ def register(app: typer.Typer) -> None:
         console = Console()
         model_dir = ensure_organism(seed=0, progress=not quiet)
         _print_organism(model_dir, console)
-        # Sized for a 2-core laptop: a fixed-strength linear probe and 20 permutations (p-values beyond
-        # 1/21 come from the tail fitted to the permutation null); `logitleak audit` runs the full defaults.
-        probes = {"families": ["linear", "mlp"] if mlp else ["linear"], "permutations": 20, "bootstrap": 300,
-                  "C": 1.0, "mlp_levels": ["topk_ids", "topk_logprobs", "topk_logits", "top1_prob"]}
+        # The same statistics as `logitleak audit` at its defaults (no cut-down probe settings).
         cfg = make_config({"model": "organism", "data": "shapes", "task": "color", "samples": samples,
-                           "seed": seed, "out": out, "force": force, "probes": probes}, source="demo")
+                           "seed": seed, "out": out, "force": force}, source="demo")
         finish(run_audit(cfg, progress=not quiet), console)
 
 
