@@ -154,11 +154,14 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
             for l_ in layers:
                 features[("residual", l_, None)] = cap.hidden[:, l_].float().numpy()
         with timer("probes"):
-            df = evaluate_sweep(features, labels, groups=eval_set.groups, task_attribute=cfg.task,
-                                probes=cfg.probes.families, n_folds=cfg.probes.folds,
-                                n_permutations=cfg.probes.permutations, n_bootstrap=cfg.probes.bootstrap,
-                                seed=cfg.seed, device=cfg.device, progress=progress,
-                                probe_params=probe_params(cfg))
+            parts = []
+            for level_keys, families in _family_groups(features, cfg):
+                parts.append(evaluate_sweep({k: features[k] for k in level_keys}, labels, groups=eval_set.groups,
+                                            task_attribute=cfg.task, probes=families, n_folds=cfg.probes.folds,
+                                            n_permutations=cfg.probes.permutations,
+                                            n_bootstrap=cfg.probes.bootstrap, seed=cfg.seed, device=cfg.device,
+                                            progress=progress, probe_params=probe_params(cfg)))
+            df = pd.concat(parts, ignore_index=True)
         df["defense"], df["strength"], df["defense_label"] = defense.name, defense.strength, defense.label()
         df["utility_accuracy"] = utility
         df["erased_layers"] = ",".join(map(str, layers)) if layers else None
@@ -190,6 +193,17 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
                           tradeoff=tradeoff, recommendation=text)
     write_json(out / "run.json", run_info)
     return DefendResult(tradeoff=tradeoff, recommendation=text, out_dir=out, report_path=report)
+
+
+def _family_groups(features: dict, cfg: AuditConfig) -> list[tuple[list, list[str]]]:
+    """Feature keys split by the probe families they get: the MLP only on ``cfg.probes.mlp_levels``
+    (the audit's rule), so the erased layers' residual streams get the linear probe by default."""
+    mlp_levels = cfg.probes.mlp_levels
+    groups: dict[tuple, list] = {}
+    for key in features:
+        fams = tuple(f for f in cfg.probes.families if f != "mlp" or mlp_levels is None or key[0] in mlp_levels)
+        groups.setdefault(fams, []).append(key)
+    return [(keys, list(fams)) for fams, keys in groups.items() if fams]
 
 
 def _without_redaction(defense: Defense) -> Defense:

@@ -602,8 +602,8 @@ def fit_mlp_batched(
     hidden: int = 64,
     alpha: float = 3e-3,
     lr: float = 3e-2,
-    max_epochs: int = 2000,
-    patience: int = 50,
+    max_epochs: int = 1000,
+    patience: int = 20,
     min_delta: float = 1e-5,
     lr_scale_dim: float = 16.0,
     n_classes: int | None = None,
@@ -835,8 +835,8 @@ class MLPProbe(_TorchProbe):
     ``val_fraction`` split of the training rows; standardises on the rows it trains on.
     Learned: ``classes_``, ``n_epochs_`` (epoch of the kept weights), ``best_val_loss_``."""
 
-    def __init__(self, hidden: int = 64, alpha: float = 3e-3, lr: float = 3e-2, max_epochs: int = 2000,
-                 patience: int = 50, val_fraction: float = 0.2, device: str | None = None,
+    def __init__(self, hidden: int = 64, alpha: float = 3e-3, lr: float = 3e-2, max_epochs: int = 1000,
+                 patience: int = 20, val_fraction: float = 0.2, device: str | None = None,
                  dtype: torch.dtype | None = None, random_state: int = 0):
         self.hidden = hidden
         self.alpha = alpha
