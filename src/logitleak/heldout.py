@@ -82,7 +82,11 @@ def heldout_gain_pvalue(gains: np.ndarray, groups: np.ndarray | None = None) -> 
     null given what scored it (the centred gains of :func:`centred_gains`; a regression probe's
     Gaussian log-likelihood gain over the training-fold mean predictor). ``groups``: ``(n,)``
     ids of samples that are not independent of each other (e.g. several questions about one
-    photo); gains are summed per group and the groups are the independent units. Returns the
+    photo); gains are summed per group and the groups are the independent units. Gains may be
+    multiplied by weights fixed before any label is seen (:func:`block_weights`, as the sweep
+    does). A caller with its own probe (e.g. regression) fits one model per block of
+    :func:`forward_chain` over the plan's folds and passes the gains of every scored sample.
+    Returns the
     upper tail of Student's t with (units - 1) degrees of freedom at the studentised mean of the
     unit sums; NaN with fewer than 3 scored units.
     """

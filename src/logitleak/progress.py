@@ -62,7 +62,7 @@ class LogProgress:
               file=self.stream, flush=True)
 
     def _tick(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(min(1.0, self.interval / 3)):
             now = time.monotonic()
             with self._lock:
                 for task in self.tasks.values():
