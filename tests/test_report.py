@@ -288,3 +288,12 @@ def test_tradeoff_without_results_section_columns_is_skipped(tmp_path):
     bad = pd.DataFrame({"defense": ["x"], "strength": [1]})  # no utility/attribute: no plot, no crash
     out = build_report(make_table(levels=["topk_ids"]), run_info(), tmp_path / "r.html", tradeoff=bad)
     assert "Defences" in out.read_text(encoding="utf-8")
+
+
+def test_results_table_says_which_test_gave_each_p_value():
+    from logitleak.report.html import results_table
+
+    df = make_table()
+    df["p_test"] = np.where(df["level"] == "residual", "permutation", "heldout")
+    html = results_table(annotate(df))
+    assert "(heldout)" in html and "(permutation)" in html and "p (test)" in html

@@ -159,6 +159,12 @@ def _int(v) -> str:
     return str(int(num(v))) if finite(v) else ""
 
 
+def _test(row) -> str:
+    """' (heldout)' / ' (permutation)': which test gave the row's p-value (column ``p_test``)."""
+    t = row.get("p_test")
+    return f" ({t})" if isinstance(t, str) and t else ""
+
+
 def results_table(ann: pd.DataFrame) -> str:
     """Every row: score beside its interval and baseline, p-values (Holm at the API levels)."""
     if ann.empty:
@@ -167,7 +173,7 @@ def results_table(ann: pd.DataFrame) -> str:
     df = df.sort_values(["_rank", "attribute", "_lk", "_kk", "probe"], kind="stable")
     head = ("<tr><th>level</th><th>layer</th><th>k</th><th>attribute</th><th>probe</th><th>n</th>"
             "<th>accuracy [CI] vs baseline</th><th>balanced acc.</th><th>bits [CI] of H(Y)</th><th>frac.</th>"
-            "<th>p</th><th>Holm p</th><th>selectivity</th><th>status</th></tr>")
+            "<th>p (test)</th><th>Holm p</th><th>selectivity</th><th>status</th></tr>")
     body = []
     for _, r in df.iterrows():
         cls, badge = _status(r)
@@ -180,7 +186,7 @@ def results_table(ann: pd.DataFrame) -> str:
             f'<td class="num">{_int(r["k"])}</td><td class="attr">{_e(r["attribute"])}</td><td>{_e(r["probe"])}</td>'
             f'<td class="num">{_int(r["n"])}</td><td class="num">{_e(acc)}</td>'
             f'<td class="num">{_e(fmt_num(r["balanced_accuracy"]))}</td><td class="num">{_e(bits)}</td>'
-            f'<td class="num">{_e(fmt_num(r["v_info_frac"]))}</td><td class="num">{_e(fmt_p(r["p_value"]))}</td>'
+            f'<td class="num">{_e(fmt_num(r["v_info_frac"]))}</td><td class="num">{_e(fmt_p(r["p_value"]) + _test(r))}</td>'
             f'<td class="num">{_e(fmt_p(r["p_holm"]) if r["is_api"] else "")}</td>'
             f'<td class="num">{_e(fmt_num(r["selectivity"]))}</td><td>{badge}</td></tr>')
     return (f'<div class="scroll"><table class="results"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table></div>')
