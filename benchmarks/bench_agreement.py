@@ -39,6 +39,8 @@ def main() -> None:
     old = evaluate_sweep(feats, labels, probe_params={"mlp": {"patience": 50, "max_epochs": 2000}}, **kw)
     t_old = time.perf_counter() - t0
     both_in = 0
+    categorical = new["accuracy"].notna().to_numpy()     # numeric attributes have R², not accuracy
+    new, old = new[categorical], old[categorical]
     for (_, a), (_, b) in zip(new.iterrows(), old.iterrows()):
         ok = a.ci_low <= b.accuracy <= a.ci_high and b.ci_low <= a.accuracy <= b.ci_high
         both_in += ok
