@@ -73,10 +73,17 @@ def test_unknown_group_column_and_missing_labels(tmp_path):
         load_image_folder(empty, question="q", task="color")
 
 
-def test_unreadable_image_is_named_at_use(tmp_path):
+def test_unreadable_image_is_named_before_any_work(tmp_path):
     write_folder(tmp_path, n=4)
     (tmp_path / "img_001.png").write_bytes(b"not a png")
+    with pytest.raises(LogitleakError, match=r"Cannot read image .*img_001\.png"):
+        load_image_folder(tmp_path, question="q", task="color")
+
+
+def test_image_damaged_after_loading_is_named_at_use(tmp_path):
+    write_folder(tmp_path, n=4)
     ps = load_image_folder(tmp_path, question="q", task="color")
+    (tmp_path / "img_001.png").write_bytes(b"not a png")
     with pytest.raises(LogitleakError, match=r"Cannot read image .*img_001\.png"):
         ps.images[1]
 

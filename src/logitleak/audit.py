@@ -46,6 +46,8 @@ def audit_identity(cfg: AuditConfig) -> dict:
 
 def prepare_out_dir(cfg: AuditConfig) -> Path:
     """Create the output directory, refusing one that holds a different audit unless ``force``."""
+    from logitleak.userpaths import ensure_out_dir
+
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise LogitleakError(f"Output directory {out} is a file; pass a directory path with --out.")
@@ -53,8 +55,10 @@ def prepare_out_dir(cfg: AuditConfig) -> Path:
     if run_file.exists() and not cfg.force:
         try:
             previous = json.loads(run_file.read_text()).get("identity", {})
-        except json.JSONDecodeError:
-            previous = {}
+        except (OSError, ValueError, AttributeError):
+            raise LogitleakError(f"The run record {run_file} is damaged, so it cannot tell whether {out} holds this "
+                                 "audit; pass --force to reuse the directory (its verified caches are kept) or "
+                                 "choose another --out.") from None
         current = json.loads(json.dumps(audit_identity(cfg)))
         if previous != current:
             diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
@@ -62,8 +66,7 @@ def prepare_out_dir(cfg: AuditConfig) -> Path:
                 f"Output directory {out} already holds a different audit's results (differs in: {', '.join(diff)}); "
                 "choose another --out or pass --force to replace them."
             )
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return ensure_out_dir(out)
 
 
 def package_versions() -> dict[str, str]:
@@ -113,8 +116,9 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
     for key, x in features.items():
         digest = hashlib.sha256((settings + _features_digest(key, x)).encode()).hexdigest()[:20]
         path = cache_dir / f"{digest}.parquet"
-        if path.exists():
-            done[key] = pd.read_parquet(path)
+        cached = _read_verified_parquet(path)
+        if cached is not None:
+            done[key] = cached
         else:
             todo[key] = (x, path)
     # Group by level so each call batches many layers / k values at once, then cache per feature set.
@@ -139,7 +143,7 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
         for key in keys:
             level, layer, k = key
             part = df[(df["level"] == level) & _match(df["layer"], layer) & _match(df["k"], k)].reset_index(drop=True)
-            atomic_write(todo[key][1], lambda tmp, part=part: part.to_parquet(tmp, index=False))
+            atomic_write(todo[key][1], lambda tmp, part=part: part.to_parquet(tmp, index=False), checksum=True)
             done[key] = part
     frames = [done[key] for key in features]  # always in the order the levels were built
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -165,6 +169,18 @@ def add_layer_types(results: pd.DataFrame, layer_types: list[str] | None) -> pd.
             types.append(None)
     out["layer_type"] = types
     return out
+
+
+def _read_verified_parquet(path: Path) -> pd.DataFrame | None:
+    """A cached table whose bytes match its recorded checksum; ``None`` (recompute) otherwise."""
+    from logitleak.integrity import verified
+
+    if not path.is_file() or not verified(path):
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception:  # noqa: BLE001 - verified but unreadable (e.g. another pyarrow): recompute it
+        return None
 
 
 def probe_params(cfg: AuditConfig) -> dict | None:
@@ -204,7 +220,11 @@ def _selected_layers(cfg: AuditConfig, n_layers: int) -> list[int]:
 
 def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     """Run one audit end to end and write results, run.json and report.html into ``cfg.out``."""
+    from logitleak.devices import check_device
+
     timer = _Timer()
+    if cfg.device is not None:  # (None: resolved when the model loads, without importing torch here)
+        check_device(cfg.device)
     out = prepare_out_dir(cfg)
     cache = out / "cache"
     problems: list[str] = []
@@ -215,14 +235,19 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
             probeset = load_probe_set(cfg)
             model_desc, model_fp = f"{cfg.endpoint} ({cfg.served_model})", cfg.served_model or ""
         else:
-            from logitleak.models.loading import load_model
+            from logitleak.models.safety import check_model_source
 
             model_path = resolve_model_path(cfg, progress=progress)
-            adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype)
-            probeset = load_probe_set(cfg)
+            check_model_source(model_path, allow_pickle=cfg.allow_pickle)  # cheap checks before any work
+            probeset = load_probe_set(cfg)  # then the data: a bad label file fails before a model is loaded
+            from logitleak.models.loading import load_model  # (imports torch: after the cheap checks)
+
+            adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype, allow_pickle=cfg.allow_pickle)
+            _selected_layers(cfg, adapter.n_layers)  # a layer the model lacks fails before the capture
             model_desc = "organism" if cfg.model == "organism" else (adapter.name if getattr(adapter, "gguf_source", None)
                                                                       else str(model_path))
             model_fp = adapter.fingerprint()
+    problems.extend(probeset.meta.get("notes", []))
     attributes = list(probeset.attributes.columns)
     for a in attributes:
         if probeset.attributes[a].nunique() < 2:
@@ -236,7 +261,8 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
         else:
             from logitleak.store import ActivationStore
 
-            stored = ActivationStore(cache / "captures").extract(adapter, probeset, batch_size=cfg.batch_size, progress=progress,
+            stored = ActivationStore(cache / "captures").extract(adapter, probeset, batch_size=cfg.batch_size,
+                                                                 shard_size=cfg.shard_size, progress=progress,
                                                                  vision_pool=cfg.vision_pool, generate=cfg.generate,
                                                                  gen_k=max(cfg.k))
             capture = stored  # levels and the lens read one layer at a time from disk
@@ -306,14 +332,20 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
 
 
 def _tuned_lens(capture, readout, lens_dir: Path, cfg: AuditConfig, groups: np.ndarray, layers=None):
-    """Reuse a lens saved for this model in the output directory, else train and save one, with
-    translators for the audited ``layers`` only (every layer when ``None``)."""
-    from logitleak.lens import TunedLens, fit_tuned_lens
+    """Reuse a lens saved for this model in the output directory (only when its files match their
+    checksums), else train and save one, with translators for the audited ``layers`` only (every
+    layer when ``None``)."""
+    from logitleak.integrity import verified
+    from logitleak.lens import CONFIG_FILE, WEIGHTS_FILE, TunedLens, fit_tuned_lens
 
-    if (lens_dir / "config.json").exists():
-        lens = TunedLens.load(lens_dir, readout=readout)
-        wanted = set(lens.layers) >= {x for x in (layers or []) if x < capture.n_layers} if layers else True
-        if getattr(lens, "matches", lambda r: True)(readout) and wanted:
+    if all(verified(lens_dir / name) for name in (CONFIG_FILE, WEIGHTS_FILE)):
+        try:
+            lens = TunedLens.load(lens_dir, readout=readout)
+        except Exception:  # noqa: BLE001 - verified bytes that no longer load (another version): refit
+            lens = None
+        wanted = (lens is not None and (set(lens.layers) >= {x for x in (layers or []) if x < capture.n_layers}
+                                        if layers else True))
+        if lens is not None and lens.matches(readout) and wanted:
             return lens
     fit_layers = None if layers is None else [x for x in layers if x < capture.n_layers]
     lens = fit_tuned_lens(capture, readout, layers=fit_layers, steps=cfg.lens.steps, lr=cfg.lens.lr, seed=cfg.seed,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +14,9 @@ from logitleak.errors import LogitleakError
 from logitleak.results import API_LEVELS, LEVELS
 
 DEFAULT_KS: tuple[int, ...] = (1, 2, 5, 10, 20)
+MAX_SAMPLES = 10_000_000
+DTYPES = ("auto", "float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16")
+_DEVICE = re.compile(r"^(cpu|cuda|mps|xpu|meta|hpu|npu)(:\d+)?$")
 
 
 class _Strict(BaseModel):
@@ -33,6 +37,14 @@ class ProbeSettings(_Strict):
     """Run the MLP only on these levels (default: the API levels, where leak claims are made and
     the linear probe reads least; ``None``: every level). It is the expensive family."""
 
+    @field_validator("mlp_levels")
+    @classmethod
+    def _known_mlp_levels(cls, v: list[str] | None) -> list[str] | None:
+        unknown = [x for x in v or [] if x not in LEVELS]
+        if unknown:
+            raise ValueError(f"unknown level {unknown[0]!r}; choose from {', '.join(LEVELS)}")
+        return v
+
 
 class LensSettings(_Strict):
     """Tuned-lens training (the logit lens needs none)."""
@@ -49,6 +61,8 @@ class AuditConfig(_Strict):
     labels: str | None = None
     path_column: str = "path"
     group_column: str | None = None
+    allow_outside_data: bool = False
+    """Label-file paths may point outside the data folder (``../``, absolute paths) only when set."""
     question: str | None = None
     task: str = "color"
     attributes: list[str] | None = None
@@ -59,20 +73,23 @@ class AuditConfig(_Strict):
     """Dimensions d of the ``pca`` level (top-d principal components, fitted per training fold)."""
     vision_pool: Literal["mean", "cls"] = "mean"
     """How the vision levels pool a sample's image tokens: their mean, or the first (CLS) token."""
-    samples: int = Field(2000, ge=10)
-    seed: int = 0
+    samples: int = Field(2000, ge=10, le=MAX_SAMPLES)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     out: str = "logitleak-audit"
     force: bool = False
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, le=65536)
+    shard_size: int = Field(1024, ge=1, le=1_000_000)
     device: str | None = None
     dtype: str | None = None
+    allow_pickle: bool = False
+    """Load pickle checkpoints (``pytorch_model.bin``, weights-only) too; by default only safetensors."""
     probes: ProbeSettings = ProbeSettings()
     lens: LensSettings = LensSettings()
     endpoint: str | None = None
     served_model: str | None = None
     api_key_env: str | None = None
     concurrency: int = Field(8, ge=1)
-    max_requests: int | None = None
+    max_requests: int | None = Field(None, ge=1)
     generate: int | None = None
     """Generated tokens to read (greedy, as an API at temperature 0): residual and top-k at every
     generated position plus the whole-response levels; ``None`` reads only the first token."""
@@ -112,6 +129,32 @@ class AuditConfig(_Strict):
             raise ValueError("PCA dimensions must be positive integers, e.g. 1,4,16,64")
         return sorted(set(v))
 
+    @field_validator("dtype")
+    @classmethod
+    def _dtype_name(cls, v: str | None) -> str | None:
+        if v is not None and v not in DTYPES:
+            raise ValueError(f"{v!r} is not a model dtype; use one of {', '.join(DTYPES)}")
+        return v
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_url(cls, v: str | None) -> str | None:
+        from urllib.parse import urlparse
+
+        if v is None:
+            return v
+        u = urlparse(v.strip())
+        if u.scheme not in ("http", "https") or not u.netloc:
+            raise ValueError(f"{v!r} is not an http(s) URL; pass the API base, e.g. http://127.0.0.1:8000/v1")
+        return v.strip()
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str | None) -> str | None:
+        if v is not None and not _DEVICE.match(v.strip()):
+            raise ValueError(f"{v!r} is not a torch device; use cpu, cuda, cuda:N or mps")
+        return None if v is None else v.strip()
+
     @field_validator("layers")
     @classmethod
     def _nonneg_layers(cls, v):
@@ -120,29 +163,41 @@ class AuditConfig(_Strict):
         return v
 
 
-def _explain(err: ValidationError, source: str) -> LogitleakError:
+def _explain(err: ValidationError, source: str, flags: dict[str, str] | None = None) -> LogitleakError:
     e = err.errors()[0]
-    key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    key = ".".join(str(p) for p in e["loc"] if not isinstance(p, int)) or "(top level)"
     if e["type"] == "extra_forbidden":
         allowed = ", ".join(AuditConfig.model_fields)
         return LogitleakError(f"{source}: unknown key {key!r}; allowed keys are: {allowed}.")
-    return LogitleakError(f"{source}: invalid value for {key!r}: {e['msg'].removeprefix('Value error, ')}.")
+    msg = e["msg"].removeprefix("Value error, ")
+    if flags and key in flags:
+        return LogitleakError(f"{flags[key]} {e.get('input')!r} is not valid: {msg}.")
+    return LogitleakError(f"{source}: invalid value for {key!r}: {msg}.")
 
 
-def make_config(values: dict[str, Any], source: str = "configuration") -> AuditConfig:
-    """Validate a plain dict into an :class:`AuditConfig`, errors naming the bad key."""
+def make_config(values: dict[str, Any], source: str = "configuration",
+                flags: dict[str, str] | None = None) -> AuditConfig:
+    """Validate a plain dict into an :class:`AuditConfig`, errors naming the bad key (or the flag
+    that set it: ``flags`` maps such keys to their flag)."""
     try:
         return AuditConfig(**values)
     except ValidationError as err:
-        raise _explain(err, source) from None
+        raise _explain(err, source, flags) from None
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
+def load_config(path: str | Path, validate: bool = True) -> dict[str, Any]:
     """Read a YAML or TOML config file into a dict (validated later, after CLI overrides)."""
     p = Path(path)
+    if p.is_dir():
+        raise LogitleakError(f"Config file {p} is a directory; pass a .yaml or .toml file.")
     if not p.is_file():
         raise LogitleakError(f"Config file {p} does not exist; pass an existing .yaml or .toml file.")
-    text = p.read_text()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise LogitleakError(f"Config file {p} is not UTF-8 text (byte {err.start}); save it as UTF-8.") from None
+    except OSError as err:
+        raise LogitleakError(f"Config file {p} cannot be read ({err.strerror}); check its permissions.") from None
     try:
         if p.suffix.lower() == ".toml":
             data = tomllib.loads(text)
@@ -154,13 +209,16 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise LogitleakError(f"Config file {p} is not valid {p.suffix[1:].upper()}: {str(err).splitlines()[0]}.") from None
     if not isinstance(data, dict):
         raise LogitleakError(f"Config file {p} must hold a mapping of keys to values at the top level.")
-    make_config(data, source=f"Config file {p}")  # fail early, naming the file
+    if validate:
+        make_config(data, source=f"Config file {p}")  # fail early, naming the file
     return data
 
 
-def resolve_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> AuditConfig:
-    """Config file values, then CLI overrides (``None`` means 'not given'), validated once."""
-    values: dict[str, Any] = load_config(config_file) if config_file else {}
+def resolve_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                   flags: dict[str, str] | None = None) -> AuditConfig:
+    """Config file values, then CLI overrides (``None`` means 'not given'), validated once; an
+    invalid override is blamed on its flag (``flags``: key -> flag) rather than the file."""
+    values: dict[str, Any] = load_config(config_file, validate=False) if config_file else {}
     for key, val in (overrides or {}).items():
         if val is None:
             continue
@@ -169,4 +227,6 @@ def resolve_config(config_file: str | Path | None = None, overrides: dict[str, A
             values.setdefault(head, {})[tail] = val
         else:
             values[key] = val
-    return make_config(values, source=f"Config file {config_file}" if config_file else "Audit options")
+    given = {k: (flags or {}).get(k, f"--{k.split('.')[-1].replace('_', '-')}")
+             for k, v in (overrides or {}).items() if v is not None}
+    return make_config(values, source=f"Config file {config_file}" if config_file else "Audit options", flags=given)

@@ -98,6 +98,7 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
     from logitleak.capture import capture
     from logitleak.evaluate import evaluate_sweep
     from logitleak.models.loading import load_model
+    from logitleak.models.safety import check_model_source
 
     if cfg.endpoint:
         raise LogitleakError("`defend` needs a local model (--model); a black-box endpoint cannot be scrubbed. "
@@ -106,8 +107,9 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
     out = prepare_out_dir(cfg)
     with timer("load"):
         model_path = resolve_model_path(cfg, progress=progress)
-        adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype)
-        probeset = load_probe_set(cfg)
+        check_model_source(model_path, allow_pickle=cfg.allow_pickle)  # cheap checks before any work
+        probeset = load_probe_set(cfg)  # then the data: a bad label file fails before a model is loaded
+        adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype, allow_pickle=cfg.allow_pickle)
     fit_set, eval_set = split_fit_eval(probeset, cfg.seed)
     k_api = max(cfg.k)
     if k_api > adapter.vocab_size:

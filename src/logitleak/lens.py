@@ -85,8 +85,8 @@ class TunedLens:
             tensors[f"bias.{layer}"] = self.bias[layer].contiguous()
         if not tensors:  # safetensors wants at least one entry
             tensors["empty"] = torch.zeros(0)
-        atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
-        write_json(out / CONFIG_FILE, {
+        atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp), checksum=True)
+        write_json(out / CONFIG_FILE, checksum=True, obj={
             "version": LENS_VERSION, "kind": "tuned_lens", "d_model": self.d_model, "n_layers": self.n_layers,
             "layers": self.layers, "readout_hash": self.readout_hash,
             "heldout_kl": {str(k): list(v) for k, v in self.heldout_kl_.items()}, "train": self.train_info_,

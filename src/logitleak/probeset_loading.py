@@ -49,7 +49,8 @@ def load_probe_set(cfg: AuditConfig) -> ProbeSet:
             raise LogitleakError(f"Label file {path} has no 'prompt' or 'messages' column (a text probe set) and no "
                                  f"{cfg.path_column!r} column (an image probe set); add one of them "
                                  f"(columns now: {', '.join(columns)}).")
-    return load_image_folder(path, labels=cfg.labels, path_column=cfg.path_column, **common)
+    return load_image_folder(path, labels=cfg.labels, path_column=cfg.path_column,
+                             allow_outside=cfg.allow_outside_data, **common)
 
 
 def _keep_attributes(ps: ProbeSet, cfg: AuditConfig) -> ProbeSet:

@@ -59,8 +59,9 @@ def to_frame(rows: Iterable[Mapping] | pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Write ``path`` through ``write(tmp_path)`` then rename: readers never see a half-written file."""
+def atomic_write(path: str | Path, write, checksum: bool = False) -> None:
+    """Write ``path`` through ``write(tmp_path)`` then rename: readers never see a half-written file.
+    ``checksum``: also record its SHA-256 in the directory's ``checksums.json`` (a cached file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -71,6 +72,10 @@ def atomic_write(path: str | Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    if checksum:
+        from logitleak.integrity import record_checksum
+
+        record_checksum(path)
 
 
 def _json_value(v):
@@ -83,9 +88,10 @@ def _json_value(v):
     return v
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Write JSON atomically (temp file + rename), NaN as null."""
-    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=_json_value)))
+def write_json(path: str | Path, obj, checksum: bool = False) -> None:
+    """Write JSON atomically (temp file + rename), NaN as null; ``checksum`` as in :func:`atomic_write`."""
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=_json_value)),
+                 checksum=checksum)
 
 
 def write_results(rows: Iterable[Mapping] | pd.DataFrame, out_dir: str | Path, stem: str = "results") -> pd.DataFrame:

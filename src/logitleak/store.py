@@ -9,7 +9,9 @@ Layout, one directory per (model fingerprint, probe-set fingerprint, capture set
                                   image.0 .. image.L: (n, D) residual pooled over image tokens
 
 Each shard covers samples ``[i * shard_size, (i + 1) * shard_size)`` and is written to a temp
-file, then renamed; the manifest is rewritten (atomically) after every shard. An interrupted
+file, then renamed; the manifest is rewritten (atomically) after every shard with the shard's
+SHA-256 and size. A shard whose bytes do not match its checksum (truncated, deleted, flipped
+bits) or a damaged manifest is never used: extraction recomputes it, and opening it names it. An interrupted
 extraction resumes at the first missing shard with the same batches, so it yields the same
 arrays as an uninterrupted run. Memory stays bounded by one shard: the probe set is read in
 chunks and the stored arrays are read back lazily, one layer at a time.
@@ -28,6 +30,7 @@ import torch
 
 from logitleak.capture import Capture, capture_meta, iter_capture
 from logitleak.errors import LogitleakError
+from logitleak.integrity import file_record, matches
 from logitleak.results import atomic_write
 
 if TYPE_CHECKING:
@@ -41,6 +44,19 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 
 def _write_json(path: Path, obj) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1, default=str)))
+
+
+def _read_manifest(path: Path) -> dict | None:
+    """The manifest, or ``None`` when it is missing or damaged (then no shard is trusted)."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        return None
+    if not all(isinstance(s, dict) and "file" in s for s in manifest["shards"]):
+        return None
+    return manifest
 
 
 def _shard_name(i: int) -> str:
@@ -86,15 +102,24 @@ class StoredCapture:
     """A capture on disk, read lazily: :meth:`layer` reads one layer from every shard,
     :meth:`logits` the final logits, :meth:`to_capture` builds an in-memory :class:`Capture`."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, verify: bool = True) -> None:
         self.path = Path(path)
         mf = self.path / MANIFEST
         if not mf.is_file():
             raise LogitleakError(f"No stored capture at {str(self.path)!r} (manifest.json missing); extract it first.")
-        self.manifest = json.loads(mf.read_text())
+        self.manifest = _read_manifest(mf)
+        if self.manifest is None:
+            raise LogitleakError(f"The manifest {mf} of a stored capture is damaged; rerun the extraction (the same "
+                                 "command) to recompute the capture.")
         if not self.manifest.get("complete"):
             raise LogitleakError(f"The stored capture at {str(self.path)!r} is incomplete; run the extraction again to "
                                  "resume it.")
+        if verify:
+            for shard in self.manifest["shards"]:
+                if not matches(self.path / shard["file"], shard):
+                    raise LogitleakError(f"Shard {self.path / shard['file']} of a stored capture is damaged or missing "
+                                         "(its checksum does not match the manifest); rerun the extraction (the same "
+                                         "command) to recompute it.")
 
     @property
     def meta(self) -> dict:
@@ -271,11 +296,17 @@ class ActivationStore:
         for stale in path.glob(".*.tmp"):  # a temp file left by a killed run: never a finished shard
             stale.unlink(missing_ok=True)
         mf_path = path / MANIFEST
-        manifest = json.loads(mf_path.read_text()) if mf_path.is_file() else None
-        if manifest and manifest.get("complete"):
-            return StoredCapture(path)
+        manifest = _read_manifest(mf_path)
+        recorded: dict[int, dict] = {}
         if manifest:  # resuming: keep the original sharding and batching so the arrays are identical
-            shard_size, batch_size = int(manifest["shard_size"]), int(manifest["batch_size"])
+            try:
+                shard_size, batch_size = int(manifest["shard_size"]), int(manifest["batch_size"])
+                # only shards whose bytes match the checksum recorded when they were written are reused
+                recorded = {int(sh["index"]): sh for sh in manifest["shards"] if matches(path / sh["file"], sh)}
+            except (KeyError, TypeError, ValueError):
+                manifest, recorded = None, {}
+            if manifest and manifest.get("complete") and len(recorded) == len(manifest["shards"]):
+                return StoredCapture(path, verify=False)
         n = len(probeset)
         n_shards = (n + shard_size - 1) // shard_size
         manifest = {
@@ -287,7 +318,7 @@ class ActivationStore:
                      "generate": settings.get("generate"), "gen_k": settings.get("gen_k")},
             "shards": [], "complete": False, "extra_keys": extras,
         }
-        done = {i for i in range(n_shards) if self._shard_ok(path, i, shard_size, n, adapter, extras)}
+        done = {i for i in range(n_shards) if i in recorded and self._shard_ok(path, i, shard_size, n, adapter, extras)}
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -304,7 +335,9 @@ class ActivationStore:
                                       vision_pool=vision_pool, generate=generate, gen_k=gen_k)
                     if bar is not None:
                         bar.update(stop - start)
-                manifest["shards"].append({"index": i, "file": _shard_name(i), "start": start, "stop": stop})
+                checksum = recorded[i] if i in done else file_record(path / _shard_name(i))
+                manifest["shards"].append({"index": i, "file": _shard_name(i), "start": start, "stop": stop,
+                                           "sha256": checksum["sha256"], "size": checksum["size"]})
                 if i not in done:
                     _write_json(mf_path, manifest)
                     if on_shard is not None:
@@ -314,7 +347,7 @@ class ActivationStore:
         finally:
             if bar is not None:
                 bar.close()
-        return StoredCapture(path)
+        return StoredCapture(path, verify=False)
 
     @staticmethod
     def _shard_ok(path: Path, i: int, shard_size: int, n: int, adapter: ModelAdapter, extras: list[str] = ()) -> bool:

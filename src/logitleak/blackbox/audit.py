@@ -54,6 +54,7 @@ from logitleak.capture import Capture
 from logitleak.config import AuditConfig
 from logitleak.data.probeset import ProbeSet
 from logitleak.errors import LogitleakError
+from logitleak.integrity import is_sealed, seal
 
 MAX_API_TOP_LOGPROBS = 20
 FAILED_FRACTION_LIMIT = 0.05  # more failed samples than this -> the audit stops with an error
@@ -98,7 +99,7 @@ def request_key(endpoint: str, served_model: str, messages: list[dict], settings
 # ----------------------------------------------------------------------------- cache
 
 class ResponseCache:
-    """Append-only JSONL of answered samples (one fsync'd line each)."""
+    """Append-only JSONL of answered samples (one fsync'd line each, with its own checksum)."""
 
     def __init__(self, cache_dir: str | Path):
         self.dir = Path(cache_dir)
@@ -119,12 +120,14 @@ class ResponseCache:
                     idx = int(rec["index"])
                 except (ValueError, KeyError, TypeError):
                     continue  # a torn line from an interrupted write
+                if not is_sealed(rec):
+                    continue  # damaged (or written without a checksum): asked again, never used
                 if keys.get(idx) == rec.get("key"):
                     found[idx] = rec
         return found
 
     def append(self, record: dict) -> None:
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        line = (json.dumps(seal(record), separators=(",", ":")) + "\n").encode()
         with self._lock:
             if self._fh is None:
                 needs_newline = self.path.exists() and self.path.stat().st_size > 0 and not _ends_with_newline(self.path)

@@ -283,7 +283,8 @@ def create_app(engine: Engine, *, served_model_name: str, api_key: str | None = 
 
 
 def build_engine(model: str, *, defense: str | None = None, max_batch: int = 16, device: str | None = None,
-                 dtype: str | None = None, threads: int | None = None, progress: bool = True) -> tuple[Engine, str]:
+                 dtype: str | None = None, threads: int | None = None, progress: bool = True,
+                 allow_pickle: bool = False) -> tuple[Engine, str]:
     """Load ``model`` (a local directory or ``organism``) into an :class:`Engine`; returns it and
     the name it is served under (``organism`` or the directory's name)."""
     from pathlib import Path
@@ -299,7 +300,7 @@ def build_engine(model: str, *, defense: str | None = None, max_batch: int = 16,
     else:
         path = Path(model).expanduser()
         name = path.name or str(path)
-    adapter = load_model(path, device=device, dtype=dtype)
+    adapter = load_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
     return Engine(adapter, defense=parsed, max_batch=max_batch, threads=threads), name
 
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 
 # Before torch loads OpenMP: worker threads that sleep instead of spin-waiting. On a shared CPU
 # (more runnable processes than cores) spinning made the batched probes up to 16x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer  # noqa: E402
-
-from logitleak.errors import LogitleakError  # noqa: E402
 
 app = typer.Typer(
     name="logitleak",
@@ -41,20 +38,7 @@ _register_all()
 
 
 def main() -> None:
-    """Entry point: run the app, turning user errors into one clear line on stderr."""
-    try:
-        app(standalone_mode=False)
-    except LogitleakError as err:
-        print(f"Error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except typer.Exit as err:
-        raise SystemExit(err.exit_code) from None
-    except Exception as err:  # click usage errors and aborts carry their own exit code
-        import click
+    """Entry point: user errors end in one clear line on stderr (exit 2), bugs in a traceback."""
+    from logitleak.cli.failures import run_cli
 
-        if isinstance(err, click.ClickException):
-            err.show()
-            raise SystemExit(err.exit_code) from None
-        if isinstance(err, click.exceptions.Abort):
-            raise SystemExit(130) from None
-        raise
+    run_cli(app)

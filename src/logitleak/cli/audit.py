@@ -7,40 +7,8 @@ from typing import Optional
 
 import typer
 
+from logitleak.cli.flags import config_command, flag_names
 from logitleak.errors import LogitleakError
-
-
-def parse_int_list(text: str | None, what: str) -> list[int] | None:
-    """'1,2,5' -> [1, 2, 5], with an error naming the flag."""
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise LogitleakError(f"{what} {text!r} is not a comma-separated list of integers, e.g. 1,2,5.") from None
-
-
-def parse_str_list(text: str | None) -> list[str] | None:
-    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
-
-
-def audit_overrides(*, model, data, labels, task, question, attributes, levels, k, layers, samples, seed, out,
-                    force, probes, folds, permutations, batch_size, device, dtype,
-                    endpoint=None, served_model=None, api_key_env=None, concurrency=None, max_requests=None,
-                    pca_dims=None, vision_pool=None, generate=None) -> dict:
-    """CLI flags -> config overrides (None = not given)."""
-    return {
-        "model": model, "data": data, "labels": labels, "task": task, "question": question,
-        "attributes": parse_str_list(attributes), "levels": parse_str_list(levels),
-        "k": parse_int_list(k, "--k"),
-        "layers": None if layers is None else ("all" if layers == "all" else parse_int_list(layers, "--layers")),
-        "samples": samples, "seed": seed, "out": out, "force": force or None,
-        "probes.families": parse_str_list(probes), "probes.folds": folds, "probes.permutations": permutations,
-        "batch_size": batch_size, "device": device, "dtype": dtype,
-        "endpoint": endpoint, "served_model": served_model, "api_key_env": api_key_env,
-        "concurrency": concurrency, "max_requests": max_requests,
-        "pca_dims": parse_int_list(pca_dims, "--pca-dims"), "vision_pool": vision_pool, "generate": generate,
-    }
 
 
 def finish(result, console=None) -> None:
@@ -64,47 +32,17 @@ def finish(result, console=None) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @config_command()
     def audit(
+        overrides: dict,
         config: Optional[Path] = typer.Option(None, "--config", help="YAML or TOML audit configuration; flags override it."),
-        model: Optional[str] = typer.Option(None, help="Local Hugging Face model directory, a .gguf file, 'organism' or 'smollm2'."),
-        data: Optional[str] = typer.Option(None, help="'shapes', 'personas', a prompt file (prompt/messages column), an image folder (with labels.csv), a label file, or a saved `datasets` directory."),
-        labels: Optional[str] = typer.Option(None, help="Label file for an image folder (CSV/JSONL/parquet)."),
-        task: Optional[str] = typer.Option(None, help="The attribute the question asks about (task-relevant)."),
-        question: Optional[str] = typer.Option(None, help="Prompt text asked of every sample."),
-        attributes: Optional[str] = typer.Option(None, help="Comma-separated attributes to probe (default: all)."),
-        levels: Optional[str] = typer.Option(None, help="Comma-separated levels (default: all)."),
-        k: Optional[str] = typer.Option(None, "--k", help="Comma-separated k values, e.g. 1,2,5,10,20."),
-        pca_dims: Optional[str] = typer.Option(None, "--pca-dims", help="Dimensions of the pca level, e.g. 1,4,16,64."),
-        vision_pool: Optional[str] = typer.Option(None, "--vision-pool", help="Vision levels: 'mean' of the image tokens or 'cls'."),
-        layers: Optional[str] = typer.Option(None, help="Comma-separated hidden-state indices, or 'all'."),
-        samples: Optional[int] = typer.Option(None, help="Number of probe samples."),
-        seed: Optional[int] = typer.Option(None, help="Random seed (data, splits, probes)."),
-        out: Optional[str] = typer.Option(None, help="Output directory."),
-        force: bool = typer.Option(False, "--force", help="Replace a different audit's results in --out."),
-        probes: Optional[str] = typer.Option(None, help="Probe families: linear,mlp."),
-        folds: Optional[int] = typer.Option(None, help="Cross-validation folds."),
-        permutations: Optional[int] = typer.Option(None, help="Label permutations with a refit each: the exact but costly check (default 0: the held-out test)."),
-        batch_size: Optional[int] = typer.Option(None, help="Capture batch size."),
-        device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
-        dtype: Optional[str] = typer.Option(None, help="Model dtype, e.g. float32, bfloat16."),
-        endpoint: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL for a black-box audit."),
-        served_model: Optional[str] = typer.Option(None, help="Model name at the endpoint."),
-        api_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the endpoint's API key."),
-        concurrency: Optional[int] = typer.Option(None, help="Concurrent requests to the endpoint."),
-        max_requests: Optional[int] = typer.Option(None, help="Request budget for the endpoint."),
-        generate: Optional[int] = typer.Option(None, help="Generate N tokens (greedy) and read every one: residual and top-k at each generated position, whole-response levels."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     ) -> None:
         """Audit a model (or an endpoint) on a probe set at every representational level."""
         from logitleak.audit import run_audit
         from logitleak.config import resolve_config
 
-        cfg = resolve_config(config, audit_overrides(
-            model=model, data=data, labels=labels, task=task, question=question, attributes=attributes,
-            levels=levels, k=k, layers=layers, samples=samples, seed=seed, out=out, force=force, probes=probes,
-            folds=folds, permutations=permutations, batch_size=batch_size, device=device, dtype=dtype,
-            endpoint=endpoint, served_model=served_model, api_key_env=api_key_env, concurrency=concurrency,
-            max_requests=max_requests, pca_dims=pca_dims, vision_pool=vision_pool, generate=generate))
+        cfg = resolve_config(config, overrides, flags=flag_names())
         if cfg.endpoint and not cfg.served_model:
             raise LogitleakError("A black-box audit needs --served-model NAME alongside --endpoint URL.")
         finish(run_audit(cfg, progress=not quiet))

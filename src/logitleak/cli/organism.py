@@ -67,6 +67,9 @@ def train(
     path = Path(out).expanduser() if out else organism_dir(seed_value)
     if path.exists() and not path.is_dir():
         raise LogitleakError(f"Output directory {str(path)!r} is an existing file; pass a directory path instead.")
+    from logitleak.userpaths import ensure_out_dir
+
+    ensure_out_dir(path)
     metrics = train_organism(path, seed_value, steps=steps_value, quick=quick, progress=True)
     _print_metrics(metrics, path)
 

@@ -52,10 +52,10 @@ def probe(
         help="Label column holding group ids; samples of a group never straddle train and test."),
     task: str | None = typer.Option(None, "--task", help="The attribute the task asks about (marked task-relevant)."),
     probes: str = typer.Option("linear,mlp", "--probes", help="Comma-separated probe families: linear, mlp."),
-    folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
-    permutations: int = typer.Option(0, "--permutations", help="Label permutations with a refit each: the exact but costly check (default 0: the held-out test)."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the intervals (0 = none)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (splits, permutations, control task, bootstrap, MLP init)."),
+    folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds."),
+    permutations: int = typer.Option(0, "--permutations", min=0, help="Label permutations with a refit each: the exact but costly check (default 0: the held-out test)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the intervals (0 = none)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Random seed (splits, permutations, control task, bootstrap, MLP init)."),
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda when available, else cpu)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -66,6 +66,11 @@ def probe(
     from logitleak.featureio import load_features, load_labels
     from logitleak.results import write_results
 
+    from logitleak.devices import check_device
+    from logitleak.userpaths import ensure_out_dir
+
+    ensure_out_dir(out)  # before any work: a path that cannot hold results fails now
+    check_device(device)
     families = tuple(p.strip() for p in probes.split(",") if p.strip())
     unknown = [p for p in families if p not in PROBE_FAMILIES]
     if not families or unknown:
@@ -75,6 +80,8 @@ def probe(
     feats = load_features(features)
     label_map, groups = load_labels(labels, group_column)
     n_labels = len(next(iter(label_map.values())))
+    if n_labels == 0:
+        raise LogitleakError(f"Labels file {labels} has no rows; give one row per sample (in the order of {features}).")
     for key, X in feats.items():
         if len(X) != n_labels:
             raise LogitleakError(

@@ -62,6 +62,9 @@ def register(app: typer.Typer) -> None:
         dtype: Optional[str] = typer.Option(None, help="Model dtype, e.g. float32, bfloat16."),
         threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                               help="torch CPU threads for generation (default: torch's; 1 is often fastest for small models)."),
+        allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also load pickle checkpoints "
+                                          "(pytorch_model.bin) with torch's weights-only loader; by default only "
+                                          "safetensors load."),
         quiet: bool = typer.Option(False, "--quiet", help="No access log."),
     ) -> None:
         """Serve a local model over the OpenAI chat-completions API, with logprobs and an optional defence."""
@@ -70,6 +73,9 @@ def register(app: typer.Typer) -> None:
 
         from logitleak.blackbox.server import build_engine, create_app
 
+        from logitleak.devices import check_device
+
+        check_device(device)
         api_key = None
         if api_key_env:
             api_key = os.environ.get(api_key_env, "").strip()
@@ -79,7 +85,7 @@ def register(app: typer.Typer) -> None:
         check_listen(host, port)
         console = Console(stderr=True)
         engine, name = build_engine(model, defense=defense, max_batch=max_batch, device=device, dtype=dtype,
-                                    threads=threads, progress=not quiet)
+                                    threads=threads, progress=not quiet, allow_pickle=allow_pickle)
         name = served_model_name or name
         if not _is_loopback(host):
             console.print(f"[yellow]warning:[/yellow] listening on {host}, reachable beyond this machine"

@@ -9,10 +9,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from logitleak.data.duplicates import file_digest, resolve_duplicates
+from logitleak.data.labelfile import LABEL_SUFFIXES, as_strings, check_filled, read_label_table
 from logitleak.data.probeset import IndexedImages, ProbeSet
 from logitleak.errors import LogitleakError
 
-LABEL_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+__all__ = ["LABEL_SUFFIXES", "LazyImages", "load_datasets_dir", "load_image_folder", "read_label_table"]
+_IMAGE_ERRORS = (FileNotFoundError, UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError,
+                 SyntaxError)
 
 
 class LazyImages(Sequence):
@@ -31,23 +35,23 @@ class LazyImages(Sequence):
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
-        except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
-            raise LogitleakError(f"Cannot read image {path} ({err.__class__.__name__}); fix or remove it from the label file.") from None
+        except _IMAGE_ERRORS as err:
+            raise LogitleakError(f"Cannot read image {path} ({_why(err)}); fix or remove it from the label file.") from None
 
 
-def read_label_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV, JSONL/JSON (records) or parquet label file."""
-    p = Path(path)
-    if not p.is_file():
-        raise LogitleakError(f"Label file {p} does not exist; pass an existing CSV, JSONL or parquet file.")
-    suffix = p.suffix.lower()
-    if suffix == ".csv":
-        return pd.read_csv(p, dtype=str, keep_default_na=False)
-    if suffix in (".jsonl", ".json"):
-        return pd.read_json(p, lines=suffix == ".jsonl", dtype=False).astype(str)
-    if suffix == ".parquet":
-        return pd.read_parquet(p).astype(str)
-    raise LogitleakError(f"Label file {p} has an unsupported extension {suffix!r}; use one of {', '.join(LABEL_SUFFIXES)}.")
+def _why(err: BaseException) -> str:
+    if isinstance(err, Image.DecompressionBombError):
+        return "too many pixels for an image: it looks like a decompression bomb"
+    return err.__class__.__name__
+
+
+def check_image(path: Path) -> None:
+    """Open the header only: a file that is not an image, or is far too large, fails here, by name."""
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018 - the header is parsed on open; size checks the bomb limit
+    except _IMAGE_ERRORS as err:
+        raise LogitleakError(f"Cannot read image {path} ({_why(err)}); fix or remove it from the label file.") from None
 
 
 def _find_label_file(folder: Path) -> Path:
@@ -59,7 +63,8 @@ def _find_label_file(folder: Path) -> Path:
 
 def _build(name: str, table: pd.DataFrame, images, question: str | dict[str, str], task: str,
            group_column: str | None, attributes: Sequence[str] | None, samples: int | None, seed: int,
-           drop: Sequence[str]) -> ProbeSet:
+           drop: Sequence[str], image_keys: Sequence[str | None] | None = None,
+           describe: Sequence[str] | None = None) -> ProbeSet:
     if group_column is not None and group_column not in table.columns:
         raise LogitleakError(f"Group column {group_column!r} is not in the label file of {name}; columns are: {', '.join(table.columns)}.")
     attr_cols = list(attributes) if attributes else [c for c in table.columns if c not in set(drop) | {group_column}]
@@ -68,28 +73,50 @@ def _build(name: str, table: pd.DataFrame, images, question: str | dict[str, str
             raise LogitleakError(f"Attribute {col!r} is not a column of the label file of {name}; columns are: {', '.join(table.columns)}.")
     if task not in attr_cols:
         attr_cols = [task] + attr_cols
-    n = len(table)
-    if n == 0:
+    if len(table) == 0:
         raise LogitleakError(f"The label file of {name} has no rows; add one row per image.")
-    index = np.arange(n)
-    if samples is not None and samples < n:
-        index = np.sort(np.random.default_rng(seed).choice(n, size=samples, replace=False))
+    check_filled(table, attr_cols + ([group_column] if group_column else []), f"the label file of {name}")
     prompt = question[task] if isinstance(question, dict) else question
-    groups = (pd.factorize(table[group_column])[0] if group_column else np.arange(n))[index]
+    notes: list[str] = []
+    base_index = np.arange(len(table))
+    groups_all = pd.factorize(table[group_column])[0] if group_column else np.arange(len(table))
+    if image_keys is not None:
+        dedup = resolve_duplicates([f"{k}\x1f{prompt}" for k in image_keys], image_keys, table[attr_cols],
+                                   None if group_column is None else list(table[group_column]),
+                                   f"the label file of {name}", describe)
+        base_index, groups_all, notes = dedup.keep, dedup.groups, dedup.notes
+    n = len(base_index)
+    pick = np.arange(n)
+    if samples is not None and samples < n:
+        pick = np.sort(np.random.default_rng(seed).choice(n, size=samples, replace=False))
+    index = base_index[pick]
+    groups = pd.factorize(np.asarray(groups_all)[pick])[0]
     imgs = None if images is None else IndexedImages(images, index)
+    meta = {"source": name, "question": prompt}
+    if notes:
+        meta["notes"] = notes
     return ProbeSet(name=name, prompts=[prompt] * len(index),
                     attributes=table[attr_cols].iloc[index].reset_index(drop=True).astype(str),
-                    asked=[task] * len(index), groups=groups, images=imgs,
-                    meta={"source": name, "question": prompt})
+                    asked=[task] * len(index), groups=groups, images=imgs, meta=meta)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def load_image_folder(folder: str | Path, *, labels: str | Path | None = None, question: str | dict[str, str],
                       task: str, path_column: str = "path", group_column: str | None = None,
-                      attributes: Sequence[str] | None = None, samples: int | None = None, seed: int = 0) -> ProbeSet:
+                      attributes: Sequence[str] | None = None, samples: int | None = None, seed: int = 0,
+                      allow_outside: bool = False) -> ProbeSet:
     """An image folder plus a label file (one column per attribute, a path column, optional group column).
 
-    Every sample is asked ``question`` (the prompt about the task attribute ``task``).
-    Paths in the label file are relative to the folder (or absolute).
+    Every sample is asked ``question`` (the prompt about the task attribute ``task``). Paths in the
+    label file are relative to the folder; paths leading outside it (``../``, absolute) are refused
+    unless ``allow_outside``. Identical images are found by content (see :mod:`logitleak.data.duplicates`).
     """
     root = Path(folder)
     if root.is_file() and root.suffix.lower() in LABEL_SUFFIXES and labels is None:
@@ -100,13 +127,24 @@ def load_image_folder(folder: str | Path, *, labels: str | Path | None = None, q
     table = read_label_table(label_path)
     if path_column not in table.columns:
         raise LogitleakError(f"Label file {label_path} has no path column {path_column!r}; add it or name it with --path-column.")
-    paths = [Path(p) if Path(p).is_absolute() else root / p for p in table[path_column]]
+    check_filled(table, [path_column], f"label file {label_path}")
+    paths = []
+    for i, p in enumerate(table[path_column]):
+        path = Path(p) if Path(p).is_absolute() else root / p
+        if not allow_outside and not _inside(path, root):
+            raise LogitleakError(f"Row {i + 1} of {label_path} points outside the data folder {root} ({p!r}); move "
+                                 "the image into the folder or pass --allow-outside-data.")
+        paths.append(path)
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise LogitleakError(f"Image file {missing[0]}{more} listed in {label_path} does not exist; fix the path or remove the row.")
+    digests = []
+    for p in paths:
+        check_image(p)
+        digests.append(file_digest(p))
     return _build(str(root), table, LazyImages(paths), question, task, group_column, attributes, samples, seed,
-                  drop=[path_column])
+                  drop=[path_column], image_keys=digests, describe=[str(p) for p in table[path_column]])
 
 
 def load_datasets_dir(path: str | Path, *, question: str | dict[str, str], task: str, image_column: str = "image",
@@ -119,13 +157,44 @@ def load_datasets_dir(path: str | Path, *, question: str | dict[str, str], task:
         ds = datasets.load_from_disk(str(path))
     except FileNotFoundError:
         raise LogitleakError(f"{path} is not a dataset saved with `save_to_disk`; pass such a directory or an image folder.") from None
+    except Exception as err:  # noqa: BLE001 - a damaged dataset directory raises many kinds of errors
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise LogitleakError(f"The dataset directory {path} is damaged ({type(err).__name__}: {first}); save it again "
+                             "with `save_to_disk`.") from None
     if isinstance(ds, datasets.DatasetDict):
         split = split or ("test" if "test" in ds else next(iter(ds)))
         ds = ds[split]
     has_images = image_column in ds.column_names
-    table = ds.remove_columns([image_column]).to_pandas().astype(str) if has_images else ds.to_pandas().astype(str)
+    frame = ds.remove_columns([image_column]).to_pandas() if has_images else ds.to_pandas()
+    table = as_strings(frame)
     images = _DatasetImages(ds, image_column) if has_images else None
-    return _build(str(path), table, images, question, task, group_column, attributes, samples, seed, drop=[])
+    keys = _dataset_image_digests(ds, image_column) if has_images else None
+    return _build(str(path), table, images, question, task, group_column, attributes, samples, seed, drop=[],
+                  image_keys=keys)
+
+
+def _dataset_image_digests(ds, column: str) -> list[str]:
+    """Content hash of every image of a dataset (its encoded bytes, else its pixels)."""
+    import hashlib
+
+    import datasets
+
+    try:
+        raw = ds.cast_column(column, datasets.Image(decode=False))[column]
+    except Exception:  # noqa: BLE001 - not an Image feature: hash the decoded pixels
+        raw = None
+    out = []
+    for i in range(len(ds)):
+        item = raw[i] if raw is not None else None
+        if isinstance(item, dict) and item.get("bytes"):
+            out.append(hashlib.sha256(item["bytes"]).hexdigest())
+        elif isinstance(item, dict) and item.get("path"):
+            out.append(file_digest(item["path"]))
+        else:
+            img = ds[i][column]
+            arr = np.asarray(img.convert("RGB") if isinstance(img, Image.Image) else img)
+            out.append(hashlib.sha256(repr(arr.shape).encode() + arr.tobytes()).hexdigest())
+    return out
 
 
 class _DatasetImages(Sequence):

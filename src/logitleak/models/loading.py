@@ -12,6 +12,7 @@ import torch
 from logitleak.errors import LogitleakError
 from logitleak.models.adapter import ModelAdapter
 from logitleak.models.families import read_mapping
+from logitleak.models.safety import check_model_source
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -71,7 +72,8 @@ class _quiet_transformers:
 
 
 def load_model(path_or_name: str | Path, *, device: str | None = None, dtype: str | torch.dtype | None = None,
-               mapping: Mapping | str | Path | None = None, padding_side: str | None = None) -> ModelAdapter:
+               mapping: Mapping | str | Path | None = None, padding_side: str | None = None,
+               allow_pickle: bool = False) -> ModelAdapter:
     """Load a VLM (with its processor) or a causal LM (with its tokenizer) from a local directory
     or a name already in the local Hugging Face cache, and resolve its components.
 
@@ -80,25 +82,20 @@ def load_model(path_or_name: str | Path, *, device: str | None = None, dtype: st
     float32 on CPU, the checkpoint's elsewhere). ``mapping``: component paths for architectures the
     family table and generic search cannot map (dict or JSON/YAML file; see
     :mod:`logitleak.models.families`). ``padding_side``: override the tokenizer's.
+    ``allow_pickle``: also load a pickle checkpoint (weights-only); by default only safetensors
+    (see :mod:`logitleak.models.safety`). Code in the model folder is never run.
     """
+    from logitleak.devices import check_device
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
-    src = str(path_or_name)
-    local = Path(src).expanduser()
-    if local.exists() and not local.is_dir():
-        raise LogitleakError(f"Model path {src!r} is a file; pass the directory holding config.json and the weights.")
-    if local.is_dir():
-        src = str(local)
-        if not (local / "config.json").is_file():
-            raise LogitleakError(f"Model directory {src!r} has no config.json; pass a directory saved with "
-                                 "save_pretrained (model + processor or tokenizer).")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    src, local, use_safetensors = check_model_source(path_or_name, allow_pickle=allow_pickle)
+    device = check_device(device)
     torch_dtype = _resolve_dtype(dtype, device)
     user_mapping = read_mapping(mapping, local if local.is_dir() else None)
 
     with _quiet_transformers():
         try:
-            config = AutoConfig.from_pretrained(src, local_files_only=True)
+            config = AutoConfig.from_pretrained(src, local_files_only=True, trust_remote_code=False)
         except OSError:
             raise LogitleakError(f"Model {src!r} is neither a local directory nor in the local Hugging Face cache; "
                                  "nothing is downloaded — save it locally and pass its directory.") from None
@@ -110,13 +107,16 @@ def load_model(path_or_name: str | Path, *, device: str | None = None, dtype: st
             raise LogitleakError(f"Model {src!r} (model_type {config.model_type!r}) is not a causal LM or an "
                                  "image-text-to-text model; logitleak audits models that predict next tokens.")
         try:
-            load_kw = {"local_files_only": True, "dtype": torch_dtype}
+            load_kw = {"local_files_only": True, "dtype": torch_dtype, "trust_remote_code": False,
+                       "use_safetensors": use_safetensors}
             if device != "cpu":
                 load_kw["device_map"] = device
             model = cls.from_pretrained(src, **load_kw)
         except OSError as exc:
             raise LogitleakError(f"Could not load the weights of {src!r} ({str(exc).splitlines()[0]}); "
                                  "check the directory holds model.safetensors.") from None
+        except Exception as exc:  # noqa: BLE001 - classified below; anything else is a bug and re-raised
+            raise _weights_error(src, exc, use_safetensors) from None
         if device == "cpu":
             model = model.to("cpu")
         model.eval()
@@ -124,7 +124,7 @@ def load_model(path_or_name: str | Path, *, device: str | None = None, dtype: st
         processor = tokenizer = None
         if cls.__name__ == "AutoModelForImageTextToText":
             try:
-                processor = AutoProcessor.from_pretrained(src, local_files_only=True)
+                processor = AutoProcessor.from_pretrained(src, local_files_only=True, trust_remote_code=False)
             except Exception as exc:  # noqa: BLE001 - any failure means no usable processor was saved
                 processor = _assemble_processor(src, config)
                 if processor is None:
@@ -134,7 +134,7 @@ def load_model(path_or_name: str | Path, *, device: str | None = None, dtype: st
             tokenizer = getattr(processor, "tokenizer", None)
         else:
             try:
-                tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+                tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True, trust_remote_code=False)
             except Exception as exc:  # noqa: BLE001
                 raise LogitleakError(f"Language model {src!r} has no loadable tokenizer ({str(exc).splitlines()[0]}); "
                                      "save it beside the weights with tokenizer.save_pretrained(model_dir).") from None
@@ -147,6 +147,24 @@ def load_model(path_or_name: str | Path, *, device: str | None = None, dtype: st
                            name=gguf_source["file"] if gguf_source else src, padding_side=padding_side)
     adapter.gguf_source = gguf_source
     return adapter
+
+
+def _weights_error(src: str, exc: BaseException, use_safetensors: bool | None) -> BaseException:
+    """A load failure the user's files caused -> one sentence; any other exception is returned unchanged."""
+    import pickle
+
+    from logitleak.models.safety import pickle_error_message
+
+    name = type(exc).__name__
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc) or "Weights only load" in str(exc):
+        return LogitleakError(pickle_error_message(Path(src), exc))
+    if name == "SafetensorError" or "safetensors" in type(exc).__module__:
+        return LogitleakError(f"The safetensors weights of {src!r} are damaged ({str(exc).splitlines()[0]}); "
+                              "re-save the model with save_pretrained.")
+    if isinstance(exc, (RuntimeError, ValueError)) and ("size mismatch" in str(exc) or "shape" in str(exc)):
+        return LogitleakError(f"The weights of {src!r} do not fit its config.json ({str(exc).splitlines()[0][:200]}); "
+                              "re-save the model and its config together.")
+    return exc
 
 
 def _assemble_processor(src: str, config):
@@ -175,8 +193,8 @@ def _assemble_processor(src: str, config):
     if proc_cls is None:
         return None
     try:
-        image_processor = AutoImageProcessor.from_pretrained(src, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+        image_processor = AutoImageProcessor.from_pretrained(src, local_files_only=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True, trust_remote_code=False)
         template = None
         if (path / "chat_template.jinja").is_file():
             template = (path / "chat_template.jinja").read_text()

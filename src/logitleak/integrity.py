@@ -1,0 +1,103 @@
+"""Checksums for cached files: recorded when a file is written, verified before it is used.
+
+A cache directory keeps ``checksums.json`` (``{file name: {"sha256", "size"}}``), written atomically
+after each recorded file. :meth:`Checksums.verify` is true only for a file whose bytes are exactly
+what was recorded, so a truncated, deleted, replaced or bit-flipped file (or a damaged or missing
+``checksums.json``) is never trusted: callers recompute it, or stop with one sentence naming it.
+The activation store keeps its shards' checksums in its own ``manifest.json`` with the same helpers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+CHECKSUMS_FILE = "checksums.json"
+_VERSION = 1
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_record(path: str | Path) -> dict:
+    """What a manifest stores about one file."""
+    return {"sha256": file_sha256(path), "size": os.path.getsize(path)}
+
+
+def matches(path: str | Path, record: dict | None) -> bool:
+    """Whether ``path`` exists and holds exactly the bytes ``record`` describes."""
+    p = Path(path)
+    if not record or not p.is_file():
+        return False
+    try:
+        if p.stat().st_size != int(record.get("size", -1)):
+            return False
+        return file_sha256(p) == record.get("sha256")
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+class Checksums:
+    """The ``checksums.json`` of one cache directory."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        self.path = self.dir / CHECKSUMS_FILE
+        self._files: dict[str, dict] | None = None
+
+    def _load(self) -> dict[str, dict]:
+        if self._files is None:
+            try:
+                data = json.loads(self.path.read_text())
+                files = data.get("files", {}) if isinstance(data, dict) else {}
+                self._files = {k: v for k, v in files.items() if isinstance(v, dict)}
+            except (OSError, ValueError):
+                self._files = {}  # missing or damaged: nothing in the directory is trusted
+        return self._files
+
+    def record(self, path: str | Path) -> None:
+        """Remember the current bytes of ``path`` (a file in this directory)."""
+        from logitleak.results import atomic_write
+
+        p = Path(path)
+        files = self._load()
+        files[p.name] = file_record(p)
+        body = json.dumps({"version": _VERSION, "files": files}, indent=1, sort_keys=True)
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text(body))
+
+    def verify(self, path: str | Path) -> bool:
+        """True only when ``path`` holds exactly the bytes recorded for it."""
+        return matches(path, self._load().get(Path(path).name))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._load()
+
+
+def seal(record: dict) -> dict:
+    """``record`` plus a ``sha256`` of its other fields (for one line of an append-only JSONL cache)."""
+    body = {k: v for k, v in record.items() if k != "sha256"}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return {**body, "sha256": digest}
+
+
+def is_sealed(record: dict) -> bool:
+    """Whether a line read back still matches the checksum :func:`seal` gave it."""
+    return isinstance(record, dict) and record.get("sha256") is not None and seal(record)["sha256"] == record["sha256"]
+
+
+def record_checksum(path: str | Path) -> None:
+    """Record ``path`` in the ``checksums.json`` of its directory."""
+    Checksums(Path(path).parent).record(path)
+
+
+def verified(path: str | Path) -> bool:
+    """Whether ``path`` matches the checksum recorded in its directory's ``checksums.json``."""
+    return Checksums(Path(path).parent).verify(path)
