@@ -77,7 +77,7 @@ def test_flags_override_the_config_file_and_errors_name_the_flag(tmp_path):
     f.write_text("samples: 5\nseed: 3\n")
     cfg = resolve_config(f, {"samples": 50}, flags=flag_names())  # the file's bad value is overridden
     assert cfg.samples == 50 and cfg.seed == 3
-    with pytest.raises(LogitleakError, match=r"^--probe-c -1 is not valid"):
+    with pytest.raises(LogitleakError, match=r"^--probe-c -1 \(key 'probes.C'\) is not valid"):
         resolve_config(None, {"probes.C": -1}, flags=flag_names())
     with pytest.raises(LogitleakError, match=r"Config file .*a\.yaml.*'samples'"):
         resolve_config(f, {}, flags=flag_names())

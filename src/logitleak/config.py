@@ -171,7 +171,7 @@ def _explain(err: ValidationError, source: str, flags: dict[str, str] | None = N
         return LogitleakError(f"{source}: unknown key {key!r}; allowed keys are: {allowed}.")
     msg = e["msg"].removeprefix("Value error, ")
     if flags and key in flags:
-        return LogitleakError(f"{flags[key]} {e.get('input')!r} is not valid: {msg}.")
+        return LogitleakError(f"{flags[key]} {e.get('input')!r} (key {key!r}) is not valid: {msg}.")
     return LogitleakError(f"{source}: invalid value for {key!r}: {msg}.")
 
 
