@@ -104,7 +104,7 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-real-"))
     gguf_file = g.smollm2_gguf()
     common = {"data": "personas", "task": args.task, "samples": args.samples, "generate": args.generate,
-              "k": sorted({1, 5, args.k}), "seed": 0,
+              "k": sorted({5, args.k}), "seed": 0,
               "probes": {"families": ["linear"], "C": 1.0, "permutations": 20, "bootstrap": 300}}
     t0 = time.perf_counter()
     white = run_audit(make_config({**common, "model": "smollm2", "out": str(out / "white"),

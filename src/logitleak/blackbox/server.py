@@ -285,21 +285,23 @@ def create_app(engine: Engine, *, served_model_name: str, api_key: str | None = 
 def build_engine(model: str, *, defense: str | None = None, max_batch: int = 16, device: str | None = None,
                  dtype: str | None = None, threads: int | None = None, progress: bool = True,
                  allow_pickle: bool = False) -> tuple[Engine, str]:
-    """Load ``model`` (a local directory or ``organism``) into an :class:`Engine`; returns it and
-    the name it is served under (``organism`` or the directory's name)."""
+    """Load ``model`` (a local directory, a GGUF file, ``organism`` or ``smollm2``) into an
+    :class:`Engine`; returns it and the name it is served under (the built-in name, the
+    directory's name or the GGUF file's stem)."""
     from pathlib import Path
 
     from logitleak.defenses.spec import parse_single_defense
     from logitleak.models.loading import load_model
 
     parsed = parse_single_defense(defense)  # fail on a bad spec before loading anything
-    if model == "organism":
-        from logitleak.models.organism import ensure_organism
+    from logitleak.models.resolve import BUILT_IN, resolve_model
 
-        path, name = ensure_organism(seed=0, progress=progress), "organism"
+    path = resolve_model(model, progress=progress)  # organism, smollm2, a GGUF file or a directory
+    if model in BUILT_IN:
+        name = model
     else:
-        path = Path(model).expanduser()
-        name = path.name or str(path)
+        given = Path(model).expanduser()
+        name = (given.stem if given.suffix.lower() == ".gguf" else given.name) or str(given)
     adapter = load_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
     return Engine(adapter, defense=parsed, max_batch=max_batch, threads=threads), name
 
