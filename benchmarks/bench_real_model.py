@@ -98,19 +98,24 @@ def main() -> None:
     ap.add_argument("--task", default="capital")
     ap.add_argument("--layers", default="0,6,12,18,24,30")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--levels", default="residual,logit_lens_topk,topk_ids,topk_logprobs,response_residual,"
+                    "response_topk_ids,response_topk_logprobs", help="white-box levels (the API ones also go black-box)")
+    ap.add_argument("--ks", default="5,20", help="k values (the table shows --k)")
+    ap.add_argument("--permutations", type=int, default=20)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-real-"))
     gguf_file = g.smollm2_gguf()
     common = {"data": "personas", "task": args.task, "samples": args.samples, "generate": args.generate,
-              "k": sorted({5, args.k}), "seed": 0,
-              "probes": {"families": ["linear"], "C": 1.0, "permutations": 20, "bootstrap": 300}}
+              "k": sorted({args.k, *(int(x) for x in args.ks.split(","))}), "seed": 0,
+              "probes": {"families": ["linear"], "C": 1.0, "permutations": args.permutations, "bootstrap": 300}}
+    levels = args.levels.split(",")
+    api_levels = [lv for lv in levels if lv in ("topk_ids", "topk_logprobs", "response_topk_ids", "response_topk_logprobs")]
     t0 = time.perf_counter()
     white = run_audit(make_config({**common, "model": "smollm2", "out": str(out / "white"),
                                    "layers": [int(x) for x in args.layers.split(",")],
-                                   "levels": ["residual", "logit_lens_topk", "topk_ids", "topk_logprobs",
-                                              "response_residual", "response_topk_ids", "response_topk_logprobs"]}),
+                                   "levels": levels}),
                       progress=False)
     t_white = time.perf_counter() - t0
     port = free_port()
@@ -119,8 +124,7 @@ def main() -> None:
         t0 = time.perf_counter()
         black = run_audit(make_config({**common, "endpoint": f"http://127.0.0.1:{port}/v1", "served_model": "smollm2",
                                        "concurrency": 2, "out": str(out / "black"),
-                                       "levels": ["topk_ids", "topk_logprobs", "response_topk_ids",
-                                                  "response_topk_logprobs"]}), progress=False)
+                                       "levels": api_levels}), progress=False)
         t_black = time.perf_counter() - t0
     finally:
         proc.send_signal(signal.SIGTERM)
