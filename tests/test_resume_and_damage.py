@@ -1,4 +1,4 @@
-"""Through the installed command on the organism: kill -9 during capture or the tuned lens, or damage
+"""Through the installed command on the organism: kill -9 during capture, the tuned lens or probing, or damage
 the cache (shards, manifest, lens, probe results, checksums), and the rerun's results equal an
 uninterrupted run's exactly; a doubled label file measures exactly what the single one does."""
 
@@ -88,7 +88,14 @@ def in_lens(out: Path) -> bool:
         out / "cache" / "lens" / "translators.safetensors").exists()
 
 
-@pytest.mark.parametrize("phase", [in_capture, in_lens], ids=["capture", "tuned-lens"])
+def in_probing(out: Path) -> bool:
+    """The tuned lens saved and some probe results cached, the results table not yet written."""
+    probes = out / "cache" / "probes"
+    return (out / "cache" / "lens" / "translators.safetensors").exists() and probes.is_dir() and any(
+        probes.glob("*.parquet")) and not (out / "results.parquet").exists()
+
+
+@pytest.mark.parametrize("phase", [in_capture, in_lens, in_probing], ids=["capture", "tuned-lens", "probing"])
 def test_kill_9_then_rerun_equals_uninterrupted(reference, tmp_path, phase):
     out = tmp_path / "out"
     kill_when(out, phase)

