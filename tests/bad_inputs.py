@@ -210,6 +210,8 @@ def cases() -> list[Case]:
         c("audit-probes-unknown", A + ("--probes", "linear,forest"), ("--probes",)),
         c("audit-probe-c-negative", A + ("--probe-c", "-1"), ("--probe-c",)),
         c("audit-mlp-levels-unknown", A + ("--mlp-levels", "nope"), ("--mlp-levels", "nope")),
+        c("audit-image-level-on-text-set", A + ORG + ("--data", "personas", "--task", "capital", "--levels",
+                                                     "residual,vision"), ("'vision'", "text only")),
         c("audit-lens-steps-zero", A + ("--lens-steps", "0"), ("--lens-steps",)),
         c("audit-concurrency-zero", A + ("--concurrency", "0"), ("--concurrency",)),
         c("audit-max-requests-zero", A + ("--max-requests", "0"), ("--max-requests",)),

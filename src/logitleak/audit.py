@@ -218,6 +218,18 @@ def _selected_layers(cfg: AuditConfig, n_layers: int) -> list[int]:
     return list(cfg.layers)
 
 
+def _check_levels_fit(cfg: AuditConfig, probeset):
+    """``probeset``, after refusing asked-for image levels on a text-only set (before any model work)."""
+    if "levels" in cfg.model_fields_set and probeset.images is None:
+        from logitleak.transition import TRANSITION_LEVELS
+
+        asked = [lv for lv in cfg.levels if lv in TRANSITION_LEVELS]
+        if asked:
+            raise LogitleakError(f"Level {asked[0]!r} needs a probe set with images, and {probeset.name!r} is text only; "
+                                 "drop it from --levels.")
+    return probeset
+
+
 def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     """Run one audit end to end and write results, run.json and report.html into ``cfg.out``."""
     from logitleak.devices import check_device
@@ -232,14 +244,14 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
         if cfg.endpoint:
             from logitleak.blackbox.audit import blackbox_capture
 
-            probeset = load_probe_set(cfg)
+            probeset = _check_levels_fit(cfg, load_probe_set(cfg))
             model_desc, model_fp = f"{cfg.endpoint} ({cfg.served_model})", cfg.served_model or ""
         else:
             from logitleak.models.safety import check_model_source
 
             model_path = resolve_model_path(cfg, progress=progress)
             check_model_source(model_path, allow_pickle=cfg.allow_pickle)  # cheap checks before any work
-            probeset = load_probe_set(cfg)  # then the data: a bad label file fails before a model is loaded
+            probeset = _check_levels_fit(cfg, load_probe_set(cfg))  # then the data: a bad label file fails before a model is loaded
             from logitleak.models.loading import load_model  # (imports torch: after the cheap checks)
 
             adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype, allow_pickle=cfg.allow_pickle)
