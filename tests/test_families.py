@@ -156,9 +156,10 @@ def test_mapping_file_beside_the_weights(tmp_path):
 
 
 def test_not_a_language_model(tmp_path):
-    from transformers import ViTConfig
+    from transformers import ViTConfig, ViTModel
 
-    ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(tmp_path)
+    cfg = ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    ViTModel(cfg).save_pretrained(tmp_path)  # safe, intact weights: refused for what it is, not for what it lacks
     with pytest.raises(LogitleakError, match="not a causal LM"):
         load_model(tmp_path, device="cpu")
 

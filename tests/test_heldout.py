@@ -254,11 +254,11 @@ def test_a_resumed_audit_probe_stage_reproduces_the_uninterrupted_one_exactly(tm
     cfg = make_config({"task": "size", "probes": {"families": ["linear", "mlp"], "folds": 3, "bootstrap": 20}})
     attrs = ["size", "shape"]
     full = probe_with_resume(feats, ps, cfg, tmp_path / "a", attrs, progress=False)
-    done = sorted((tmp_path / "a").iterdir())
+    done = sorted((tmp_path / "a").glob("*.parquet"))
     assert len(done) == len(feats)
     interrupted = tmp_path / "b"
     interrupted.mkdir()
-    for f in done[:4]:                       # some feature sets finished before the interruption
+    for f in done[:4] + [tmp_path / "a" / "checksums.json"]:  # some feature sets finished before the interruption
         (interrupted / f.name).write_bytes(f.read_bytes())
     resumed = probe_with_resume(feats, ps, cfg, interrupted, attrs, progress=False)
     import pandas as pd

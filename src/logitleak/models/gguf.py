@@ -120,6 +120,10 @@ def convert_gguf(path: str | Path, *, out_root: str | Path | None = None, progre
     target = root / f"{sha[:16]}-v{CONVERT_VERSION}"
     src = read_source(target)
     if src is not None and src.get("sha256") == sha and (target / "config.json").is_file():
+        if src.get("file") != str(gguf_file.resolve()):  # the same bytes at another path: name the file audited now
+            from logitleak.results import write_json
+
+            write_json(target / SOURCE_FILE, {**src, "file": str(gguf_file.resolve())})
         return target
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{sha[:16]}-"))
