@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from logitleak.capture_vision import VISION_POOLS, _VisionRecorder, image_counts, pool_per_sample  # noqa: F401
+from logitleak.capture_vision import VISION_POOLS, HookSet, _VisionRecorder, image_counts, pool_per_sample  # noqa: F401
 from logitleak.errors import LogitleakError
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def _replace_output(output, new: torch.Tensor):
     return new
 
 
-class _Recorder:
+class _Recorder(HookSet):
     """Forward hooks on the decoder blocks: optional edits (``edit_hooks``), then a gather of every
     block's output — and of block 0's input (the embedding output) — at the read positions."""
 
@@ -143,7 +143,7 @@ class _Recorder:
                                  "which logitleak cannot read at the prompt's last token.")
         return h[torch.arange(h.shape[0], device=h.device), self.pos.to(h.device)]
 
-    def __enter__(self):
+    def _register(self) -> None:
         def pre_hook(module, args, kwargs):
             h = args[0] if args else kwargs.get("hidden_states")
             self.states[0] = self._gather(h)
@@ -166,23 +166,12 @@ class _Recorder:
                 self._image_pool(idx, h)
             return hook
 
-        try:
-            self.handles.append(self.layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
-            for i, layer in enumerate(self.layers):
-                fn = self.edit_hooks.get(i + 1)
-                if fn is not None:  # before any other hook, so every reader sees the edited state
-                    self.handles.append(layer.register_forward_hook(make_edit(fn), prepend=True))
-                self.handles.append(layer.register_forward_hook(make_rec(i + 1)))
-        except Exception:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-        return False
+        self.handles.append(self.layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
+        for i, layer in enumerate(self.layers):
+            fn = self.edit_hooks.get(i + 1)
+            if fn is not None:  # before any other hook, so every reader sees the edited state
+                self.handles.append(layer.register_forward_hook(make_edit(fn), prepend=True))
+            self.handles.append(layer.register_forward_hook(make_rec(i + 1)))
 
 
 def _check_edit_hooks(edit_hooks, n_layers: int) -> None:

@@ -46,7 +46,30 @@ def pool_per_sample(h: torch.Tensor, batch: int, counts: torch.Tensor | None = N
     return h[:, 0] if mode == "cls" else h.mean(1)
 
 
-class _VisionRecorder:
+class HookSet:
+    """Hooks registered by ``_register()`` on entry, all removed on exit (also when registering fails)."""
+
+    handles: list
+
+    def _register(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self._register()
+        except Exception:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        return False
+
+
+class _VisionRecorder(HookSet):
     """Forward hooks on the vision tower's blocks (and block 0's input) and on the projector: each
     output pooled per sample as soon as it is produced, so memory holds one vector per sample."""
 
@@ -67,7 +90,7 @@ class _VisionRecorder:
     def _pool(self, h, mode=None):
         return pool_per_sample(_output_tensor(h), self.batch, self.counts, mode or self.mode)
 
-    def __enter__(self):
+    def _register(self) -> None:
         def pre_hook(module, args, kwargs):
             if self.states[0] is None:
                 self.states[0] = self._pool(args[0] if args else kwargs.get("hidden_states"))
@@ -80,23 +103,12 @@ class _VisionRecorder:
         def proj_hook(module, args, output):
             self.proj = self._pool(output, "mean")
 
-        try:
-            if self.blocks:
-                self.handles.append(self.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
-            for i, block in enumerate(self.blocks):
-                self.handles.append(block.register_forward_hook(make_rec(i + 1)))
-            if self.projector is not None:
-                self.handles.append(self.projector.register_forward_hook(proj_hook))
-        except Exception:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-        return False
+        if self.blocks:
+            self.handles.append(self.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
+        for i, block in enumerate(self.blocks):
+            self.handles.append(block.register_forward_hook(make_rec(i + 1)))
+        if self.projector is not None:
+            self.handles.append(self.projector.register_forward_hook(proj_hook))
 
 
 def image_counts(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
