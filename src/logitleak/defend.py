@@ -62,35 +62,10 @@ def api_features(view_logprobs: torch.Tensor, view_ids: torch.Tensor, k: int) ->
 
 
 def recommend(tradeoff: pd.DataFrame, max_loss: float, alpha: float = 0.05) -> str:
-    """The cheapest defence that brings every task-irrelevant attribute at the API level to baseline."""
-    api = tradeoff[(~tradeoff["task_relevant"].astype(bool)) & (tradeoff["level"] != "residual")]
-    if api.empty:
-        return "No task-irrelevant attribute was measured, so no defence is needed or recommended."
-    perm_rows = api[api["p_test"] == "permutation"] if "p_test" in api.columns else api
-    if "n_permutations" in perm_rows.columns and len(perm_rows) and perm_rows["n_permutations"].notna().all():
-        n_perm = int(perm_rows["n_permutations"].min())
-        if 1.0 / (n_perm + 1) >= alpha:
-            return (f"No recommendation: with {n_perm} permutations no p-value can fall below {alpha}, so "
-                    f"'at baseline' cannot be told from 'not tested'; rerun with at least {int(1 / alpha)} permutations.")
-    base = tradeoff.loc[tradeoff["defense"] == "none", "utility_accuracy"]
-    base_utility = float(base.iloc[0]) if len(base) else float("nan")
-    candidates = []
-    for label, rows in api.groupby("defense_label", sort=False):
-        leaks = rows[rows["p_value"] < alpha]  # any significant reading (uncorrected: the safe side)
-        loss = float(rows["utility_loss"].iloc[0])
-        if leaks.empty and loss <= max_loss:
-            candidates.append((loss, label, float(rows["utility_accuracy"].iloc[0])))
-    if not candidates:
-        return (f"No defence in the grid brings every task-irrelevant attribute at the API level to baseline "
-                f"(p >= {alpha}) within an answer-accuracy loss of {max_loss:.2f}; widen the grid (stronger noise, "
-                f"smaller k, erasure at more layers) or accept a larger loss.")
-    loss, label, util = min(candidates)
-    if label == "none":
-        return (f"No defence is needed: without one, no task-irrelevant attribute is readable at the API level "
-                f"(p >= {alpha}); answer accuracy {util:.3f}.")
-    return (f"Recommended: {label}. It is the cheapest defence in the grid that brings every task-irrelevant "
-            f"attribute at the API level to baseline (p >= {alpha}), at an answer-accuracy loss of {loss:.3f} "
-            f"({base_utility:.3f} -> {util:.3f}).")
+    """The recommendation's sentence: the audit's decisions per defence (:func:`logitleak.decisions.recommend_defence`)."""
+    from logitleak.decisions import recommend_defence
+
+    return recommend_defence(tradeoff, max_loss, alpha).text
 
 
 def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05, progress: bool = True) -> DefendResult:

@@ -15,6 +15,33 @@ DEFEND_EXCLUDES = ("levels", "layers", "pca_dims", "vision_pool", "generate")
 """Config keys defend has no flag for: it measures the API levels of the first answer token."""
 
 
+RECOMMENDATION_STYLE: dict[str, str] = {"recommended": "bold green", "none_needed": "bold green",
+                                         "none_found": "bold red", "untestable": "bold yellow"}
+"""The recommendation's terminal style by its ``kind`` (plain bold otherwise)."""
+
+
+def tradeoff_table(rec):
+    """The rich trade-off table: per defence and task-irrelevant attribute, the reading the decision
+    rests on (the strongest one, as in the verdict), its Holm p, and the call."""
+    from rich.table import Table
+
+    from logitleak.decisions import strongest_rows
+    from logitleak.report.wording import fmt_interval, fmt_num, fmt_p, where
+
+    table = Table(title=f"Defences: leakage at the API level vs answer accuracy (strongest reading per row, "
+                        f"alpha={rec.alpha:g}, Holm-corrected per defence)")
+    for col in ("defence", "attribute", "call", "reading (probe)", "accuracy [CI] vs base", "Holm p", "bits",
+                "answer acc."):
+        table.add_column(col)
+    for _, r in strongest_rows(rec).iterrows():
+        call = "[bold red]LEAK[/]" if r["leak"] else "[green]no leak[/]"
+        acc = (fmt_num(r["accuracy"], 3) + fmt_interval(r["ci_low"], r["ci_high"], 3)
+               + f" vs {fmt_num(r['baseline_accuracy'], 3)}")
+        table.add_row(str(r["defense_label"]), str(r["attribute"]), call, f"{where(r)} ({r['probe']})", acc,
+                      fmt_p(r["p_holm"]), fmt_num(r["v_info_bits"], 3), fmt_num(r["utility_accuracy"], 3))
+    return table
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     @config_command(exclude=DEFEND_EXCLUDES, helps={
@@ -31,9 +58,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Sweep defences and report leakage at the API level against answer accuracy."""
         from rich.console import Console
-        from rich.table import Table
 
         from logitleak.config import resolve_config
+        from logitleak.decisions import recommend_defence
         from logitleak.defend import run_defend
         from logitleak.defenses.spec import parse_defenses
 
@@ -46,15 +73,7 @@ def register(app: typer.Typer) -> None:
         grid = parse_defenses(defenses)
         result = run_defend(cfg, grid, max_loss=max_loss, progress=not quiet)
         console = Console()
-        table = Table(title="Defences: leakage at the API level vs answer accuracy (strongest probe per row)")
-        for col in ("defence", "attribute", "level", "k", "accuracy", "baseline", "p", "bits", "answer acc."):
-            table.add_column(col)
-        api = result.tradeoff[(result.tradeoff["level"] != "residual") & (~result.tradeoff["task_relevant"].astype(bool))]
-        best = api.sort_values("accuracy", ascending=False).groupby(["defense_label", "attribute"], sort=False).head(1)
-        for r in best.itertuples():
-            table.add_row(r.defense_label, r.attribute, r.level, str(r.k),
-                          f"{r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]",
-                          f"{r.baseline_accuracy:.3f}", f"{r.p_value:.3g}", f"{r.v_info_bits:.3f}", f"{r.utility_accuracy:.3f}")
-        console.print(table)
-        console.print(result.recommendation)
+        rec = recommend_defence(result.tradeoff, max_loss)
+        console.print(tradeoff_table(rec))
+        console.print(rec.text, style=RECOMMENDATION_STYLE.get(rec.kind, "bold"), highlight=False)
         console.print(f"Trade-off table and report written to [bold]{result.out_dir}[/bold].")

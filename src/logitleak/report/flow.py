@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 from logitleak.report.plots import Plot, _attr_title, _attrs, _grid, color, to_data_uri
-from logitleak.report.verdict import Finding, best_row, finite, fmt_interval, fmt_num, num, strongest, where
+from logitleak.decisions import best_row, finite, num, strongest
+from logitleak.report.verdict import Finding
+from logitleak.report.wording import fmt_interval, fmt_num, where
 from logitleak.results import API_LEVELS
 
 OUTPUT_STAGES: tuple[str, ...] = ("logit_lens_topk", "tuned_lens_topk", "logits", "topk_ids", "topk_logprobs")

@@ -13,18 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from logitleak.report import plots as _plots
-from logitleak.report.verdict import (
-    Finding,
-    annotate,
-    finite,
-    fmt_acc,
-    fmt_interval,
-    fmt_num,
-    fmt_p,
-    num,
-    relevance,
-    verdict,
-)
+from logitleak.decisions import Decisions, decide, finite, num, relevance
+from logitleak.report.verdict import Finding, verdict
+from logitleak.report.wording import fmt_acc, fmt_interval, fmt_num, fmt_p
 from logitleak.results import atomic_write
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -114,14 +105,13 @@ def _header(results: pd.DataFrame, run_info: Mapping) -> str:
     return f"<h1>logitleak audit: what do the logits know?</h1>\n<dl class=\"meta\">{meta}</dl>"
 
 
-def _verdict_html(findings: list[Finding]) -> str:
+HEADLINE_CLASS: dict[str, str] = {"leak": "leak", "clean": "clean"}
+"""The headline box's CSS class by the decisions' ``status`` (``unknown`` otherwise)."""
+
+
+def _verdict_html(findings: list[Finding], decisions: Decisions) -> str:
     head = next((f for f in findings if f.kind == "headline"), None)
-    cls = "unknown"
-    if head is not None:
-        if any(f.kind == "leak" for f in findings):
-            cls = "leak"
-        elif head.text.startswith("No leak"):
-            cls = "clean"
+    cls = HEADLINE_CLASS.get(decisions.status, "unknown")
     out = ['<h2 id="verdict">Verdict</h2>']
     if head is not None:
         out.append(f'<div class="headline {cls}">{_e(head.text)}</div>')
@@ -240,8 +230,9 @@ def _run_details(run_info: Mapping) -> str:
 def render_html(results: pd.DataFrame, run_info: Mapping, *, tradeoff: pd.DataFrame | None = None,
                 recommendation: str | None = None, alpha: float = 0.05) -> str:
     """The report as one HTML string."""
-    ann = annotate(results, alpha)
-    findings = verdict(results, alpha)
+    dec = decide(results, alpha)
+    ann = dec.table
+    findings = verdict(results, alpha, decisions=dec)
     rel = relevance(ann) if len(ann) else {}
     parts = [_header(ann, run_info)]
     problems = run_info.get("problems") or []
@@ -250,7 +241,7 @@ def render_html(results: pd.DataFrame, run_info: Mapping, *, tradeoff: pd.DataFr
         parts.append(f'<div class="problems">{n} problem{"s" if n != 1 else ""} during the run '
                      f'(listed under <a href="#problems">Run details</a>): the numbers below rest on the samples that '
                      f"were answered.</div>")
-    parts.append(_verdict_html(findings))
+    parts.append(_verdict_html(findings, dec))
 
     for relevant, title, note in (
         (False, "Task-irrelevant attributes: leakage",

@@ -1,5 +1,5 @@
 """Matplotlib figures for the report, rendered with the Agg canvas (no pyplot, no global state)
-into base64 PNG data URIs. Every function takes the annotated table (``verdict.annotate``),
+into base64 PNG data URIs. Every function takes the annotated table (``decisions.annotate``),
 tolerates missing levels, columns and NaN, and returns ``None`` when it has nothing to draw."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from logitleak.report.verdict import best_row, level_rank, num, strongest
+from logitleak.decisions import best_row, level_rank, num, strongest
 from logitleak.results import API_LEVELS
 
 LEVEL_COLORS: dict[str, str] = {

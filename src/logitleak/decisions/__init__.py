@@ -1,0 +1,34 @@
+"""The one place every decision is made: Holm, readable, leak, strongest reading, smallest k, recommendation.
+
+``decide(results)`` returns structured :class:`Decisions` for an audit's results table;
+``recommend_defence(tradeoff, max_loss)`` takes the same decisions once per defence and picks
+the cheapest one that stops every leak. The verdict, the HTML report, the terminal summaries
+and ``defend`` all read these; none of them re-derives a rule.
+"""
+
+from logitleak.decisions.attributes import STATUSES, AttributeDecision, Decisions, decide
+from logitleak.decisions.defences import (
+    DefenceDecision,
+    Recommendation,
+    decide_defences,
+    recommend_defence,
+    strongest_rows,
+)
+from logitleak.decisions.rules import (
+    TUNED_LEVELS,
+    annotate,
+    best_row,
+    finite,
+    holm,
+    k_order,
+    level_rank,
+    num,
+    relevance,
+    smallest_k_key,
+    smallest_k_row,
+    strongest,
+)
+
+__all__ = ["STATUSES", "TUNED_LEVELS", "AttributeDecision", "DefenceDecision", "Decisions", "Recommendation",
+           "annotate", "best_row", "decide", "decide_defences", "finite", "holm", "k_order", "level_rank", "num",
+           "recommend_defence", "relevance", "smallest_k_key", "smallest_k_row", "strongest", "strongest_rows"]

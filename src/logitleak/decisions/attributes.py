@@ -1,0 +1,143 @@
+"""Per-attribute decisions of one results table: readable? leak? strongest reading, smallest k.
+
+:func:`decide` applies the row rules of :mod:`logitleak.decisions.rules` to a whole table and
+returns one :class:`AttributeDecision` per attribute inside a :class:`Decisions`. The verdict,
+the HTML report, the terminal summaries and ``defend``'s recommendation all read these objects,
+so none of them re-derives a rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from logitleak.decisions.rules import (
+    TUNED_LEVELS,
+    annotate,
+    best_row,
+    finite,
+    num,
+    relevance,
+    smallest_k_key,
+    smallest_k_row,
+    strongest,
+)
+from logitleak.results import API_LEVELS
+
+STATUSES: tuple[str, ...] = ("empty", "no_api", "leak", "clean", "nothing_to_claim")
+"""What a whole table says: nothing measured; no API level measured; a task-irrelevant attribute
+leaks; no task-irrelevant attribute measured at the API level leaks; no task-irrelevant attribute
+measured at the API level at all."""
+
+
+@dataclass(frozen=True)
+class AttributeDecision:
+    """The decisions about one attribute (rows are those of ``Decisions.best``: strongest family).
+
+    ``strongest`` is the readable API row with the most V-information when ``readable``, else the
+    API row with the most V-information (None when no API level was measured). ``first`` is the
+    smallest-k readable API row and ``first_per_level`` the same per API level. ``inside`` is the
+    strongest readable internal row; ``residual`` / ``tuned`` the best residual-stream and
+    tuned-lens rows (readable or not).
+    """
+
+    attribute: str
+    task_relevant: bool
+    measured: bool
+    readable: bool
+    leak: bool
+    strongest: pd.Series | None = field(default=None, repr=False, compare=False)
+    first: pd.Series | None = field(default=None, repr=False, compare=False)
+    first_per_level: dict = field(default_factory=dict, repr=False, compare=False)
+    inside: pd.Series | None = field(default=None, repr=False, compare=False)
+    residual: pd.Series | None = field(default=None, repr=False, compare=False)
+    tuned: pd.Series | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def smallest_k(self) -> int | None:
+        """The smallest k with a readable API row (None when not readable or read from ``top1_prob``)."""
+        if self.first is None or not finite(self.first.get("k")):
+            return None
+        return int(num(self.first["k"]))
+
+    @property
+    def p_value(self) -> float:
+        """The strongest row's raw p-value (NaN when there is none)."""
+        return num(self.strongest.get("p_value")) if self.strongest is not None else float("nan")
+
+    @property
+    def p_holm(self) -> float:
+        """The strongest row's Holm-adjusted p-value, the one the decision used (NaN when none)."""
+        return num(self.strongest.get("p_holm")) if self.strongest is not None else float("nan")
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """Every decision about one results table at one ``alpha``."""
+
+    alpha: float
+    table: pd.DataFrame = field(repr=False)
+    best: pd.DataFrame = field(repr=False)
+    attributes: dict[str, AttributeDecision]
+    n_tests: int
+
+    @property
+    def irrelevant(self) -> list[AttributeDecision]:
+        return [d for d in self.attributes.values() if not d.task_relevant]
+
+    @property
+    def relevant(self) -> list[AttributeDecision]:
+        return [d for d in self.attributes.values() if d.task_relevant]
+
+    @property
+    def leaks(self) -> list[AttributeDecision]:
+        """The task-irrelevant attributes readable from the API output, in table order."""
+        return [d for d in self.irrelevant if d.leak]
+
+    @property
+    def unmeasured(self) -> list[str]:
+        """Task-irrelevant attributes with no API-level row."""
+        return [d.attribute for d in self.irrelevant if not d.measured]
+
+    @property
+    def status(self) -> str:
+        """One of :data:`STATUSES` (what the headline says and how it is coloured)."""
+        if self.table.empty:
+            return "empty"
+        if not self.table["is_api"].any():
+            return "no_api"
+        if self.leaks:
+            return "leak"
+        if self.irrelevant and len(self.unmeasured) < len(self.irrelevant):
+            return "clean"
+        return "nothing_to_claim"
+
+
+def _decide_one(best: pd.DataFrame, attr: str, task_relevant: bool) -> AttributeDecision:
+    rows = best[best["attribute"] == attr]
+    api = rows[rows["is_api"]]
+    readable = api[api["readable"]]
+    per_level = {}
+    for level in [lv for lv in API_LEVELS if lv in set(readable["level"])]:
+        per_level[level] = smallest_k_row(readable[readable["level"] == level])
+    first = min(per_level.values(), key=smallest_k_key) if per_level else None
+    return AttributeDecision(
+        attribute=attr, task_relevant=task_relevant, measured=not api.empty, readable=not readable.empty,
+        leak=not readable.empty and not task_relevant,
+        strongest=best_row(readable) if not readable.empty else best_row(api),
+        first=first, first_per_level=per_level,
+        inside=best_row(rows[~rows["is_api"] & rows["readable"]]),
+        residual=best_row(rows[rows["level"] == "residual"]),
+        tuned=best_row(rows[rows["level"].isin(TUNED_LEVELS)]))
+
+
+def decide(results: pd.DataFrame, alpha: float = 0.05) -> Decisions:
+    """Annotate ``results`` with the row rules and decide every attribute (see the rules module)."""
+    ann = annotate(results, alpha)
+    best = strongest(ann)
+    rel = relevance(ann) if len(ann) else {}
+    attrs = {a: _decide_one(best, a, rel.get(a, False)) for a in dict.fromkeys(ann["attribute"])} if len(ann) else {}
+    n_tests = int(np.isfinite(ann.loc[ann["is_api"], "p_value"]).sum()) if len(ann) else 0
+    return Decisions(alpha=alpha, table=ann, best=best, attributes=attrs, n_tests=n_tests)
