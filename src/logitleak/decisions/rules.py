@@ -95,10 +95,8 @@ def annotate(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     (API rows only), ``p_used``, ``significant``, ``above_baseline``, ``readable``, ``leak``
     (readable, API level, task-irrelevant) and ``strength`` (the family-ranking key)."""
     df = to_frame(results).reset_index(drop=True)
-    df["attribute"] = df["attribute"].astype(str)
-    df["level"] = df["level"].astype(str)
-    df["probe"] = df["probe"].astype(object).where(df["probe"].notna(), "probe")
-    df["probe"] = df["probe"].astype(str)
+    for col, missing in (("attribute", "attribute"), ("level", "level"), ("probe", "probe")):
+        df[col] = df[col].astype(object).where(df[col].notna(), missing).astype(str)
     for col in NUMERIC_COLUMNS:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     rel = relevance(df)
