@@ -18,6 +18,7 @@ from logitleak.data.probeset import ProbeSet
 from logitleak.errors import LogitleakError
 from logitleak.probeset_loading import load_probe_set
 from logitleak.results import atomic_write, write_json, write_results
+from logitleak.timing import Timer as _Timer  # noqa: F401 - the audit's phase timer (also imported as _Timer)
 
 LENS_LEVELS = ("tuned_lens_topk", "tuned_lens_answers")
 IDENTITY_KEYS = ("model", "data", "labels", "task", "question", "attributes", "samples", "seed", "endpoint", "served_model",
@@ -190,23 +191,6 @@ def probe_params(cfg: AuditConfig) -> dict | None:
 
 def _match(col: pd.Series, value) -> pd.Series:
     return col.isna() if value is None else (col == value)
-
-
-class _Timer:
-    def __init__(self):
-        self.timings: dict[str, float] = {}
-
-    def __call__(self, name: str):
-        timer = self
-
-        class _Ctx:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.timings[name] = round(timer.timings.get(name, 0.0) + time.perf_counter() - self.t0, 3)
-
-        return _Ctx()
 
 
 def _selected_layers(cfg: AuditConfig, n_layers: int) -> list[int]:

@@ -1,4 +1,13 @@
-"""`logitleak defend`: sweep defences and measure leakage at the API level against answer accuracy."""
+"""`logitleak defend`: the audit once per defence, leakage at the API level against answer accuracy.
+
+Every defence goes through the audit's own pipeline: model-side ones (LEACE erasure at layers) as
+a stored capture under the activation store's edit key (the erasers' layers and weights), fitted
+shard by shard from stored captures of the fit split; output-side ones as a stored view of that
+capture's logits under the defence's own key (:mod:`logitleak.defenses.stored`); then the audit's
+levels and its probes with their cache (:func:`~logitleak.audit.probe_with_resume`). So a killed
+run resumes where it stopped with identical results, and memory is bounded like the audit's: one
+shard, one layer or one defence's features at a time.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +20,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from logitleak.audit import (_Timer, audit_identity, package_versions, prepare_out_dir, probe_params,
-                             resolve_model_path)
+from logitleak.audit import audit_identity, package_versions, prepare_out_dir, probe_with_resume, resolve_model_path
 from logitleak.capture import Capture
 from logitleak.config import AuditConfig
 from logitleak.data.probeset import ProbeSet
-from logitleak.defenses.erasure import eraser_hook, fit_erasers_sequentially, resolve_erasure_layers
-from logitleak.defenses.output import apply_output_defense
+from logitleak.defenses.erasure import erasers_key, eraser_hook, fit_erasers_from_store, resolve_erasure_layers
+from logitleak.defenses.output import check_defense
 from logitleak.defenses.spec import Defense
 from logitleak.errors import LogitleakError
 from logitleak.probeset_loading import load_probe_set
 from logitleak.results import write_json, write_results
+from logitleak.timing import Timer
 
 TRADEOFF_COLUMNS = ("defense", "strength", "layer", "attribute", "level", "k", "probe", "task_relevant",
                     "accuracy", "baseline_accuracy", "ci_low", "ci_high", "p_value", "v_info_bits",
@@ -38,13 +47,18 @@ class DefendResult:
     report_path: Path | None
 
 
-def split_fit_eval(probeset: ProbeSet, seed: int, fit_fraction: float = 0.5) -> tuple[ProbeSet, ProbeSet]:
-    """A grouped split: erasers are fitted on one part, every defence is measured on the other."""
-    groups = np.unique(probeset.groups)
-    rng = np.random.default_rng(seed + 7919)
-    fit_groups = set(rng.permutation(groups)[: int(round(len(groups) * fit_fraction))].tolist())
-    in_fit = np.array([g in fit_groups for g in probeset.groups])
-    return probeset.subset(np.flatnonzero(in_fit)), probeset.subset(np.flatnonzero(~in_fit))
+def split_fit_eval(probeset: ProbeSet, seed: int, fit_fraction: float = 0.5,
+                   stratify: str | None = None) -> tuple[ProbeSet, ProbeSet]:
+    """A grouped split (:func:`logitleak.splits.cv_splits`, stratified by the ``stratify`` attribute
+    when given): erasers are fitted on one part, every defence is measured on the other."""
+    from logitleak.splits import cv_splits
+
+    if stratify is not None and stratify in probeset.categorical_attributes:
+        _, codes = np.unique(np.asarray(probeset.labels(stratify)).astype(str), return_inverse=True)
+    else:
+        codes = np.zeros(len(probeset), dtype=np.int64)
+    fit_idx, eval_idx = cv_splits(codes, np.asarray(probeset.groups), test_size=1.0 - fit_fraction, seed=seed + 7919)[0]
+    return probeset.subset(np.sort(fit_idx)), probeset.subset(np.sort(eval_idx))
 
 
 def api_features(view_logprobs: torch.Tensor, view_ids: torch.Tensor, k: int) -> dict:
@@ -69,85 +83,92 @@ def recommend(tradeoff: pd.DataFrame, max_loss: float, alpha: float = 0.05) -> s
 
 
 def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05, progress: bool = True) -> DefendResult:
-    """Measure every defence in ``grid`` with the same probes as the audit, from one pass per model-side setting."""
-    from logitleak.capture import capture
-    from logitleak.evaluate import evaluate_sweep
-    from logitleak.models.loading import load_model
+    """Measure every defence in ``grid`` with the audit's pipeline and probes: one stored capture per
+    model-side setting, one stored view per output-side defence, the probes' cache; resumable."""
+    from logitleak.defenses.stored import defended_output
+    from logitleak.devices import check_device
     from logitleak.models.safety import check_model_source
+    from logitleak.store import ActivationStore
 
     if cfg.endpoint:
         raise LogitleakError("`defend` needs a local model (--model); a black-box endpoint cannot be scrubbed. "
                              "Audit an endpoint's output-side defences by serving it with `logitleak serve --defense`.")
-    timer = _Timer()
+    timer = Timer()
+    if cfg.device is not None:
+        check_device(cfg.device)
     out = prepare_out_dir(cfg)
+    cache = out / "cache"
     with timer("load"):
         model_path = resolve_model_path(cfg, progress=progress)
         check_model_source(model_path, allow_pickle=cfg.allow_pickle)  # cheap checks before any work
         probeset = load_probe_set(cfg)  # then the data: a bad label file fails before a model is loaded
+        attributes = probeset.categorical_attributes  # the trade-off is measured on the class attributes
+        if not attributes:
+            raise LogitleakError(f"Probe set {probeset.name!r} has no class attribute; `defend` measures class "
+                                 "attributes, so give it one (e.g. with --attributes).")
+        from logitleak.models.loading import load_model  # (imports the model code: after the cheap checks)
+
         adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype, allow_pickle=cfg.allow_pickle)
-    fit_set, eval_set = split_fit_eval(probeset, cfg.seed)
+    fit_set, eval_set = split_fit_eval(probeset, cfg.seed, stratify=cfg.task)
     k_api = max(cfg.k)
     if k_api > adapter.vocab_size:
         raise LogitleakError(f"k={k_api} is larger than the vocabulary ({adapter.vocab_size}); pass --k values up to {adapter.vocab_size}.")
+    irrelevant = [a for a in attributes if a != cfg.task]
     for d in grid:  # validate the whole grid before any work
-        for t in d.output_side:
-            if t.name == "topk" and int(t.value) > adapter.vocab_size:
-                raise LogitleakError(f"Defence topk:{t.value} asks for more alternatives than the vocabulary has "
-                                     f"({adapter.vocab_size}); use k <= {adapter.vocab_size}.")
+        check_defense(d, adapter.vocab_size)
         if d.erasure_layers:
             resolve_erasure_layers(d.erasure_layers, adapter.n_layers)
-    attributes = probeset.categorical_attributes  # the trade-off is measured on the class attributes
-    irrelevant = [a for a in attributes if a != cfg.task]
-    labels = {a: eval_set.labels(a) for a in attributes}
+            if not irrelevant:
+                raise LogitleakError(f"Defence {d.label()} erases task-irrelevant attributes, and the probe set has none "
+                                     f"besides the task {cfg.task!r}; add attributes or drop leace from --defenses.")
     answer_ids = torch.tensor([_first_token(adapter, w) for w in eval_set.answers])
-    n_layers = adapter.n_layers
+    store = ActivationStore(cache / "captures")
 
-    def run_pass(ps: ProbeSet, hooks: dict | None) -> Capture:
-        return capture(adapter, ps, batch_size=cfg.batch_size, edit_hooks=hooks or None, progress=False)
+    def extract(ps: ProbeSet, hooks: dict | None, key: str | None):
+        return store.extract(adapter, ps, batch_size=cfg.batch_size, shard_size=cfg.shard_size, progress=progress,
+                             edit_hooks=hooks or None, edit_key=key if hooks else None, vision_pool=None)
 
-    captures: dict[tuple[int, ...], Capture] = {}
+    def capture_for(layers: tuple[int, ...]):
+        """The evaluation split's stored capture with erasers at ``layers`` (none: the plain capture)."""
+        if not layers:
+            return extract(eval_set, None, None)
+        erasers = fit_erasers_from_store(lambda hooks, key: extract(fit_set, hooks, key), layers,
+                                         {a: fit_set.labels(a) for a in irrelevant})
+        return extract(eval_set, {l_: eraser_hook(e) for l_, e in erasers.items()}, erasers_key(erasers))
+
+    captures: dict[tuple[int, ...], object] = {}
     rows: list[pd.DataFrame] = []
-    base_utility = None
+    utilities: dict[str, float] = {}
     for defense in grid:
-        layers = tuple(resolve_erasure_layers(defense.erasure_layers, n_layers)) if defense.erasure_layers else ()
+        layers = tuple(resolve_erasure_layers(defense.erasure_layers, adapter.n_layers)) if defense.erasure_layers else ()
         with timer("capture"):
             if layers not in captures:
-                hooks = None
-                if layers:
-                    erasers = fit_erasers_sequentially(
-                        lambda h: run_pass(fit_set, h).hidden, layers, {a: fit_set.labels(a) for a in irrelevant})
-                    hooks = {l_: eraser_hook(e) for l_, e in erasers.items()}
-                captures[layers] = run_pass(eval_set, hooks)
-        cap = captures[layers]
-        view = apply_output_defense(cap.logits, defense, k=k_api, seed=cfg.seed)
-        # Dropping ids or values changes what the API reports, not the answer it generates: utility is
-        # measured on the ranking the defence leaves before those two transforms.
-        answer_view = apply_output_defense(cap.logits, _without_redaction(defense), k=k_api, seed=cfg.seed)
-        utility = float((answer_view.top1() == answer_ids).float().mean())
-        if base_utility is None and not defense.transforms:
-            base_utility = utility
-        features = api_features(view.logprobs, view.ids, view.k)
-        if layers:  # the guarantee, measured: the residual stream at each erased layer
-            for l_ in layers:
-                features[("residual", l_, None)] = cap.hidden[:, l_].float().numpy()
+                captures[layers] = capture_for(layers)
+            stored = captures[layers]
+        with timer("defend"):
+            defended = defended_output(stored, defense, k=k_api, seed=cfg.seed, root=cache / "defended")
+        # The answer is the top token under the defence's value transforms: a redaction (values_only,
+        # ranks_only) changes what the API reports, not the token it generates.
+        utility = float((defended.answers == answer_ids).float().mean())
+        utilities[defense.label()] = utility
+        features = api_features(defended.view.logprobs, defended.view.ids, defended.view.k)
+        for l_ in layers:  # the guarantee, measured: the residual stream at each erased layer
+            features[("residual", l_, None)] = stored.layer(l_, dtype=np.float32)
         with timer("probes"):
-            parts = []
-            for level_keys, families in _family_groups(features, cfg):
-                parts.append(evaluate_sweep({k: features[k] for k in level_keys}, labels, groups=eval_set.groups,
-                                            task_attribute=cfg.task, probes=families, n_folds=cfg.probes.folds,
-                                            n_permutations=cfg.probes.permutations,
-                                            n_bootstrap=cfg.probes.bootstrap, seed=cfg.seed, device=cfg.device,
-                                            progress=progress, probe_params=probe_params(cfg)))
-            df = pd.concat(parts, ignore_index=True)
+            df = probe_with_resume(features, eval_set, cfg, cache / "probes", attributes, progress=progress)
+        del features
         df["defense"], df["strength"], df["defense_label"] = defense.name, defense.strength, defense.label()
         df["utility_accuracy"] = utility
         df["erased_layers"] = ",".join(map(str, layers)) if layers else None
         rows.append(df)
     tradeoff = pd.concat(rows, ignore_index=True)
-    if base_utility is None:  # no 'none' in the grid: measure the undefended model for the loss
-        base_cap = captures.get(()) or run_pass(eval_set, None)
-        base_view = apply_output_defense(base_cap.logits, Defense(), k=k_api)
-        base_utility = float((base_view.top1() == answer_ids).float().mean())
+    if "none" in utilities:
+        base_utility = utilities["none"]
+    else:  # no 'none' in the grid: measure the undefended model for the loss
+        with timer("capture"):
+            plain = captures.get(()) or capture_for(())
+        base = defended_output(plain, Defense(), k=k_api, seed=cfg.seed, root=cache / "defended")
+        base_utility = float((base.answers == answer_ids).float().mean())
     tradeoff["utility_loss"] = base_utility - tradeoff["utility_accuracy"]
     tradeoff = tradeoff[list(TRADEOFF_COLUMNS) + [c for c in tradeoff.columns if c not in TRADEOFF_COLUMNS]]
     text = recommend(tradeoff, max_loss)
@@ -160,31 +181,19 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
         "model": "organism" if cfg.model == "organism" else str(model_path),
         "model_fingerprint": adapter.fingerprint(), "data": cfg.data,
         "data_fingerprint": probeset.fingerprint(), "task": cfg.task, "attributes": attributes,
-        "n_samples": len(eval_set), "n_fit_samples": len(fit_set), "seed": cfg.seed,
+        "n_samples": len(eval_set), "n_fit_samples": len(fit_set), "n_layers": adapter.n_layers, "seed": cfg.seed,
         "defenses": [d.label() for d in grid], "max_utility_loss": max_loss, "recommendation": text,
+        "utility": {"n": len(eval_set), "first_token_accuracy": base_utility},
         "versions": package_versions(), "timings": timer.timings, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     from logitleak.report import build_report
 
-    report = build_report(write_results(undefended, out / "cache", stem="undefended"), run_info, out / "report.html",
-                          tradeoff=tradeoff, recommendation=text)
+    with timer("report"):
+        report = build_report(write_results(undefended, cache, stem="undefended"), run_info, out / "report.html",
+                              tradeoff=tradeoff, recommendation=text)
+    run_info["timings"] = timer.timings
     write_json(out / "run.json", run_info)
     return DefendResult(tradeoff=tradeoff, recommendation=text, out_dir=out, report_path=report)
-
-
-def _family_groups(features: dict, cfg: AuditConfig) -> list[tuple[list, list[str]]]:
-    """Feature keys split by the probe families they get: the MLP only on ``cfg.probes.mlp_levels``
-    (the audit's rule), so the erased layers' residual streams get the linear probe by default."""
-    mlp_levels = cfg.probes.mlp_levels
-    groups: dict[tuple, list] = {}
-    for key in features:
-        fams = tuple(f for f in cfg.probes.families if f != "mlp" or mlp_levels is None or key[0] in mlp_levels)
-        groups.setdefault(fams, []).append(key)
-    return [(keys, list(fams)) for fams, keys in groups.items() if fams]
-
-
-def _without_redaction(defense: Defense) -> Defense:
-    return Defense(tuple(t for t in defense.transforms if t.name not in ("values_only", "ranks_only")))
 
 
 def _first_token(adapter, word: str) -> int:

@@ -3,10 +3,13 @@
 Erasers are fitted on hidden states at the read position (a training split) with
 ``concept_erasure.LeaceFitter`` and applied by a forward hook at every position of the chosen
 layers during the single capture pass, so every level downstream is measured under erasure.
+:func:`fit_erasers_from_store` fits them from stored captures, streaming rows into the fitter's
+``update()``; :func:`erasers_key` names a set of erasers for the activation store's edit key.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -69,4 +72,45 @@ def fit_erasers_sequentially(capture_fn: Callable[[dict], torch.Tensor], layers:
         if hidden is None or erasers:
             hidden = capture_fn({l_: eraser_hook(e) for l_, e in erasers.items()})
         erasers[layer] = fit_eraser(hidden[:, layer].float(), labels)
+    return erasers
+
+
+def fit_eraser_stored(stored, layer: int, labels: Mapping[str, np.ndarray], chunk: int = 4096) -> LeaceEraser:
+    """Fit a LEACE eraser on the states of ``stored`` (a :class:`~logitleak.store.StoredCapture`) at
+    ``layer``, ``chunk`` rows at a time into ``LeaceFitter.update`` (float64 statistics)."""
+    z = one_hot_concepts(labels).double()
+    x = stored.layer(layer)
+    if len(x) != len(z):
+        raise LogitleakError(f"The stored capture holds {len(x)} samples but {len(z)} labels were given; fit the "
+                             "eraser on the capture of the same probe set.")
+    fitter = LeaceFitter(x.shape[1], z.shape[1], dtype=torch.float64)
+    for r0 in range(0, len(x), chunk):
+        fitter.update(torch.from_numpy(np.asarray(x[r0:r0 + chunk], dtype=np.float64)), z[r0:r0 + chunk])
+    return fitter.eraser
+
+
+def erasers_key(erasers: Mapping[int, LeaceEraser]) -> str:
+    """A name for a set of erasers (their layers and exact weights): the store's ``edit_key``."""
+    h = hashlib.sha256()
+    for layer in sorted(erasers):
+        e = erasers[layer]
+        h.update(str(layer).encode())
+        for t in (e.proj_left, e.proj_right, e.bias):
+            if t is not None:
+                h.update(t.detach().cpu().contiguous().double().numpy().tobytes())
+    return f"leace:{','.join(map(str, sorted(erasers)))}:{h.hexdigest()[:16]}"
+
+
+def fit_erasers_from_store(extract: Callable[[dict, str | None], object], layers: Sequence[int],
+                           labels: Mapping[str, np.ndarray]) -> dict[int, LeaceEraser]:
+    """:func:`fit_erasers_sequentially` with every pass a stored capture: ``extract(edit_hooks, edit_key)``
+    stores (or reuses) the training split's capture under those hooks and returns it, so a rerun
+    refits the same erasers from the same shards without a forward pass."""
+    erasers: dict[int, LeaceEraser] = {}
+    stored = None
+    for layer in sorted(layers):
+        if stored is None or erasers:
+            hooks = {l_: eraser_hook(e) for l_, e in erasers.items()}
+            stored = extract(hooks, erasers_key(erasers) if erasers else None)
+        erasers[layer] = fit_eraser_stored(stored, layer, labels)
     return erasers

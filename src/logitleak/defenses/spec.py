@@ -58,6 +58,11 @@ class Defense:
     def label(self) -> str:
         return "+".join(t.label() for t in self.transforms) or "none"
 
+    def without_redaction(self) -> Defense:
+        """This defence without ``values_only`` / ``ranks_only``: what decides the token the model answers
+        with (a redaction changes what the API reports, not which token is generated)."""
+        return Defense(tuple(t for t in self.transforms if t.name not in NO_VALUE))
+
     @property
     def output_side(self) -> tuple[Transform, ...]:
         return tuple(t for t in self.transforms if t.name in OUTPUT_TRANSFORMS)
