@@ -171,7 +171,10 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
         base_utility = float((base.answers == answer_ids).float().mean())
     tradeoff["utility_loss"] = base_utility - tradeoff["utility_accuracy"]
     tradeoff = tradeoff[list(TRADEOFF_COLUMNS) + [c for c in tradeoff.columns if c not in TRADEOFF_COLUMNS]]
-    text = recommend(tradeoff, max_loss)
+    from logitleak.decisions import recommend_defence
+
+    decision = recommend_defence(tradeoff, max_loss)  # the audit's leak rule, once per defence
+    text = decision.text
     write_results(tradeoff, out, stem="tradeoff")
     (out / "tradeoff.parquet").unlink(missing_ok=True)
     (out / "recommendation.txt").write_text(text + "\n")
@@ -183,6 +186,7 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
         "data_fingerprint": probeset.fingerprint(), "task": cfg.task, "attributes": attributes,
         "n_samples": len(eval_set), "n_fit_samples": len(fit_set), "n_layers": adapter.n_layers, "seed": cfg.seed,
         "defenses": [d.label() for d in grid], "max_utility_loss": max_loss, "recommendation": text,
+        "recommendation_kind": decision.kind, "recommended_defense": decision.label,
         "utility": {"n": len(eval_set), "first_token_accuracy": base_utility},
         "versions": package_versions(), "timings": timer.timings, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
