@@ -109,3 +109,22 @@ def test_without_redaction_keeps_the_value_transforms():
     assert d.without_redaction().label() == "round:1"
     assert parse_defenses("ranks_only")[0].without_redaction() == Defense()
     assert np.all([t.name != "ranks_only" for t in parse_defenses("gauss:1+ranks_only")[0].without_redaction().transforms])
+
+
+def test_erasers_from_a_float32_store_equal_the_in_memory_sequential_fit(adapter, tmp_path):
+    """What `defend` stores for the fit split (float32) gives the erasers of the in-memory path."""
+    from logitleak.capture import capture
+    from logitleak.defenses.erasure import fit_erasers_sequentially
+
+    ps = make_shapes(48, questions="color", seed=4)
+    labels = {"shape": ps.labels("shape"), "position": ps.labels("position")}
+    store = ActivationStore(tmp_path)
+    stored = fit_erasers_from_store(
+        lambda hooks, key: store.extract(adapter, ps, shard_size=16, batch_size=8, progress=False, vision_pool=None,
+                                         hidden_dtype="float32", edit_hooks=hooks or None,
+                                         edit_key=key if hooks else None), [1, 2], labels)
+    memory = fit_erasers_sequentially(
+        lambda hooks: capture(adapter, ps, batch_size=8, edit_hooks=hooks or None, progress=False).hidden, [1, 2], labels)
+    for layer in (1, 2):
+        torch.testing.assert_close(stored[layer].proj_left, memory[layer].proj_left, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(stored[layer].proj_right, memory[layer].proj_right, rtol=1e-5, atol=1e-7)

@@ -124,15 +124,18 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
     answer_ids = torch.tensor([_first_token(adapter, w) for w in eval_set.answers])
     store = ActivationStore(cache / "captures")
 
-    def extract(ps: ProbeSet, hooks: dict | None, key: str | None):
+    def extract(ps: ProbeSet, hooks: dict | None, key: str | None, hidden_dtype: str = "float16"):
         return store.extract(adapter, ps, batch_size=cfg.batch_size, shard_size=cfg.shard_size, progress=progress,
-                             edit_hooks=hooks or None, edit_key=key if hooks else None, vision_pool=None)
+                             edit_hooks=hooks or None, edit_key=key if hooks else None, vision_pool=None,
+                             hidden_dtype=hidden_dtype)
 
     def capture_for(layers: tuple[int, ...]):
         """The evaluation split's stored capture with erasers at ``layers`` (none: the plain capture)."""
         if not layers:
             return extract(eval_set, None, None)
-        erasers = fit_erasers_from_store(lambda hooks, key: extract(fit_set, hooks, key), layers,
+        # The fit split is stored in float32: erasers fitted on float16 states erase less exactly and
+        # cost more answer accuracy (measured: 0.603 against 0.663 for leace:all on 400 organism samples).
+        erasers = fit_erasers_from_store(lambda hooks, key: extract(fit_set, hooks, key, "float32"), layers,
                                          {a: fit_set.labels(a) for a in irrelevant})
         return extract(eval_set, {l_: eraser_hook(e) for l_, e in erasers.items()}, erasers_key(erasers))
 
