@@ -16,11 +16,12 @@ import pandas as pd
 from logitleak.config import AuditConfig
 from logitleak.data.probeset import ProbeSet
 from logitleak.errors import LogitleakError
+from logitleak.level_table import DECODER_LAYER_LEVELS, ENDPOINT_LEVELS, RESPONSE_LEVELS, TRANSITION_LEVELS
+from logitleak.level_table import TUNED_LENS_LEVELS as LENS_LEVELS
 from logitleak.probeset_loading import load_probe_set
 from logitleak.results import atomic_write, write_json, write_results
 from logitleak.timing import Timer as _Timer  # noqa: F401 - the audit's phase timer (also imported as _Timer)
 
-LENS_LEVELS = ("tuned_lens_topk", "tuned_lens_answers")
 IDENTITY_KEYS = ("model", "data", "labels", "task", "question", "attributes", "samples", "seed", "endpoint", "served_model",
                  "generate")
 
@@ -150,10 +151,6 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-DECODER_LAYER_LEVELS = ("residual", "image_residual", "pca", "logit_lens_topk", "logit_lens_answers",
-                        "tuned_lens_topk", "tuned_lens_answers")
-
-
 def add_layer_types(results: pd.DataFrame, layer_types: list[str] | None) -> pd.DataFrame:
     """A ``layer_type`` column: for decoder-layer rows the kind of hidden state ``layer``
     (``embedding``, ``self`` or ``cross`` attention block), for vision rows ``vision``."""
@@ -205,8 +202,6 @@ def _selected_layers(cfg: AuditConfig, n_layers: int) -> list[int]:
 def _check_levels_fit(cfg: AuditConfig, probeset):
     """``probeset``, after refusing asked-for image levels on a text-only set (before any model work)."""
     if "levels" in cfg.model_fields_set and probeset.images is None:
-        from logitleak.transition import TRANSITION_LEVELS
-
         asked = [lv for lv in cfg.levels if lv in TRANSITION_LEVELS]
         if asked:
             raise LogitleakError(f"Level {asked[0]!r} needs a probe set with images, and {probeset.name!r} is text only; "
@@ -268,16 +263,12 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
             layers = _selected_layers(cfg, n_layers)
     levels = list(cfg.levels)
     if not cfg.generate:
-        from logitleak.response_levels import RESPONSE_LEVELS
-
         levels = [lv for lv in levels if lv not in RESPONSE_LEVELS]
         if not levels:
             raise LogitleakError("The response levels need a generated response; pass --generate N (e.g. 8) or choose "
                                  "first-token levels with --levels.")
     if cfg.endpoint:
-        from logitleak.results import API_LEVELS
-
-        levels = [lv for lv in levels if lv in API_LEVELS and lv != "topk_logits"]
+        levels = [lv for lv in levels if lv in ENDPOINT_LEVELS]
     if not cfg.endpoint and any(lv in LENS_LEVELS for lv in levels):
         with timer("tuned_lens"):
             lens = _tuned_lens(capture, readout, cache / "lens", cfg, probeset.groups, layers=layers)

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from logitleak.errors import LogitleakError
-from logitleak.results import API_LEVELS, LEVELS
+from logitleak.level_table import API_LEVELS, LEVELS
 
 DEFAULT_KS: tuple[int, ...] = (1, 2, 5, 10, 20)
 MAX_SAMPLES = 10_000_000

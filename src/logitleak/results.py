@@ -12,29 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-# Level names, in the order the report shows them (rich -> compressed).
-LEVELS: tuple[str, ...] = (
-    "vision",              # vision tower state at vision layer l, pooled over the image tokens
-    "projector",           # the projector's output (what the decoder receives), pooled
-    "image_residual",      # decoder hidden state at layer l, averaged over the image-token positions
-    "residual",            # hidden state at layer l
-    "pca",                 # hidden state at layer l through its top-k principal components (fitted per training fold)
-    "logit_lens_topk",     # top-k values of the logit-lens logits at layer l
-    "logit_lens_answers",  # logit-lens logits restricted to the answer-word tokens at layer l
-    "tuned_lens_topk",     # same through the tuned lens
-    "tuned_lens_answers",
-    "logits",              # full final logits
-    "topk_ids",            # top-k log-probabilities with token identities (what top_logprobs returns)
-    "topk_logprobs",       # sorted top-k log-probabilities, no ids
-    "topk_logits",         # sorted top-k logit values, no ids
-    "top1_prob",           # probability of the top token
-    # the whole response (--generate N; logitleak.response_levels)
-    "response_residual",       # residual at layer l averaged over the generated positions
-    "response_topk_ids",       # top-k with ids of every returned token, combined
-    "response_topk_logprobs",  # sorted top-k values of every returned token, side by side
-)
-API_LEVELS: tuple[str, ...] = ("topk_ids", "topk_logprobs", "topk_logits", "top1_prob",
-                               "response_topk_ids", "response_topk_logprobs")
+# Level names, in the order the report shows them (rich -> compressed): the one table's views.
+from logitleak.level_table import API_LEVELS, LEVELS  # noqa: F401 (re-exported)
 
 # Key columns, then the measures. Extra columns are allowed after these.
 KEY_COLUMNS: tuple[str, ...] = ("level", "layer", "k", "attribute", "probe")

@@ -12,8 +12,8 @@ Levels (names in :data:`logitleak.results.LEVELS`):
   matrix handed to the probes is the raw residual and the projection happens inside the
   cross-validation (:mod:`logitleak.pca_probe`).
 
-All read a :class:`~logitleak.capture.Capture` or a :class:`~logitleak.store.StoredCapture` (one
-layer at a time from disk).
+All read a capture through :class:`~logitleak.capture_source.CaptureSource` (in memory, or
+one layer at a time from disk).
 """
 
 from __future__ import annotations
@@ -21,34 +21,26 @@ from __future__ import annotations
 import numpy as np
 
 from logitleak.errors import LogitleakError
+from logitleak.level_table import FOLD_LEVELS, IMAGE_HIDDEN, PROJECTOR, TRANSITION_LEVELS, VISION  # noqa: F401 (the table's views, importable from here as before)
 
-TRANSITION_LEVELS: tuple[str, ...] = ("vision", "projector", "image_residual")
-FOLD_LEVELS: tuple[str, ...] = ("pca",)
-"""Levels whose projection is fitted inside each training fold (their features are the residual)."""
 DEFAULT_PCA_DIMS: tuple[int, ...] = (1, 4, 16, 64)
 
 
-def _stored(cap) -> bool:
-    return callable(getattr(cap, "extra", None))
-
-
 def has_vision(cap) -> bool:
-    return bool(cap.has_vision) if _stored(cap) else getattr(cap, "vision", None) is not None
+    return VISION in cap.contents
 
 
 def has_projector(cap) -> bool:
-    return bool(cap.has_projector) if _stored(cap) else getattr(cap, "projector", None) is not None
+    return PROJECTOR in cap.contents
 
 
 def has_image_hidden(cap) -> bool:
-    return bool(cap.has_image_hidden) if _stored(cap) else getattr(cap, "image_hidden", None) is not None
+    return IMAGE_HIDDEN in cap.contents
 
 
 def n_vision_states(cap) -> int:
     """Number of vision-tower states (blocks + 1), 0 without them."""
-    if not has_vision(cap):
-        return 0
-    return int(cap.n_vision_layers) + 1 if _stored(cap) else int(cap.vision.shape[1])
+    return int(cap.n_vision_states) if has_vision(cap) else 0
 
 
 def available(cap) -> list[str]:
@@ -71,8 +63,7 @@ def vision_state(cap, layer: int) -> np.ndarray:
                              "whose family declares its vision tower, and a probe set with images.")
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < n:
         raise LogitleakError(f"Vision layer {layer!r} does not exist: this capture has vision states 0..{n - 1}.")
-    x = cap.extra(f"vision.{int(layer)}") if _stored(cap) else cap.vision[:, int(layer)].numpy()
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return cap.read_extra(f"vision.{int(layer)}")
 
 
 def projector_state(cap) -> np.ndarray:
@@ -80,8 +71,7 @@ def projector_state(cap) -> np.ndarray:
     if not has_projector(cap):
         raise LogitleakError("This capture holds no projector output; the projector level needs a vision-language model "
                              "whose family declares its projector.")
-    x = cap.extra("projector") if _stored(cap) else cap.projector.numpy()
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return cap.read_extra("projector")
 
 
 def image_residual(cap, layer: int) -> np.ndarray:
@@ -89,8 +79,7 @@ def image_residual(cap, layer: int) -> np.ndarray:
     if not has_image_hidden(cap):
         raise LogitleakError("This capture holds no image-position states; the image_residual level needs a "
                              "vision-language model with image tokens in its prompt.")
-    x = cap.extra(f"image.{int(layer)}") if _stored(cap) else cap.image_hidden[:, int(layer)].numpy()
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return cap.read_extra(f"image.{int(layer)}")
 
 
 def transition_features(cap, levels, layers, vision_layers=None) -> dict:

@@ -25,9 +25,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from logitleak.results import API_LEVELS, LEVELS, to_frame
+from logitleak.level_table import API_LEVELS, LEVELS, TUNED_LENS_LEVELS
+from logitleak.results import to_frame
 
-TUNED_LEVELS: tuple[str, ...] = ("tuned_lens_topk", "tuned_lens_answers")
+TUNED_LEVELS: tuple[str, ...] = TUNED_LENS_LEVELS
 NUMERIC_COLUMNS: tuple[str, ...] = (
     "accuracy", "baseline_accuracy", "ci_low", "ci_high", "p_value", "v_info_bits", "v_info_ci_low",
     "v_info_ci_high", "entropy_bits", "v_info_frac", "balanced_accuracy", "control_accuracy", "selectivity",

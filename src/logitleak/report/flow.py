@@ -17,9 +17,9 @@ import pandas as pd
 
 from logitleak.report.plots import Plot, _attr_title, _attrs, _grid, color, to_data_uri
 from logitleak.decisions import best_row, finite, num, strongest
+from logitleak.level_table import API_LEVELS, TRANSITION_LEVELS
 from logitleak.report.verdict import Finding
 from logitleak.report.wording import fmt_interval, fmt_num, where
-from logitleak.results import API_LEVELS
 
 OUTPUT_STAGES: tuple[str, ...] = ("logit_lens_topk", "tuned_lens_topk", "logits", "topk_ids", "topk_logprobs")
 
@@ -60,7 +60,7 @@ def flow_plot(ann: pd.DataFrame, relevant: bool) -> Plot | None:
     the top-k output, one panel per attribute (``None`` when no stage before the decoder exists)."""
     best = strongest(ann)
     attrs = [a for a in _attrs(ann, relevant)
-             if set(best.loc[best["attribute"] == a, "level"]) & {"vision", "projector", "image_residual"}]
+             if set(best.loc[best["attribute"] == a, "level"]) & set(TRANSITION_LEVELS)]
     if not attrs:
         return None
     from matplotlib.figure import Figure

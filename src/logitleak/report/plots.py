@@ -15,25 +15,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from logitleak.decisions import best_row, level_rank, num, strongest
-from logitleak.results import API_LEVELS
+from logitleak.level_table import API_LEVELS, LEVEL_COLOURS, OUTPUT_TOPK_LEVELS
 
-LEVEL_COLORS: dict[str, str] = {
-    "vision": "#f9a825",
-    "projector": "#ef6c00",
-    "image_residual": "#00838f",
-    "residual": "#1f4e79",
-    "pca": "#5c6bc0",
-    "logit_lens_topk": "#e08214",
-    "logit_lens_answers": "#b35806",
-    "tuned_lens_topk": "#2e8b57",
-    "tuned_lens_answers": "#1b5e20",
-    "logits": "#6a3d9a",
-    "topk_ids": "#c62828",
-    "topk_logprobs": "#ad1457",
-    "topk_logits": "#8e24aa",
-    "top1_prob": "#5d4037",
-}
-TOPK_LEVELS: tuple[str, ...] = ("topk_ids", "topk_logprobs", "topk_logits", "top1_prob")
+LEVEL_COLORS: dict[str, str] = LEVEL_COLOURS
+TOPK_LEVELS: tuple[str, ...] = OUTPUT_TOPK_LEVELS
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from logitleak.report.wording import (  # noqa: F401
     fmt_p,
     where,
 )
-from logitleak.results import API_LEVELS
+from logitleak.level_table import API_LEVELS
 
 GROUP_KEYS: tuple[str, ...] = ("level", "layer", "k", "attribute")
 TEST_WORDS: dict[str, str] = {
