@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from logitleak.capture_source import MemoryReads
 from logitleak.capture_vision import VISION_POOLS, HookSet, _VisionRecorder, image_counts, pool_per_sample  # noqa: F401
 from logitleak.errors import LogitleakError
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Capture:
+class Capture(MemoryReads):
     """What one pass (or one black-box query) yields for N samples, at the read position.
 
     - ``hidden``: ``(N, L+1, D)`` raw residual stream: index 0 the embedding output, index l the
@@ -38,6 +39,9 @@ class Capture:
       ``(N, G, L+1, D)`` (white-box only), ``gen_topk_logprobs`` / ``gen_topk_ids`` ``(N, G, K)``,
       ``gen_tokens`` ``(N, G)`` and ``gen_mask`` ``(N, G)`` (positions before the response ended).
       ``None`` when only the first token was read.
+
+    Levels read it through :class:`~logitleak.capture_source.CaptureSource` (``contents``,
+    ``read_*``), the interface a stored capture has too.
     """
 
     hidden: torch.Tensor | None = None

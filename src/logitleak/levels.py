@@ -1,10 +1,12 @@
 """The representational levels as pure functions of a capture (no second pass through the model).
 
-A *capture* here is a :class:`~logitleak.capture.Capture` or a
-:class:`~logitleak.store.StoredCapture` (read lazily, one layer at a time). The lens levels need a
-:class:`Readout`: the model's final norm and unembedding, held on their own.
+A *capture* here is anything with the :class:`~logitleak.capture_source.CaptureSource`
+interface: a :class:`~logitleak.capture.Capture` in memory or a
+:class:`~logitleak.stored_capture.StoredCapture` on disk (read lazily, one layer at a time; its
+full logits are read at most once per :func:`build_features` call). The lens levels need a
+:class:`~logitleak.readout.Readout`: the model's final norm and unembedding, held on their own.
 
-Level names match :data:`logitleak.results.LEVELS`. :func:`build_features` returns
+Level names and what each needs come from :mod:`logitleak.level_table`. :func:`build_features` returns
 ``{(level, layer | None, k | None): (N, F) float32 array}``.
 
 ``topk_ids`` — top-k *with token identities* — is the matrix an attacker builds from
@@ -18,114 +20,37 @@ from the whole capture without labels, as an attacker with the same queries woul
 
 from __future__ import annotations
 
-import copy
-import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from logitleak import transition as T
+from logitleak.capture_source import check_layer
 from logitleak.errors import LogitleakError
-from logitleak.response_levels import (
-    RESPONSE_LAYER_LEVELS,
+from logitleak.level_table import (  # noqa: F401 (the table's views, importable from here as before)
+    ANSWERS,
+    ANSWER_LEVELS,
+    BY_NAME,
+    DECODER_LAYER_LEVELS,
+    K_LEVELS,
+    LAYER_LEVELS,
+    LENS,
+    LEVELS,
+    LOGITS,
+    RESPONSE,
     RESPONSE_LEVELS,
-    has_response,
-    has_response_hidden,
-    response_features,
+    TRANSITION_LEVELS,
+    TUNED_LENS_LEVELS,
+    computable,
 )
-from logitleak.results import LEVELS
+from logitleak.readout import Readout  # noqa: F401 (importable from here as before)
+from logitleak.response_levels import response_features
 
-LAYER_LEVELS = ("residual", "logit_lens_topk", "logit_lens_answers", "tuned_lens_topk", "tuned_lens_answers")
-K_LEVELS = ("logit_lens_topk", "tuned_lens_topk", "topk_ids", "topk_logprobs", "topk_logits")
-LENS_LEVELS = ("tuned_lens_topk", "tuned_lens_answers")
-ANSWER_LEVELS = ("logit_lens_answers", "tuned_lens_answers")
+LENS_LEVELS = TUNED_LENS_LEVELS
 ROW_CHUNK = 2048  # rows of (N, V) lens logits computed at once: bounds memory for large vocabularies
 
 FeatureKey = tuple[str, int | None, int | None]
-
-
-# ----------------------------------------------------------------------------- readout
-
-@dataclass
-class Readout:
-    """The model's final norm + unembedding (+ final-logit soft-cap / scale), detached from the
-    model: ``readout(h)`` maps raw residuals ``(..., D)`` to the logits the model would produce
-    from them. A copy of the norm module (float32, CPU), the unembedding matrix and bias — not an
-    ``nn.Module`` and never the whole model."""
-
-    norm: nn.Module | None
-    weight: torch.Tensor
-    bias: torch.Tensor | None = None
-    softcap: float | None = None
-    scale: float | None = None
-
-    def __post_init__(self) -> None:
-        # Frozen: gradients flow to the input (tuned-lens fitting), never into the readout itself.
-        if self.norm is not None:
-            self.norm.eval()
-            for p in self.norm.parameters():
-                p.requires_grad_(False)
-        self.weight = self.weight.detach().to(torch.float32)
-        if self.bias is not None:
-            self.bias = self.bias.detach().to(torch.float32)
-
-    @classmethod
-    def from_adapter(cls, adapter) -> Readout:
-        norm = copy.deepcopy(adapter.final_norm).to(device="cpu", dtype=torch.float32)
-        un = adapter.unembed
-        weight = un.weight.detach().to(device="cpu", dtype=torch.float32).clone()
-        bias = getattr(un, "bias", None)
-        bias = None if bias is None else bias.detach().to(device="cpu", dtype=torch.float32).clone()
-        tc = adapter.text_config
-        fam = adapter.family
-        softcap = getattr(tc, fam.logit_softcap, None) if fam.logit_softcap else None
-        scale = getattr(tc, fam.logit_scale, None) if fam.logit_scale else None
-        return cls(norm=norm, weight=weight, bias=bias, softcap=float(softcap) if softcap else None,
-                   scale=float(scale) if scale not in (None, 1, 1.0) else None)
-
-    @property
-    def d_model(self) -> int:
-        return int(self.weight.shape[1])
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.weight.shape[0])
-
-    def normed(self, h: torch.Tensor) -> torch.Tensor:
-        h = h.to(torch.float32)
-        return self.norm(h) if self.norm is not None else h
-
-    def unembed(self, x: torch.Tensor) -> torch.Tensor:
-        logits = torch.nn.functional.linear(x, self.weight, self.bias)
-        if self.scale is not None:
-            logits = logits * self.scale
-        if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
-
-    def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        """Raw residual ``(..., D)`` -> logits ``(..., V)`` float32 (final norm applied once)."""
-        if h.shape[-1] != self.d_model:
-            raise LogitleakError(f"Hidden states of width {h.shape[-1]} do not fit this readout (d_model {self.d_model}); "
-                                 "use the readout of the model the capture came from.")
-        return self.unembed(self.normed(h))
-
-    def fingerprint(self) -> str:
-        """Hash of the unembedding and final-norm weights (and quirks): what a tuned lens is tied to."""
-        h = hashlib.sha256()
-        h.update(self.weight.contiguous().numpy().tobytes())
-        if self.bias is not None:
-            h.update(self.bias.contiguous().numpy().tobytes())
-        if self.norm is not None:
-            for name, t in sorted(self.norm.state_dict().items()):
-                h.update(name.encode())
-                h.update(t.detach().float().contiguous().numpy().tobytes())
-            h.update(type(self.norm).__name__.encode())
-        h.update(repr((self.softcap, self.scale)).encode())
-        return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- access
@@ -139,34 +64,18 @@ def n_layers_of(cap) -> int:
 
 
 def hidden_at(cap, layer: int, rows: slice | None = None) -> torch.Tensor:
-    """``(N, D)`` float32 raw residual at ``layer`` of a Capture or StoredCapture."""
-    if _is_stored(cap):
-        x = torch.from_numpy(np.asarray(cap.layer(layer)))
-    else:
-        if cap.hidden is None:
-            raise LogitleakError("This capture holds no hidden states (a black-box capture); residual and lens levels "
-                                 "need a local model.")
-        x = cap.hidden[:, layer]
-    if rows is not None:
-        x = x[rows]
-    return x.to(torch.float32)
+    """``(N, D)`` float32 raw residual at ``layer`` of any capture (``rows``: a subset)."""
+    x = cap.read_hidden(layer)
+    return x if rows is None else x[rows]
 
 
 def final_logits(cap) -> torch.Tensor | None:
-    """``(N, V)`` float32 final logits, or ``None`` for a black-box capture."""
-    if _is_stored(cap):
-        return torch.from_numpy(np.asarray(cap.logits())).to(torch.float32)
-    return None if cap.logits is None else cap.logits.to(torch.float32)
-
-
-def _is_stored(cap) -> bool:
-    return callable(getattr(cap, "layer", None)) and callable(getattr(cap, "logits", None))
+    """``(N, V)`` float32 final logits, or ``None`` for a black-box capture (read from disk once per call)."""
+    return cap.read_logits() if LOGITS in cap.contents else None
 
 
 def _check_layer(cap, layer: int) -> None:
-    L = n_layers_of(cap)
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= L:
-        raise LogitleakError(f"Layer {layer!r} does not exist: this capture has hidden states 0..{L}; pick one in that range.")
+    check_layer(layer, n_layers_of(cap))
 
 
 # ----------------------------------------------------------------------------- levels
@@ -231,9 +140,10 @@ def topk_ids_matrix(ids: torch.Tensor, logprobs: torch.Tensor, floor: float | No
     return out.numpy(), union.numpy()
 
 
-def top1_prob(cap) -> np.ndarray:
-    """``(N, 1)`` probability of the most likely token."""
-    logits = final_logits(cap)
+def top1_prob(cap, logits: torch.Tensor | None = None) -> np.ndarray:
+    """``(N, 1)`` probability of the most likely token (``logits``: the capture's, if already read)."""
+    if logits is None:
+        logits = final_logits(cap)
     if logits is not None:
         return torch.softmax(logits, dim=-1).max(dim=-1, keepdim=True).values.numpy()
     lp = _api_logprobs(cap)
@@ -248,16 +158,20 @@ def _check_k(k: int, width: int) -> None:
 
 
 def _api_logprobs(cap) -> torch.Tensor:
-    if getattr(cap, "topk_logprobs", None) is None:
+    return _api_returned(cap)[0]
+
+
+def _api_returned(cap) -> tuple[torch.Tensor, torch.Tensor]:
+    got = cap.read_api_topk()
+    if got is None:
         raise LogitleakError("This capture has neither logits nor top-k log-probabilities; capture it again.")
-    return cap.topk_logprobs.float()
+    return got
 
 
-def _api_topk(cap, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _api_topk(cap, k: int, returned: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """First k returned (logprobs, ids) of a black-box capture, missing values at the floor."""
-    lp = _api_logprobs(cap)
+    lp, ids = returned if returned is not None else _api_returned(cap)
     _check_k(k, lp.shape[1])
-    ids = cap.topk_ids if cap.topk_ids is not None else torch.full(lp.shape, -1, dtype=torch.long)
     return lp[:, :k], ids[:, :k].long()
 
 
@@ -272,32 +186,11 @@ def _fill_missing(values: torch.Tensor) -> np.ndarray:
 # ----------------------------------------------------------------------------- features
 
 def available_levels(cap, *, lens=None, answer_token_ids=None) -> list[str]:
-    """Levels :func:`build_features` can compute for this capture (in :data:`LEVELS` order)."""
-    has_hidden = _is_stored(cap) or getattr(cap, "hidden", None) is not None
-    has_logits = final_logits(cap) is not None
-    has_api = getattr(cap, "topk_logprobs", None) is not None
-    out = []
-    for lv in LEVELS:
-        if lv in ("residual", "pca"):
-            ok = has_hidden
-        elif lv in T.TRANSITION_LEVELS:
-            ok = lv in T.available(cap)
-        elif lv in ("logit_lens_topk", "tuned_lens_topk"):
-            ok = has_hidden and (lv != "tuned_lens_topk" or lens is not None)
-        elif lv in ANSWER_LEVELS:
-            ok = has_hidden and answer_token_ids is not None and (lv != "tuned_lens_answers" or lens is not None)
-        elif lv in ("logits", "topk_logits"):
-            ok = has_logits
-        elif lv == "topk_ids":
-            ok = has_logits or (has_api and getattr(cap, "topk_ids", None) is not None
-                                and bool((cap.topk_ids >= 0).any()))
-        elif lv in RESPONSE_LEVELS:
-            ok = has_response(cap) and (lv != "response_residual" or has_response_hidden(cap))
-        else:  # topk_logprobs, top1_prob
-            ok = has_logits or has_api
-        if ok:
-            out.append(lv)
-    return out
+    """Levels :func:`build_features` can compute for this capture (in :data:`LEVELS` order),
+    from what it holds (``cap.contents``) and the table's needs; no array is read."""
+    contents = set(cap.contents) | ({LENS} if lens is not None else set()) | (
+        {ANSWERS} if answer_token_ids is not None else set())
+    return [lv for lv in LEVELS if computable(lv, contents)]
 
 
 def _lens_features(cap, readout: Readout, layer: int, ks: Sequence[int], answer_ids, lens, want_topk: bool,
@@ -364,10 +257,10 @@ def build_features(cap, readout: Readout | None, *, levels: Iterable[str], layer
             raise LogitleakError(f"Level {lv!r} needs a tuned lens; fit one with fit_tuned_lens or drop the level.")
         if lv in ANSWER_LEVELS and answer_token_ids is None:
             raise LogitleakError(f"Level {lv!r} needs answer_token_ids (the ids of the answer words).")
-        if lv in RESPONSE_LEVELS and not has_response(cap):
+        if lv in RESPONSE_LEVELS and RESPONSE not in cap.contents:
             raise LogitleakError(f"Level {lv!r} needs a generated response; capture with --generate N (e.g. 8) or drop "
                                  "the response levels.")
-        if lv in T.TRANSITION_LEVELS:
+        if lv in TRANSITION_LEVELS:
             raise LogitleakError(f"Level {lv!r} needs a vision-language model whose family declares its vision tower "
                                  "and projector, captured on a probe set with images; drop the level for this model.")
         raise LogitleakError(f"Level {lv!r} cannot be computed from this capture (a black-box capture has no hidden "
@@ -375,7 +268,7 @@ def build_features(cap, readout: Readout | None, *, levels: Iterable[str], layer
     lens_levels = [lv for lv in levels if lv in LAYER_LEVELS and lv != "residual"]
     if lens_levels and readout is None:
         raise LogitleakError(f"Level {lens_levels[0]!r} needs the model's readout (adapter.readout()).")
-    for layer in layers if any(lv in LAYER_LEVELS + RESPONSE_LAYER_LEVELS + ("image_residual", "pca") for lv in levels) else []:
+    for layer in layers if any(lv in DECODER_LAYER_LEVELS for lv in levels) else []:
         _check_layer(cap, layer)
 
     feats: dict[FeatureKey, np.ndarray] = T.transition_features(cap, levels, layers, vision_layers)
@@ -397,7 +290,8 @@ def build_features(cap, readout: Readout | None, *, levels: Iterable[str], layer
             if ans is not None:
                 feats[(f"{name}_answers", layer, None)] = ans
 
-    logits = final_logits(cap)
+    output = [lv for lv in levels if BY_NAME[lv].stage == "output"]
+    logits = final_logits(cap) if output else None  # read once, shared by every output level
     if logits is not None:
         if "logits" in levels:
             feats[("logits", None, None)] = logits.numpy()
@@ -415,15 +309,15 @@ def build_features(cap, readout: Readout | None, *, levels: Iterable[str], layer
                     feats[("topk_logprobs", None, k)] = np.ascontiguousarray(lp_top.values[:, :k].numpy())
                 if lg_top is not None:
                     feats[("topk_logits", None, k)] = np.ascontiguousarray(lg_top[:, :k].numpy())
-    else:
+    elif "topk_ids" in levels or "topk_logprobs" in levels:
+        returned = _api_returned(cap)
         for k in ks:
-            if "topk_ids" in levels or "topk_logprobs" in levels:
-                lp, ids = _api_topk(cap, k)
-                if "topk_ids" in levels:
-                    feats[("topk_ids", None, k)] = topk_ids_matrix(ids, lp)[0]
-                if "topk_logprobs" in levels:
-                    feats[("topk_logprobs", None, k)] = _fill_missing(lp.clone())
+            lp, ids = _api_topk(cap, k, returned)
+            if "topk_ids" in levels:
+                feats[("topk_ids", None, k)] = topk_ids_matrix(ids, lp)[0]
+            if "topk_logprobs" in levels:
+                feats[("topk_logprobs", None, k)] = _fill_missing(lp.clone())
     if "top1_prob" in levels:
-        feats[("top1_prob", None, None)] = top1_prob(cap)
+        feats[("top1_prob", None, None)] = top1_prob(cap, logits)
     feats.update(response_features(cap, levels, layers, ks))
     return {key: np.ascontiguousarray(v, dtype=np.float32) for key, v in feats.items()}

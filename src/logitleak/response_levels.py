@@ -2,8 +2,8 @@
 
 An attacker holding a whole response has the top-k of every returned token; the white-box
 auditor also has the residual stream at every generated position. Pure functions of a capture
-(:class:`~logitleak.capture.Capture` or :class:`~logitleak.store.StoredCapture`) that holds the
-``gen_*`` arrays; positions after the response ended (``gen_mask`` False) are left out.
+(read through :class:`~logitleak.capture_source.CaptureSource`, in memory or on disk) that holds
+the ``gen_*`` arrays; positions after the response ended (``gen_mask`` False) are left out.
 
 - ``response_residual`` (layer l): the raw residual at layer l averaged over the response's positions.
 - ``response_topk_ids`` (k): the top-k of every returned token combined: one column per token id
@@ -22,56 +22,48 @@ import numpy as np
 import torch
 
 from logitleak.errors import LogitleakError
-
-RESPONSE_LEVELS: tuple[str, ...] = ("response_residual", "response_topk_ids", "response_topk_logprobs")
-RESPONSE_LAYER_LEVELS: tuple[str, ...] = ("response_residual",)
-RESPONSE_API_LEVELS: tuple[str, ...] = ("response_topk_ids", "response_topk_logprobs")
-
-
-def _stored(cap) -> bool:
-    return callable(getattr(cap, "gen_layer", None))
+from logitleak.level_table import (  # noqa: F401 (the table's views, importable from here as before)
+    RESPONSE,
+    RESPONSE_API_LEVELS,
+    RESPONSE_HIDDEN,
+    RESPONSE_LAYER_LEVELS,
+    RESPONSE_LEVELS,
+)
 
 
 def has_response(cap) -> bool:
     """Whether the capture holds a generated response."""
-    if _stored(cap):
-        return bool(cap.generated)
-    return getattr(cap, "gen_topk_logprobs", None) is not None
+    return RESPONSE in cap.contents
 
 
 def has_response_hidden(cap) -> bool:
-    return bool(cap.generated) if _stored(cap) else getattr(cap, "gen_hidden", None) is not None
+    return RESPONSE_HIDDEN in cap.contents
 
 
 def response_mask(cap) -> torch.Tensor:
     """``(N, G)`` bool: positions before the response ended."""
-    m = cap.gen_mask() if _stored(cap) else cap.gen_mask
-    return torch.as_tensor(np.asarray(m) if _stored(cap) else m).bool()
+    return cap.read_response_mask()
 
 
 def response_topk(cap) -> tuple[torch.Tensor, torch.Tensor]:
     """``(N, G, K)`` log-probabilities (nan where missing) and ids (-1 where missing)."""
-    if _stored(cap):
-        lp, ids = cap.gen_topk()
-        return torch.from_numpy(np.asarray(lp)).float(), torch.from_numpy(np.asarray(ids)).long()
-    return cap.gen_topk_logprobs.float(), cap.gen_topk_ids.long()
+    return cap.read_response_topk()
 
 
 def response_hidden(cap, layer: int) -> torch.Tensor:
     """``(N, G, D)`` float32 raw residual at ``layer`` at every generated position."""
-    if _stored(cap):
-        return torch.from_numpy(np.asarray(cap.gen_layer(layer))).float()
-    if cap.gen_hidden is None:
-        raise LogitleakError("This capture holds no hidden states for the response (a black-box capture); "
-                             "response_residual needs a local model.")
-    return cap.gen_hidden[:, :, layer].float()
+    return cap.read_response_hidden(layer)
 
 
-def response_residual(cap, layer: int) -> np.ndarray:
-    """``(N, D)`` mean raw residual over the response's positions at ``layer``."""
+def response_residual(cap, layer: int, mask: torch.Tensor | None = None) -> np.ndarray:
+    """``(N, D)`` mean raw residual over the response's positions at ``layer`` (``mask``: if already read)."""
     h = response_hidden(cap, layer)
-    m = response_mask(cap).float().unsqueeze(-1)
+    m = (response_mask(cap) if mask is None else mask).float().unsqueeze(-1)
     return ((h * m).sum(1) / m.sum(1).clamp(min=1)).numpy()
+
+
+def _read_topk(cap) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (*response_topk(cap), response_mask(cap))
 
 
 def _valid(lp: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -83,9 +75,10 @@ def _valid(lp: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, k: int) -> t
     return lp, ids, valid
 
 
-def response_topk_ids(cap, k: int) -> np.ndarray:
-    """``(N, |U|)`` the response's alternatives combined (see the module docstring)."""
-    lp, ids, valid = _valid(*response_topk(cap), response_mask(cap), k)
+def response_topk_ids(cap, k: int, read: tuple | None = None) -> np.ndarray:
+    """``(N, |U|)`` the response's alternatives combined (see the module docstring); ``read``:
+    ``(logprobs, ids, mask)`` if already read."""
+    lp, ids, valid = _valid(*(read or _read_topk(cap)), k)
     if not bool(valid.any()):
         raise LogitleakError("No token ids came back for any generated token; response_topk_ids needs ids.")
     union = torch.unique(ids[valid])
@@ -98,9 +91,9 @@ def response_topk_ids(cap, k: int) -> np.ndarray:
     return out.view(n, union.numel()).numpy()
 
 
-def response_topk_logprobs(cap, k: int) -> np.ndarray:
+def response_topk_logprobs(cap, k: int, read: tuple | None = None) -> np.ndarray:
     """``(N, G * k)`` each position's sorted top-k values side by side, the floor where missing."""
-    lp, ids, valid = _valid(*response_topk(cap), response_mask(cap), k)
+    lp, ids, valid = _valid(*(read or _read_topk(cap)), k)
     if not bool(valid.any()):
         raise LogitleakError("No log-probabilities came back for any generated token.")
     floor = float(lp[valid].min()) - 1.0
@@ -117,12 +110,14 @@ def response_features(cap, levels: Iterable[str], layers: Iterable[int], ks: Ite
         raise LogitleakError(f"Level {levels[0]!r} needs a generated response; pass --generate N (e.g. 8) or drop the "
                              "response levels.")
     feats: dict = {}
+    mask = response_mask(cap)  # each array is read once (from disk, for a stored capture)
     if "response_residual" in levels:
         for layer in layers:
-            feats[("response_residual", int(layer), None)] = response_residual(cap, int(layer))
+            feats[("response_residual", int(layer), None)] = response_residual(cap, int(layer), mask)
+    read = (*response_topk(cap), mask) if any(lv in RESPONSE_API_LEVELS for lv in levels) else None
     for k in sorted({int(k) for k in ks}):
         if "response_topk_ids" in levels:
-            feats[("response_topk_ids", None, k)] = response_topk_ids(cap, k)
+            feats[("response_topk_ids", None, k)] = response_topk_ids(cap, k, read)
         if "response_topk_logprobs" in levels:
-            feats[("response_topk_logprobs", None, k)] = response_topk_logprobs(cap, k)
+            feats[("response_topk_logprobs", None, k)] = response_topk_logprobs(cap, k, read)
     return {key: np.ascontiguousarray(v, dtype=np.float32) for key, v in feats.items()}

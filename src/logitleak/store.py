@@ -25,38 +25,24 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from logitleak.capture import Capture, capture_meta, iter_capture
 from logitleak.errors import LogitleakError
 from logitleak.integrity import file_record, matches
 from logitleak.results import atomic_write
+from logitleak.stored_capture import MANIFEST, StoredCapture, _read_manifest  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from logitleak.data.probeset import ProbeSet
     from logitleak.models.adapter import ModelAdapter
 
 STORE_VERSION = 1
-MANIFEST = "manifest.json"
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def _write_json(path: Path, obj) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1, default=str)))
-
-
-def _read_manifest(path: Path) -> dict | None:
-    """The manifest, or ``None`` when it is missing or damaged (then no shard is trusted)."""
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        return None
-    if not all(isinstance(s, dict) and "file" in s for s in manifest["shards"]):
-        return None
-    return manifest
 
 
 def _shard_name(i: int) -> str:
@@ -96,151 +82,6 @@ def _extra_of(part: Capture, key: str, adapter) -> torch.Tensor:
         raise LogitleakError(f"The capture pass of {adapter.name!r} produced no {name!r} states (e.g. a prompt without "
                              "image tokens); extract with vision_pool=None.")
     return src if not idx else src[:, int(idx)]
-
-
-class StoredCapture:
-    """A capture on disk, read lazily: :meth:`layer` reads one layer from every shard,
-    :meth:`logits` the final logits, :meth:`to_capture` builds an in-memory :class:`Capture`."""
-
-    def __init__(self, path: str | Path, verify: bool = True) -> None:
-        self.path = Path(path)
-        mf = self.path / MANIFEST
-        if not mf.is_file():
-            raise LogitleakError(f"No stored capture at {str(self.path)!r} (manifest.json missing); extract it first.")
-        self.manifest = _read_manifest(mf)
-        if self.manifest is None:
-            raise LogitleakError(f"The manifest {mf} of a stored capture is damaged; rerun the extraction (the same "
-                                 "command) to recompute the capture.")
-        if not self.manifest.get("complete"):
-            raise LogitleakError(f"The stored capture at {str(self.path)!r} is incomplete; run the extraction again to "
-                                 "resume it.")
-        if verify:
-            for shard in self.manifest["shards"]:
-                if not matches(self.path / shard["file"], shard):
-                    raise LogitleakError(f"Shard {self.path / shard['file']} of a stored capture is damaged or missing "
-                                         "(its checksum does not match the manifest); rerun the extraction (the same "
-                                         "command) to recompute it.")
-
-    @property
-    def meta(self) -> dict:
-        return dict(self.manifest["meta"])
-
-    def __len__(self) -> int:
-        return int(self.manifest["n"])
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.manifest["meta"]["n_layers"])
-
-    @property
-    def d_model(self) -> int:
-        return int(self.manifest["meta"]["d_model"])
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.manifest["meta"]["vocab_size"])
-
-    @property
-    def extra_keys(self) -> list[str]:
-        """Tensors stored beside ``hidden.*`` / ``logits`` (vision tower, projector, image positions)."""
-        return list(self.manifest.get("extra_keys", []))
-
-    @property
-    def n_vision_layers(self) -> int:
-        return sum(1 for k in self.extra_keys if k.startswith("vision.")) - 1 if self.has_vision else 0
-
-    @property
-    def has_vision(self) -> bool:
-        return "vision.0" in self.extra_keys
-
-    @property
-    def has_projector(self) -> bool:
-        return "projector" in self.extra_keys
-
-    @property
-    def has_image_hidden(self) -> bool:
-        return "image.0" in self.extra_keys
-
-    def extra(self, name: str) -> np.ndarray:
-        """``(N, ·)`` one stored extra tensor (``vision.j``, ``projector``, ``image.l``), stored dtype."""
-        if name not in self.extra_keys:
-            raise LogitleakError(f"This capture holds no {name!r} states (available: {', '.join(self.extra_keys) or 'none'}); "
-                                 "vision levels need a vision-language model whose family declares its vision tower.")
-        return self._read(name)
-
-    def _files(self) -> list[Path]:
-        return [self.path / s["file"] for s in self.manifest["shards"]]
-
-    def _read(self, name: str) -> np.ndarray:
-        from safetensors import safe_open
-
-        parts = []
-        for f in self._files():
-            with safe_open(str(f), framework="pt") as fh:
-                t = fh.get_tensor(name)
-            parts.append((t.float() if t.dtype == torch.bfloat16 else t).numpy())
-        return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-
-    def layer(self, layer: int, dtype=None) -> np.ndarray:
-        """``(N, D)`` raw residual at ``layer`` (stored dtype, float16 by default, unless ``dtype``)."""
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= self.n_layers:
-            raise LogitleakError(f"Layer {layer!r} does not exist: this capture has hidden states 0..{self.n_layers}.")
-        x = self._read(f"hidden.{int(layer)}")
-        return x.astype(dtype) if dtype is not None else x
-
-    def logits(self) -> np.ndarray:
-        """``(N, V)`` float32 final logits."""
-        return self._read("logits")
-
-    @property
-    def generated(self) -> int | None:
-        """Number of generated positions stored (``--generate N``), ``None`` for a first-token capture."""
-        g = self.manifest["meta"].get("generate")
-        return int(g) if g else None
-
-    def _gen(self, name: str) -> np.ndarray:
-        if not self.generated:
-            raise LogitleakError("This stored capture holds only the first token; extract it again with generate=N "
-                                 "(--generate N) for the response levels.")
-        return self._read(f"gen.{name}")
-
-    def gen_layer(self, layer: int) -> np.ndarray:
-        """``(N, G, D)`` raw residual at ``layer`` at every generated position (zeros past the end)."""
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= self.n_layers:
-            raise LogitleakError(f"Layer {layer!r} does not exist: this capture has hidden states 0..{self.n_layers}.")
-        return self._gen(f"hidden.{int(layer)}")
-
-    def gen_topk(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(N, G, K)`` top-k log-probabilities and ids at every generated position (nan / -1 past the end)."""
-        return self._gen("topk_logprobs"), self._gen("topk_ids")
-
-    def gen_tokens(self) -> np.ndarray:
-        return self._gen("tokens")
-
-    def gen_mask(self) -> np.ndarray:
-        return self._gen("mask").astype(bool)
-
-    def to_capture(self, hidden_dtype: torch.dtype = torch.float32) -> Capture:
-        """Everything in memory: hidden ``(N, L+1, D)`` in ``hidden_dtype``, logits ``(N, V)`` float32."""
-        n, L, D = len(self), self.n_layers, self.d_model
-        hidden = torch.empty((n, L + 1, D), dtype=hidden_dtype)
-        for layer in range(L + 1):
-            hidden[:, layer] = torch.from_numpy(self.layer(layer)).to(hidden_dtype)
-        cap = Capture(hidden=hidden, logits=torch.from_numpy(self.logits()), meta=self.meta)
-
-        def stack(prefix: str, count: int):
-            return torch.stack([torch.from_numpy(self.extra(f"{prefix}.{j}")).to(hidden_dtype) for j in range(count)], 1)
-
-        if self.has_vision:
-            cap.vision = stack("vision", self.n_vision_layers + 1)
-        if self.has_projector:
-            cap.projector = torch.from_numpy(self.extra("projector")).to(hidden_dtype)
-        if self.has_image_hidden:
-            cap.image_hidden = stack("image", L + 1)
-        return cap
-
-    def __repr__(self) -> str:
-        return f"StoredCapture({str(self.path)!r}, n={len(self)}, layers={self.n_layers}, d_model={self.d_model})"
 
 
 class ActivationStore:

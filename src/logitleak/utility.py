@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
+from logitleak.response_levels import has_response
+
 
 def contains_word(text: str | None, word: str) -> bool:
     """``word`` occurs in ``text`` as a whole word, ignoring case."""
@@ -44,7 +46,7 @@ def answer_utility(capture, probeset, adapter=None) -> dict:
         flags = [bool(t) and bool(t.strip()) and a.lower().startswith(t.strip().lower())
                  for t, a in zip(firsts, answers) if t is not None]
         out["first_token_accuracy"] = _mean(flags)
-        texts = capture.meta.get("responses") if getattr(capture, "gen_topk_logprobs", None) is not None else None
+        texts = capture.meta.get("responses") if has_response(capture) else None
     if texts is not None:
         out["response_accuracy"] = _mean([contains_word(t, a) for t, a in zip(texts, answers) if t is not None])
         out["responses_sample"] = [t for t in texts[:5]]
@@ -53,9 +55,7 @@ def answer_utility(capture, probeset, adapter=None) -> dict:
 
 def _white_box_texts(capture, adapter) -> list[str] | None:
     from logitleak.generation import decode_responses
-    from logitleak.response_levels import has_response
 
     if not has_response(capture):
         return None
-    tokens = capture.gen_tokens() if callable(getattr(capture, "gen_tokens", None)) else capture.gen_tokens
-    return decode_responses(adapter.tokenizer, torch.as_tensor(tokens))
+    return decode_responses(adapter.tokenizer, capture.read_response_tokens())
