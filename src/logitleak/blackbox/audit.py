@@ -28,12 +28,7 @@ values are kept and both get the key's id; such samples are counted in the probl
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
 import json
-import math
-import os
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -49,152 +44,24 @@ from logitleak.blackbox.client import (
     SampleFailed,
     Stopped,
 )
-from logitleak.blackbox.responses import response_arrays
+from logitleak.blackbox.response_cache import (  # noqa: F401 (re-exported)
+    RESPONSES_FILE,
+    ResponseCache,
+    _atomic_json,
+    image_data_url,
+    request_key,
+    request_messages,
+    request_settings,
+)
+from logitleak.blackbox.responses import alternatives, first_token_entry, response_arrays, token_key  # noqa: F401
 from logitleak.capture import Capture
 from logitleak.config import AuditConfig
 from logitleak.data.probeset import ProbeSet
-from logitleak.errors import LogitleakError
-from logitleak.integrity import is_sealed, seal
+from logitleak.errors import LogitleakError, first_line
 
 MAX_API_TOP_LOGPROBS = 20
 FAILED_FRACTION_LIMIT = 0.05  # more failed samples than this -> the audit stops with an error
-RESPONSES_FILE = "responses.jsonl"
 VOCAB_FILE = "vocab.json"
-
-
-# ----------------------------------------------------------------------------- requests
-
-def image_data_url(image) -> str:
-    """A PIL image as a lossless PNG data URL (same pixels -> same bytes)."""
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def request_messages(probeset: ProbeSet, i: int) -> list[dict]:
-    """The sample's conversation (one user turn, or its chat turns): the image part first in the
-    first user turn, then the question (the order a white-box capture uses)."""
-    turns = probeset.conversation(i)
-    if probeset.images is None:
-        return turns
-    first_user = next(j for j, t in enumerate(turns) if t["role"] == "user")
-    turns[first_user] = {"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": image_data_url(probeset.images[i])}},
-        {"type": "text", "text": turns[first_user]["content"]},
-    ]}
-    return turns
-
-
-def request_settings(k: int, max_tokens: int = 1) -> dict:
-    return {"logprobs": True, "top_logprobs": k, "max_tokens": int(max_tokens), "temperature": 0}
-
-
-def request_key(endpoint: str, served_model: str, messages: list[dict], settings: dict) -> str:
-    h = hashlib.sha256(json.dumps({"endpoint": endpoint.rstrip("/"), "model": served_model, "settings": settings},
-                                  sort_keys=True).encode())
-    h.update(json.dumps(messages, sort_keys=True).encode())
-    return h.hexdigest()[:32]
-
-
-# ----------------------------------------------------------------------------- cache
-
-class ResponseCache:
-    """Append-only JSONL of answered samples (one fsync'd line each, with its own checksum)."""
-
-    def __init__(self, cache_dir: str | Path):
-        self.dir = Path(cache_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.dir / RESPONSES_FILE
-        self._lock = threading.Lock()
-        self._fh = None
-
-    def load(self, keys: dict[int, str]) -> dict[int, dict]:
-        """Cached records whose request key matches ``keys[index]`` (the last such line wins)."""
-        found: dict[int, dict] = {}
-        if not self.path.exists():
-            return found
-        with open(self.path, "rb") as fh:
-            for raw in fh:
-                try:
-                    rec = json.loads(raw)
-                    idx = int(rec["index"])
-                except (ValueError, KeyError, TypeError):
-                    continue  # a torn line from an interrupted write
-                if not is_sealed(rec):
-                    continue  # damaged (or written without a checksum): asked again, never used
-                if keys.get(idx) == rec.get("key"):
-                    found[idx] = rec
-        return found
-
-    def append(self, record: dict) -> None:
-        line = (json.dumps(seal(record), separators=(",", ":")) + "\n").encode()
-        with self._lock:
-            if self._fh is None:
-                needs_newline = self.path.exists() and self.path.stat().st_size > 0 and not _ends_with_newline(self.path)
-                self._fh = open(self.path, "ab")
-                if needs_newline:
-                    self._fh.write(b"\n")
-            self._fh.write(line)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        fh.seek(-1, os.SEEK_END)
-        return fh.read(1) == b"\n"
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------- parsing
-
-def token_key(token: str | None, raw: list[int] | None) -> str:
-    """How an alternative is identified: its string, or its bytes when the string is unusable."""
-    if token and "\ufffd" not in token:
-        return token
-    if raw:
-        return "bytes:" + bytes(raw).hex()
-    return token if token else "<empty>"
-
-
-def first_token_entry(response: dict) -> tuple[dict | None, int]:
-    """The first generated token's logprob entry and how many tokens came back."""
-    choices = response.get("choices") or []
-    if not choices:
-        return None, 0
-    logprobs = choices[0].get("logprobs") or {}
-    content = logprobs.get("content") or []
-    return (content[0] if content else None), len(content)
-
-
-def alternatives(entry: dict) -> list[tuple[str, float]]:
-    """``(key, logprob)`` of the returned alternatives, sorted descending (stable); the generated
-    token itself when the endpoint sent no alternatives."""
-    tops = entry.get("top_logprobs") or []
-    if not tops and entry.get("logprob") is not None:
-        tops = [entry]
-    out = []
-    for t in tops:
-        lp = t.get("logprob")
-        if lp is None or (isinstance(lp, float) and math.isnan(lp)):
-            continue
-        out.append((token_key(t.get("token"), t.get("bytes")), float(lp)))
-    out.sort(key=lambda kv: -kv[1])
-    return out
 
 
 # ----------------------------------------------------------------------------- capture
@@ -279,7 +146,7 @@ def _query(client: EndpointClient, probeset: ProbeSet, todo: list[int], keys: di
             raise LogitleakError(stopped_message(str(err).rstrip("."))) from None
         except Exception as err:  # noqa: BLE001 - an answer the openai client cannot parse
             raise LogitleakError(f"The endpoint {cfg.endpoint} sent a response the openai client cannot read "
-                                 f"({type(err).__name__}: {_first_line(err)}); check that it speaks the OpenAI "
+                                 f"({type(err).__name__}: {first_line(err, 300)}); check that it speaks the OpenAI "
                                  "chat-completions API (the base URL usually ends in /v1).") from None
         bar.advance()
 
@@ -308,7 +175,7 @@ def _query(client: EndpointClient, probeset: ProbeSet, todo: list[int], keys: di
                     except Stopped:
                         continue
                     except Exception as err:  # noqa: BLE001 - e.g. a response that is not valid JSON
-                        failures[i] = f"{type(err).__name__}: {_first_line(err)}"
+                        failures[i] = f"{type(err).__name__}: {first_line(err, 300)}"
                     bar.advance()
                 if len(failures) > max(1, FAILED_FRACTION_LIMIT * n) * 2 and not client.stop.is_set():
                     client.stop.set()  # clearly broken: stop spending requests
@@ -408,11 +275,6 @@ def _build_capture(cfg: AuditConfig, probeset: ProbeSet, done: dict[int, dict], 
             problems.append(f"{short} responses ended before max_tokens={cfg.generate} tokens; their later positions are "
                             "empty in the response levels.")
     return Capture(topk_logprobs=values, topk_ids=ids, meta=meta, **gen), problems
-
-
-def _first_line(err: BaseException) -> str:
-    msg = str(err).strip()
-    return msg.splitlines()[0][:300] if msg else type(err).__name__
 
 
 class _NoBar:

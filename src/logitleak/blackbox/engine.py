@@ -26,11 +26,11 @@ import secrets
 import threading
 import time
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
+from logitleak.blackbox.hf_generate import run_generate, stop_cut
 from logitleak.blackbox.logprob_defense import HIDDEN_LOGPROB, HIDDEN_TOKEN, wire as _wire  # noqa: F401
 from logitleak.blackbox.requests import (  # noqa: F401 - re-exported
     DEFAULT_MAX_TOKENS,
@@ -45,7 +45,7 @@ from logitleak.blackbox.requests import (  # noqa: F401 - re-exported
 from logitleak.blackbox.tokens import TokenTable  # noqa: F401 - re-exported
 from logitleak.defenses.output import apply_output_defense, check_defense, content_seed
 from logitleak.defenses.spec import Defense
-from logitleak.errors import LogitleakError
+from logitleak.errors import LogitleakError, first_line
 
 MAX_NEW_TOKENS = 512
 MAX_PROMPT_TOKENS = 16384
@@ -250,7 +250,7 @@ class Engine:
         except LogitleakError as err:
             raise RequestError(str(err), param="messages") from None
         except Exception as err:  # noqa: BLE001 - a processor failure is this request's fault
-            raise RequestError(f"The model's processor rejected the request: {_first_line(err)}",
+            raise RequestError(f"The model's processor rejected the request: {first_line(err, None)}",
                                param="messages") from None
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         for b, job in enumerate(jobs):
@@ -292,7 +292,7 @@ class Engine:
     # -------------------------------------------------------------- generation
     @torch.inference_mode()
     def _generate(self, jobs: list[_Job], inputs: dict[str, torch.Tensor]) -> list[GenResult]:
-        from transformers import GenerationConfig, StoppingCriteriaList
+        from transformers import GenerationConfig
 
         reqs = [j.request for j in jobs]
         t0 = int(inputs["input_ids"].shape[1])
@@ -302,11 +302,8 @@ class Engine:
             max_new_tokens=max(r.max_tokens for r in reqs), do_sample=sample, num_beams=1,
             temperature=reqs[0].temperature if sample else 1.0, top_p=reqs[0].top_p if sample else 1.0,
             top_k=0 if sample else None, pad_token_id=self.pad_id, eos_token_id=eos or None, output_logits=True, return_dict_in_generate=True)
-        stopper = _RowStop(t0, reqs, self.tokenizer, self.eos_ids)
         seed = (reqs[0].seed if reqs[0].seed is not None else secrets.randbits(63)) % 2**64
-        with _generation_defaults(self.model, config), _seeded(seed, self.adapter.device):
-            out = self.model.generate(**inputs, generation_config=config,
-                                      stopping_criteria=StoppingCriteriaList([stopper]))
+        out = run_generate(self.model, inputs, config, reqs, self.tokenizer, self.eos_ids, seed, self.adapter.device)
         new = out.sequences[:, t0:].cpu()
         logits = torch.stack(out.logits, dim=1).float().cpu() if out.logits else torch.empty(len(jobs), 0, self.vocab)
         self.forward_calls += int(new.shape[1])
@@ -324,7 +321,7 @@ class Engine:
                 finish = "stop"
                 break
             text = self.tokenizer.decode([t for t in kept if t not in self.eos_ids], skip_special_tokens=True)
-            cut = _stop_cut(text, req.stop)
+            cut = stop_cut(text, req.stop)
             if cut is not None:
                 text, finish = text[:cut], "stop"
                 break
@@ -351,53 +348,3 @@ class Engine:
             tok, raw = self.tokens(tid)
             steps.append(Step(tid, tok, raw, _wire(float(view.extra[i, 0])), top))
         return steps
-
-
-class _RowStop:
-    """Per-row stopping for ``generate``: a row is done at its own ``max_tokens`` or stop string
-    (end-of-sequence tokens are ``generate``'s own rule)."""
-
-    def __init__(self, t0: int, reqs: list[GenRequest], tokenizer, eos: set[int]):
-        self.t0, self.tokenizer, self.eos = t0, tokenizer, eos
-        self.limits = torch.tensor([r.max_tokens for r in reqs])
-        self.stops = [r.stop for r in reqs]
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        n = input_ids.shape[1] - self.t0
-        done = (n >= self.limits).to(input_ids.device)
-        for b, stops in enumerate(self.stops):
-            if stops and not bool(done[b]):
-                ids = [t for t in input_ids[b, self.t0:].tolist() if t not in self.eos]
-                if _stop_cut(self.tokenizer.decode(ids, skip_special_tokens=True), stops) is not None:
-                    done[b] = True
-        return done
-
-
-@contextmanager
-def _generation_defaults(model, config):
-    """``generate`` fills unset options from the model's own generation config (a checkpoint's
-    sampling defaults, repetition penalties...); the server's answer follows the request only."""
-    saved = getattr(model, "generation_config", None)
-    model.generation_config = config
-    try:
-        yield
-    finally:
-        model.generation_config = saved
-
-
-@contextmanager
-def _seeded(seed: int, device):
-    devices = [device] if getattr(device, "type", "cpu") == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def _stop_cut(text: str, stops: list[str]) -> int | None:
-    hits = [text.find(s) for s in stops if s and s in text]
-    return min(hits) if hits else None
-
-
-def _first_line(err: BaseException) -> str:
-    msg = str(err).strip()
-    return msg.splitlines()[0] if msg else type(err).__name__

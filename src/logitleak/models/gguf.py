@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from logitleak.errors import LogitleakError
+from logitleak.errors import LogitleakError, first_line
 from logitleak.integrity import file_sha256
 
 SOURCE_FILE = "logitleak_gguf.json"
@@ -80,7 +80,7 @@ def gguf_architecture(path: str | Path) -> str:
         raise LogitleakError(f"GGUF file {p} has no general.architecture entry; it is not a model file llama.cpp "
                              "writes, so convert the model again.") from None
     except Exception as err:  # noqa: BLE001 - any parse failure means a damaged or foreign file
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        first = first_line(err, 160)
         raise LogitleakError(f"GGUF file {p} cannot be read ({first}); it is truncated or not a GGUF file, so copy "
                              "or download it again.") from None
     if end > p.stat().st_size:
@@ -152,7 +152,7 @@ def _convert(gguf_file: Path, out: Path, progress: bool) -> None:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         except (ValueError, KeyError, NotImplementedError) as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            first = first_line(err)
             raise LogitleakError(f"transformers could not load GGUF file {gguf_file} ({first}); convert the original "
                                  "model to a Hugging Face directory and pass that instead.") from None
         config = quantised.config

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from logitleak.errors import LogitleakError
+from logitleak.errors import LogitleakError, first_line
 from logitleak.models.adapter import ModelAdapter
 from logitleak.models.families import read_mapping
 from logitleak.models.safety import check_model_source
@@ -128,7 +128,7 @@ def load_model(path_or_name: str | Path, *, device: str | None = None, dtype: st
             except Exception as exc:  # noqa: BLE001 - any failure means no usable processor was saved
                 processor = _assemble_processor(src, config)
                 if processor is None:
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    first = first_line(exc, None)
                     raise LogitleakError(f"Vision-language model {src!r} has no loadable processor ({first}); "
                                          "save it beside the weights with processor.save_pretrained(model_dir).") from None
             tokenizer = getattr(processor, "tokenizer", None)

@@ -222,10 +222,13 @@ def render_prompt(processor: LlavaProcessor, prompt: str) -> str:
     return processor.apply_chat_template(chat_messages(prompt), add_generation_prompt=True)
 
 
-def organism_inputs(processor: LlavaProcessor, images, prompts: list[str]):
-    """Model inputs for a batch through the standard path (chat template + processor, left padding)."""
-    texts = [render_prompt(processor, p) for p in prompts]
-    return processor(images=list(images), text=texts, padding=True, return_tensors="pt")
+def organism_inputs(model: LlavaForConditionalGeneration, processor: LlavaProcessor, images, prompts: list[str]):
+    """Model inputs for a batch through the one input path every command takes: the adapter's
+    :meth:`~logitleak.models.adapter.ModelAdapter.build_inputs` (chat template + processor, the
+    processor's left padding)."""
+    from logitleak.models.adapter import ModelAdapter
+
+    return ModelAdapter(model, processor=processor).build_inputs(list(prompts), list(images))
 
 
 # ----------------------------------------------------------------------------- cache

@@ -16,7 +16,7 @@ import json
 import struct
 from pathlib import Path
 
-from logitleak.errors import LogitleakError
+from logitleak.errors import LogitleakError, first_line
 
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 SAFETENSORS_PATTERN = "*.safetensors"
@@ -97,7 +97,7 @@ def check_weights(folder: Path, allow_pickle: bool = False) -> bool:
 
 def pickle_error_message(folder: Path, err: BaseException) -> str:
     """One sentence for a pickle checkpoint torch's weights-only loader refused."""
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    first = first_line(err)
     return (f"The pickle checkpoint in {str(folder)!r} was refused by torch's weights-only loader ({first}); it may "
             "hold code. Convert a trusted copy to safetensors instead.")
 
