@@ -31,21 +31,14 @@ from logitleak.config import make_config
 from logitleak.models import gguf as g
 from logitleak.store import StoredCapture
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from servers import start_process  # noqa: E402
+
 
 def start_server(gguf_file: Path, port: int, log: Path, threads: int) -> subprocess.Popen:
-    import httpx
-
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file), "--model_alias",
-                             "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(threads),
-                             "--n_ctx", "1024"], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"llama.cpp's server did not start; see {log}")
+    return start_process([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file), "--model_alias", "smollm2",
+                          "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(threads), "--n_ctx", "1024"],
+                         f"http://127.0.0.1:{port}/v1", log, name="llama.cpp's server", timeout_s=240, error=SystemExit)
 
 
 def best(df, level: str, attr: str, k: int | None = None):

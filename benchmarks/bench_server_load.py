@@ -15,8 +15,6 @@ Bounded: a fixed number of requests, a wall-clock cap per setting, loopback only
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import os
 import statistics
 import subprocess
@@ -26,35 +24,16 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
+from logitleak.blackbox.response_cache import image_data_url
 
-
-def data_url(image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from servers import serve_command, start_process  # noqa: E402
 
 
 def start_server(model: str, port: int, max_batch: int, threads: int | None, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", "from logitleak.cli import main; main()", "serve", "--model", model,
-           "--served-model-name", "organism", "--port", str(port), "--max-batch", str(max_batch), "--quiet"]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    fh = open(log, "ab")
-    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    fh.close()
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited early:\n{log.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"the server did not come up:\n{log.read_text()}")
+    extra = ["--max-batch", str(max_batch), "--quiet"] + (["--threads", str(threads)] if threads else [])
+    return start_process(serve_command(model, "organism", port, *extra), f"http://127.0.0.1:{port}/v1", log,
+                         timeout_s=300, error=SystemExit)
 
 
 def run_load(url: str, messages: list, clients: int, requests: int, time_limit: float) -> dict:
@@ -126,7 +105,7 @@ def main() -> None:
     from logitleak.models.organism import IMAGE_SIZE
 
     ps = make_shapes(64, questions="all", seed=1, image_size=IMAGE_SIZE)
-    messages = [[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(ps.images[i])}},
+    messages = [[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(ps.images[i])}},
                                               {"type": "text", "text": ps.prompts[i]}]}] for i in range(len(ps))]
     print(f"model {model}; {args.clients} clients, {args.requests} requests each setting "
           f"(image + text, top_logprobs=5, max_tokens=1), server torch threads {args.threads or 'default'}, "

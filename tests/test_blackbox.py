@@ -8,16 +8,13 @@ few alternatives, no logprobs, HTTP 500s, 429s, a bad key) must be reported, nev
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,12 +24,13 @@ from fastapi.responses import JSONResponse, Response
 
 from logitleak.blackbox.audit import RESPONSES_FILE, VOCAB_FILE, blackbox_capture
 from logitleak.blackbox.client import RetryPolicy
-from logitleak.blackbox.engine import Engine
-from logitleak.blackbox.server import RunningServer, create_app, free_port
+from logitleak.blackbox.server import RunningServer, free_port
 from logitleak.config import make_config
 from logitleak.data.probeset import ProbeSet
 from logitleak.data.shapes import make_shapes
 from logitleak.errors import LogitleakError
+
+from servers import organism_server, serve_command, start_process
 
 MODEL = "organism"
 FAST = RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.05, connect_patience_s=1.0, timeout_s=30)
@@ -56,9 +54,7 @@ def adapter(model_dir):
 
 @pytest.fixture(scope="module")
 def server(adapter, one_thread):
-    engine = Engine(adapter, max_batch=8, threads=1)
-    with RunningServer(create_app(engine, served_model_name=MODEL)) as srv:
-        srv.engine = engine
+    with organism_server(adapter, served_model_name=MODEL) as srv:
         yield srv
 
 
@@ -164,25 +160,8 @@ def test_blackbox_run_audit_agrees_with_white_box(server, model_dir, tmp_path):
 # ----------------------------------------------------------------------------- a server that dies
 
 def _start_server(model_dir: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    fh = open(log, "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from logitleak.cli import main; main()", "serve", "--model", str(model_dir),
-         "--served-model-name", MODEL, "--port", str(port), "--threads", "1", "--max-batch", "4"],
-        stdout=fh, stderr=subprocess.STDOUT, env=env)
-    fh.close()
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited early:\n{log.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"the server did not come up:\n{log.read_text()}")
+    return start_process(serve_command(model_dir, MODEL, port, "--threads", "1", "--max-batch", "4"),
+                         f"http://127.0.0.1:{port}/v1", log, env={"OMP_NUM_THREADS": "1"}, poll_s=0.1)
 
 
 def _posts(log: Path) -> int:
@@ -405,8 +384,8 @@ def test_api_key_reaches_the_real_server(model_dir, tmp_path, monkeypatch, one_t
     from logitleak.models.loading import load_model
 
     monkeypatch.setenv("LOGITLEAK_TEST_KEY", "k-123")
-    engine = Engine(load_model(model_dir, device="cpu"), threads=1)
-    with RunningServer(create_app(engine, served_model_name=MODEL, api_key="k-123")) as srv:
+    with organism_server(load_model(model_dir, device="cpu"), max_batch=16, served_model_name=MODEL,
+                         api_key="k-123") as srv:
         cap, problems = blackbox_capture(bb_config(srv.url, 10, api_key_env="LOGITLEAK_TEST_KEY"), make_shapes(10),
                                          tmp_path, progress=False, policy=FAST)
     assert problems == [] and cap.meta["answered"] == 10

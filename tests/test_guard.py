@@ -24,6 +24,8 @@ from logitleak.data.shapes import make_shapes
 from logitleak.defenses.spec import parse_single_defense
 from logitleak.errors import LogitleakError
 
+from servers import organism_server
+
 MODEL = "organism"
 
 
@@ -41,8 +43,7 @@ def adapter(organism_dir):
 @pytest.fixture(scope="module")
 def upstream(adapter, one_thread):
     """The project's own server, undefended, with an API key."""
-    engine = Engine(adapter, max_batch=8, threads=1)
-    with RunningServer(create_app(engine, served_model_name=MODEL, api_key="up-key")) as srv:
+    with organism_server(adapter, served_model_name=MODEL, api_key="up-key") as srv:
         yield srv
 
 

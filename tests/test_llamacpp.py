@@ -6,7 +6,6 @@ levels agree with the white-box audit of the same file within their intervals.""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -26,6 +24,8 @@ from logitleak.config import make_config
 from logitleak.data.personas import make_personas
 from logitleak.errors import LogitleakError
 from logitleak.models import gguf as g
+
+from servers import start_process
 
 pytest.importorskip("llama_cpp", reason="the real-model extra (llama-cpp-python[server]) is not installed")
 pytest.importorskip("gguf", reason="the real-model extra is not installed")
@@ -46,23 +46,9 @@ def gguf_file():
 
 def start_llamacpp(gguf_file: Path, port: int, log: Path) -> subprocess.Popen:
     """``python -m llama_cpp.server`` on a loopback port; returns once /v1/models answers."""
-    fh = open(log, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file), "--model_alias", SERVED,
-                             "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", "1024"],
-                            stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    fh.close()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama.cpp's server exited early:\n{log.read_text(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("llama.cpp's server did not come up within 120 s")
+    return start_process([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file), "--model_alias", SERVED,
+                          "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", "1024"],
+                         f"http://127.0.0.1:{port}/v1", log, name="llama.cpp's server", timeout_s=120)
 
 
 def stop(proc: subprocess.Popen) -> None:

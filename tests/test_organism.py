@@ -34,9 +34,9 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
-def _inputs(processor, n=10, seed=11):
+def _inputs(model, processor, n=10, seed=11):
     ps = make_shapes(n, "all", seed=seed, image_size=org.IMAGE_SIZE)
-    return ps, org.organism_inputs(processor, ps.images, ps.prompts)
+    return ps, org.organism_inputs(model, processor, ps.images, ps.prompts)
 
 
 # ----------------------------------------------------------------------------- architecture
@@ -92,7 +92,7 @@ def test_chat_template_renders_image_then_question_then_generation_prompt(built)
     assert processor.tokenizer.apply_chat_template(org.chat_messages("what shape is the object ?"),
                                                    add_generation_prompt=True, tokenize=False) == text
     assert not org.render_prompt(processor, "x").endswith("</s>")
-    ps, inputs = _inputs(processor, n=6)
+    ps, inputs = _inputs(model, processor, n=6)
     n_img = (inputs["input_ids"] == model.config.image_token_index).sum(1)
     assert n_img.tolist() == [model.config.image_seq_length] * 6
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
@@ -104,7 +104,7 @@ def test_chat_template_renders_image_then_question_then_generation_prompt(built)
 
 def test_training_inputs_equal_the_standard_processor_path(built):
     model, processor = built
-    ps, inputs = _inputs(processor, n=10)
+    ps, inputs = _inputs(model, processor, n=10)
     attrs = list(ATTRIBUTES)
     attr_idx = np.array([attrs.index(a) for a in ps.asked])
     para_idx = np.array([QUESTIONS[a].index(p) for a, p in zip(ps.asked, ps.prompts)])
@@ -162,8 +162,8 @@ def test_saved_organism_reopens_with_transformers_alone_and_gives_identical_logi
     loaded = LlavaForConditionalGeneration.from_pretrained(tmp_path)
     proc2 = AutoProcessor.from_pretrained(tmp_path)
     assert isinstance(proc2, LlavaProcessor)
-    ps, inputs = _inputs(processor, n=5)
-    inputs2 = org.organism_inputs(proc2, ps.images, ps.prompts)
+    ps, inputs = _inputs(model, processor, n=5)
+    inputs2 = org.organism_inputs(loaded, proc2, ps.images, ps.prompts)
     assert inputs.keys() == inputs2.keys() and all(torch.equal(inputs[k], inputs2[k]) for k in inputs)
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, loaded.eval()(**inputs2).logits)

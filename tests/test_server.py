@@ -22,6 +22,8 @@ from logitleak.blackbox.server import RunningServer, create_app
 from logitleak.data.shapes import make_shapes
 from logitleak.defenses.spec import parse_single_defense
 
+from servers import organism_server
+
 MODEL = "organism"
 
 
@@ -58,9 +60,7 @@ def adapter(model_dir):
 
 @pytest.fixture(scope="module")
 def server(adapter, one_thread):
-    engine = Engine(adapter, max_batch=8, threads=1)
-    with RunningServer(create_app(engine, served_model_name=MODEL)) as srv:
-        srv.engine = engine
+    with organism_server(adapter, served_model_name=MODEL) as srv:
         yield srv
 
 
@@ -82,7 +82,7 @@ def white_box_logprobs(adapter, images, prompts) -> torch.Tensor:
 
     out = []
     for img, prompt in zip(images, prompts):
-        enc = organism_inputs(adapter.processor, [img], [prompt])
+        enc = organism_inputs(adapter.model, adapter.processor, [img], [prompt])
         with torch.no_grad():
             logits = adapter.model(**enc).logits[0, -1].float()
         out.append(torch.log_softmax(logits, -1))

@@ -147,6 +147,15 @@ class _Recorder(HookSet):
                                  "which logitleak cannot read at the prompt's last token.")
         return h[torch.arange(h.shape[0], device=h.device), self.pos.to(h.device)]
 
+    def stacked(self, hidden_dtype: torch.dtype, where: str) -> torch.Tensor:
+        """``(B, L+1, D)`` the recorded states on the CPU; one sentence naming any layer that did not
+        run (``where``: e.g. "did not run in the forward pass")."""
+        if any(s is None for s in self.states):
+            missing = [i for i, s in enumerate(self.states) if s is None]
+            raise LogitleakError(f"Decoder layers {missing} {where}; pass mapping={{'layers': ...}} naming the blocks "
+                                 "the model actually uses.")
+        return torch.stack(self.states, dim=1).to(device="cpu", dtype=hidden_dtype)
+
     def _register(self) -> None:
         def pre_hook(module, args, kwargs):
             h = args[0] if args else kwargs.get("hidden_states")
@@ -208,11 +217,7 @@ def _forward_batch(adapter: ModelAdapter, rec: _Recorder, inputs: Mapping[str, t
     logits = logits.float()
     if logits_transform is not None:
         logits = logits_transform(logits).float()
-    if any(s is None for s in rec.states):
-        missing = [i for i, s in enumerate(rec.states) if s is None]
-        raise LogitleakError(f"Decoder layers {missing} of {adapter.name!r} did not run in the forward pass; "
-                             "pass mapping={'layers': ...} naming the blocks the model actually uses.")
-    hidden = torch.stack(rec.states, dim=1).to(device="cpu", dtype=hidden_dtype)
+    hidden = rec.stacked(hidden_dtype, f"of {adapter.name!r} did not run in the forward pass")
     return hidden, logits.cpu()
 
 

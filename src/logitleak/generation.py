@@ -77,11 +77,7 @@ class _StepRecorder(_Recorder):
         self.states = [None] * (len(self.layers) + 1)
 
     def end_step(self, logits: torch.Tensor, hidden_dtype: torch.dtype) -> None:
-        if any(s is None for s in self.states):
-            missing = [i for i, s in enumerate(self.states) if s is None]
-            raise LogitleakError(f"Decoder layers {missing} did not run during generation; pass mapping={{'layers': ...}} "
-                                 "naming the blocks the model actually uses.")
-        hidden = torch.stack(self.states, dim=1).to(device="cpu", dtype=hidden_dtype)
+        hidden = self.stacked(hidden_dtype, "did not run during generation")
         self.steps.append((hidden, logits.float().cpu()))
 
 

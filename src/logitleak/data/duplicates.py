@@ -10,7 +10,6 @@ must never sit on both sides of a train/test split.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,15 +17,12 @@ import numpy as np
 import pandas as pd
 
 from logitleak.errors import LogitleakError
+from logitleak.integrity import file_sha256
 
 
 def file_digest(path) -> str:
     """SHA-256 of a file's bytes (identical images are identical files, whatever their names)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from logitleak.data.duplicates import file_digest, resolve_duplicates
 from logitleak.data.labelfile import LABEL_SUFFIXES, as_strings, check_filled, read_label_table
 from logitleak.data.probeset import IndexedImages, ProbeSet
-from logitleak.errors import LogitleakError
+from logitleak.errors import LogitleakError, first_line
 
 __all__ = ["LABEL_SUFFIXES", "LazyImages", "load_datasets_dir", "load_image_folder", "read_label_table"]
 _IMAGE_ERRORS = (FileNotFoundError, UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError,
@@ -158,7 +158,7 @@ def load_datasets_dir(path: str | Path, *, question: str | dict[str, str], task:
     except FileNotFoundError:
         raise LogitleakError(f"{path} is not a dataset saved with `save_to_disk`; pass such a directory or an image folder.") from None
     except Exception as err:  # noqa: BLE001 - a damaged dataset directory raises many kinds of errors
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = first_line(err)
         raise LogitleakError(f"The dataset directory {path} is damaged ({type(err).__name__}: {first}); save it again "
                              "with `save_to_disk`.") from None
     if isinstance(ds, datasets.DatasetDict):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from logitleak.errors import LogitleakError
+from logitleak.errors import LogitleakError, first_line
 
 LABEL_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
@@ -25,16 +25,12 @@ def _text(p: Path) -> str:
         raise LogitleakError(f"Label file {p} is not UTF-8 text (byte {err.start}); save it as UTF-8.") from None
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-
-
 def _read(p: Path, suffix: str) -> pd.DataFrame:
     if suffix == ".parquet":
         try:
             return pd.read_parquet(p)
         except Exception as err:  # noqa: BLE001 - pyarrow raises many classes for a corrupt file
-            raise LogitleakError(f"Label file {p} is not a readable parquet file ({_first_line(err)}); "
+            raise LogitleakError(f"Label file {p} is not a readable parquet file ({first_line(err)}); "
                                  "rewrite it or use CSV.") from None
     text = _text(p)
     if not text.strip():
@@ -45,7 +41,7 @@ def _read(p: Path, suffix: str) -> pd.DataFrame:
         return pd.read_json(io.StringIO(text), lines=suffix == ".jsonl", dtype=False)
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         kind = {".csv": "CSV", ".jsonl": "JSON Lines (one object per line)", ".json": "a JSON list of objects"}[suffix]
-        raise LogitleakError(f"Label file {p} is not valid {kind} ({_first_line(err)}); fix the file.") from None
+        raise LogitleakError(f"Label file {p} is not valid {kind} ({first_line(err)}); fix the file.") from None
 
 
 def read_label_table(path: str | Path) -> pd.DataFrame:

@@ -113,7 +113,7 @@ def pca_plot(ann: pd.DataFrame, relevant: bool) -> Plot | None:
     that layer as the dotted level it tends to (``None`` without ``pca`` rows)."""
     best = strongest(ann)
     rows_all = best[best["level"] == "pca"]
-    attrs = [a for a in _attrs(ann, relevant) if a in set(rows_all["attribute"])]
+    attrs = _attrs(ann, relevant, rows_all)
     if not attrs:
         return None
     from matplotlib.figure import Figure

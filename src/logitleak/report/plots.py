@@ -63,9 +63,11 @@ def _yerr(center: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray | No
     return np.vstack([lo_e, hi_e])
 
 
-def _attrs(ann: pd.DataFrame, relevant: bool) -> list[str]:
+def _attrs(ann: pd.DataFrame, relevant: bool, within: pd.DataFrame | None = None) -> list[str]:
+    """The (task-relevant or irrelevant) attributes in table order; ``within``: only those with rows there."""
     sel = ann[ann["task_relevant_attr"] == relevant]
-    return list(dict.fromkeys(sel["attribute"]))
+    out = list(dict.fromkeys(sel["attribute"]))
+    return out if within is None else [a for a in out if a in set(within["attribute"])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +77,7 @@ def layer_plot(ann: pd.DataFrame, relevant: bool) -> Plot | None:
     """V-information by layer, one panel per attribute, one line per layer-wise level."""
     best = strongest(ann)
     layered = best[best["layer"].notna()]
-    attrs = [a for a in _attrs(ann, relevant) if a in set(layered["attribute"])]
+    attrs = _attrs(ann, relevant, layered)
     if not attrs:
         return None
     nrows, ncols = _grid(len(attrs))
@@ -133,7 +135,7 @@ def layer_plot(ann: pd.DataFrame, relevant: bool) -> Plot | None:
 def level_plot(ann: pd.DataFrame, relevant: bool) -> Plot | None:
     """Best row per level and attribute: bits and accuracy above baseline, with intervals."""
     best = strongest(ann)
-    attrs = [a for a in _attrs(ann, relevant) if a in set(best["attribute"])]
+    attrs = _attrs(ann, relevant, best)
     if not attrs:
         return None
     levels = sorted(set(best[best["attribute"].isin(attrs)]["level"]), key=level_rank)
@@ -193,7 +195,7 @@ def k_plot(ann: pd.DataFrame, relevant: bool) -> Plot | None:
     """Accuracy and bits against k for the final top-k levels, one row per attribute."""
     best = strongest(ann)
     sel = best[best["level"].isin(TOPK_LEVELS) & best["layer"].isna()]
-    attrs = [a for a in _attrs(ann, relevant) if a in set(sel["attribute"])]
+    attrs = _attrs(ann, relevant, sel)
     if not attrs:
         return None
     fig = Figure(figsize=(11, 3.3 * len(attrs)))

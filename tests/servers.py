@@ -1,0 +1,56 @@
+"""Starting OpenAI-compatible servers for tests and benchmarks: a subprocess that answers ``/models``, or the organism in process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+
+def serve_command(model: str | Path, served_name: str, port: int, *extra: str) -> list[str]:
+    """``logitleak serve`` for ``model`` on a loopback ``port`` (``extra``: more flags)."""
+    return [sys.executable, "-c", "from logitleak.cli import main; main()", "serve", "--model", str(model),
+            "--served-model-name", served_name, "--port", str(port), *extra]
+
+
+def start_process(cmd: list[str], base_url: str, log: Path, *, name: str = "the server", timeout_s: float = 180,
+                  poll_s: float = 0.2, env: dict | None = None, error: type[BaseException] = RuntimeError,
+                  ) -> subprocess.Popen:
+    """Run ``cmd`` with its output appended to ``log`` and return once ``base_url/models`` answers
+    200; ``error`` (with the log's tail) when it exits first or is not up within ``timeout_s``."""
+    fh = open(log, "ab")
+    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    fh.close()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise error(f"{name} exited early:\n{log.read_text(errors='replace')[-4000:]}")
+        try:
+            if httpx.get(base_url.rstrip("/") + "/models", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll_s)
+    proc.kill()
+    raise error(f"{name} did not come up within {timeout_s:.0f} s:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+@contextlib.contextmanager
+def organism_server(adapter, *, max_batch: int = 8, threads: int = 1, served_model_name: str = "organism",
+                    **app_kwargs) -> Iterator:
+    """The project's own server over ``adapter`` in this process (a ``RunningServer`` with its
+    ``engine`` attached), stopped on exit."""
+    from logitleak.blackbox.engine import Engine
+    from logitleak.blackbox.server import RunningServer, create_app
+
+    engine = Engine(adapter, max_batch=max_batch, threads=threads)
+    with RunningServer(create_app(engine, served_model_name=served_model_name, **app_kwargs)) as srv:
+        srv.engine = engine
+        yield srv
