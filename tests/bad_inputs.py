@@ -56,18 +56,14 @@ class _Evil:
 
 def build_world(w: Path, organism_dir: Path | None) -> None:
     """Every file the cases point at."""
-    from logitleak.data import make_shapes
+    from folders import write_shapes_images
 
     w.mkdir(parents=True, exist_ok=True)
     # a good image folder (12 images) and label files built from it
     imgs = w / "imgs"
     imgs.mkdir()
-    ps = make_shapes(12, seed=0)
-    rows = []
-    for i, img in enumerate(ps.images):
-        img.save(imgs / f"img_{i:02d}.png")
-        rows.append({"path": f"img_{i:02d}.png", **ps.attributes.iloc[i].to_dict(), "photo": str(i // 2)})
-    good = pd.DataFrame(rows)
+    ps, good = write_shapes_images(imgs, 12, seed=0, name="img_{i:02d}.png", photo=True)
+    good["photo"] = good["photo"].astype(str)
     good.to_csv(imgs / "labels.csv", index=False)
     (imgs / "empty.csv").write_text("")
     (imgs / "header_only.csv").write_text(",".join(good.columns) + "\n")

@@ -9,6 +9,8 @@ import pytest
 
 from logitleak.results import RESULT_COLUMNS
 
+from folders import write_shapes_images
+
 SMALL = ["--samples", "120", "--levels", "residual,tuned_lens_topk,topk_logprobs,topk_ids,top1_prob",
          "--k", "1,5", "--layers", "0,4", "--probes", "linear", "--permutations", "5", "--folds", "3", "--quiet"]
 
@@ -67,14 +69,7 @@ def test_small_audit_through_the_cli(tmp_path, organism):
 
 
 def write_folder(root, n=60):
-    from logitleak.data import make_shapes
-
-    ps = make_shapes(n, seed=5)
-    rows = []
-    for i, img in enumerate(ps.images):
-        img.save(root / f"{i}.png")
-        rows.append({"path": f"{i}.png", **ps.attributes.iloc[i].to_dict()})
-    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    write_shapes_images(root, n, seed=5)[1].to_csv(root / "labels.csv", index=False)
 
 
 def test_image_folder_audit(tmp_path, organism):

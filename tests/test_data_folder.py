@@ -1,7 +1,6 @@
 """User probe sets: image folders with label files, and local `datasets` directories."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from logitleak.config import make_config
@@ -11,15 +10,11 @@ from logitleak.data.shapes import NUMERIC_ATTRIBUTES
 from logitleak.errors import LogitleakError
 from logitleak.probeset_loading import load_probe_set
 
+from folders import write_shapes_images
+
 
 def write_folder(root, n=12, seed=0, fmt="csv"):
-    ps = make_shapes(n, seed=seed)
-    rows = []
-    for i, img in enumerate(ps.images):
-        name = f"img_{i:03d}.png"
-        img.save(root / name)
-        rows.append({"path": name, **ps.attributes.iloc[i].to_dict(), "photo": i // 2})
-    table = pd.DataFrame(rows)
+    ps, table = write_shapes_images(root, n, seed, name="img_{i:03d}.png", photo=True)
     if fmt == "csv":
         table.to_csv(root / "labels.csv", index=False)
     else:

@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from folders import write_shapes_images
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 SMALL = ["--samples", "120", "--shard-size", "40", "--batch-size", "20", "--levels",
          "residual,tuned_lens_topk,topk_ids", "--k", "2", "--layers", "0,4", "--probes", "linear",
@@ -138,16 +140,9 @@ def test_damaged_cache_is_recomputed_never_used(reference, tmp_path, damage):
 
 
 def test_doubled_label_file_measures_the_same_as_the_single_one(tmp_path, organism_dir):
-    from logitleak.data import make_shapes
-
     folder = tmp_path / "imgs"
     folder.mkdir()
-    ps = make_shapes(60, seed=5)
-    rows = []
-    for i, img in enumerate(ps.images):
-        img.save(folder / f"{i}.png")
-        rows.append({"path": f"{i}.png", **ps.attributes.iloc[i].to_dict()})
-    single = pd.DataFrame(rows)
+    single = write_shapes_images(folder, 60, seed=5)[1]
     single.to_csv(folder / "single.csv", index=False)
     shutil.copy(folder / "0.png", folder / "copy_of_0.png")  # the same image under another name
     doubled = pd.concat([single, single.assign(path=lambda t: t.path.where(t.index != 0, "copy_of_0.png"))])
