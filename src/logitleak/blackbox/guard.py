@@ -74,37 +74,38 @@ def create_guard_app(upstream: str, defense: Defense, *, secret: int | None = No
     redact_logger("httpx")  # httpx logs every upstream URL at INFO: never with a key in it
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(base))
     defender = ResponseDefender(defense, secret=secret)
+    timeouts = {"timeout": httpx.Timeout(timeout_s, connect=10.0).as_dict()}
     state: dict = {}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        state["client"] = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10.0), transport=transport,
-                                            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-                                            follow_redirects=False, trust_env=False)
+        # One connection pool, kept alive across requests, used as a transport directly: the
+        # client layer's cookie jar, auth, redirect and URL-merging steps cost per request and a
+        # proxy must not use them anyway (a cookie one user's response set must never reach another).
+        state["transport"] = transport or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64), trust_env=False)
         yield
-        await state["client"].aclose()
+        await state["transport"].aclose()
 
     app = FastAPI(title="logitleak guard", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.defender = defender
 
-    def target(path: str, query: str) -> str:
+    def target(path: str, query: bytes) -> str:
         url = base + path[3:] if path == "/v1" or path.startswith("/v1/") else origin + path
-        return url + ("?" + query if query else "")
+        return url + ("?" + query.decode("latin-1") if query else "")
 
-    @app.api_route("/{path:path}", methods=METHODS)
-    async def proxy(request: Request, path: str):
+    async def proxy(request: Request) -> Response:
         body = await read_body(request, max_body_bytes, type="guard_error")
         if isinstance(body, JSONResponse):
             return body
         route = request.url.path
         defended = request.method == "POST" and route.rstrip("/").endswith(DEFENDED_ROUTES)
-        headers = _headers(request.headers.items())
-        headers["accept-encoding"] = "identity"
-        client: httpx.AsyncClient = state["client"]
-        upstream_request = client.build_request(request.method, target(route, request.url.query), headers=headers,
-                                                content=body)
+        headers = [(k, v) for k, v in request.headers.raw if k.lower().decode("latin-1") not in HOP_BY_HOP]
+        headers.append((b"accept-encoding", b"identity"))
+        upstream_request = httpx.Request(request.method, target(route, request.scope.get("query_string", b"")),
+                                         headers=headers, content=body, extensions=timeouts)
         try:
-            resp = await client.send(upstream_request, stream=True)
+            resp = await state["transport"].handle_async_request(upstream_request)
         except httpx.TimeoutException:
             return _error(504, f"The upstream did not answer within {timeout_s:g} s.", "upstream_timeout")
         except httpx.HTTPError as err:
@@ -112,7 +113,7 @@ def create_guard_app(upstream: str, defense: Defense, *, secret: int | None = No
                                "check that it is running.", "upstream_unreachable")
         out_headers = _headers(resp.headers.items())
         if "text/event-stream" in resp.headers.get("content-type", ""):
-            if not defended:
+            if not defended or not defender.active:
                 return StreamingResponse(_raw(resp), status_code=resp.status_code, headers=out_headers)
             return StreamingResponse(_sse(resp, defender, body), status_code=resp.status_code,
                                      headers=out_headers)
@@ -122,19 +123,19 @@ def create_guard_app(upstream: str, defense: Defense, *, secret: int | None = No
             return _error(502, "The upstream's response broke off.", "upstream_broken")
         finally:
             await resp.aclose()
-        if not 200 <= resp.status_code < 300 or not data:
+        if not 200 <= resp.status_code < 300 or not data or not defender.active:
             return Response(data, status_code=resp.status_code, headers=out_headers)
         if not defended:
-            if b"logprob" in data and defender.active:
+            if b"logprob" in data:
                 return _error(502, f"The upstream returned log-probabilities on {route}, which the guard cannot "
                                    "defend; use /v1/chat/completions or /v1/completions.", "undefended_logprobs")
+            return Response(data, status_code=resp.status_code, headers=out_headers)
+        if b"logprob" not in data:  # nothing to defend: the bytes go back as they came
             return Response(data, status_code=resp.status_code, headers=out_headers)
         try:
             obj = json.loads(data)
             defender.body(obj, body)
         except Exception as err:  # noqa: BLE001 - whatever the upstream sent, fail closed
-            if not defender.active or b"logprob" not in data:
-                return Response(data, status_code=resp.status_code, headers=out_headers)
             if not isinstance(err, (ValueError, RecursionError, UndefendedLogprobs)):
                 log.exception("the guard could not rewrite a response")
             return _error(502, f"The upstream's response could not be read ({_short(err)}); the guard does not pass "
@@ -142,6 +143,8 @@ def create_guard_app(upstream: str, defense: Defense, *, secret: int | None = No
         return Response(json.dumps(obj, separators=(",", ":")).encode(), status_code=resp.status_code,
                         headers=out_headers, media_type="application/json")
 
+    # A plain Starlette route: the proxy needs no FastAPI parameter parsing or response models.
+    app.router.add_route("/{path:path}", proxy, methods=METHODS)
     return app
 
 
