@@ -348,3 +348,49 @@ def test_serve_cli_refuses_a_port_in_use():
         port = busy.getsockname()[1]
         result = CliRunner().invoke(app, ["serve", "--port", str(port)])
     assert isinstance(result.exception, LogitleakError) and "already in use" in str(result.exception)
+
+
+# ----------------------------------------------------------------------------- a proxy, not a client
+
+class RecordingUpstream:
+    """A raw ASGI upstream that records every request it gets and answers with fixed bytes,
+    setting a cookie and repeating a header (what a proxy must neither keep nor collapse)."""
+
+    BODY = b'{"id": "x",   "choices": [{"index": 0, "message": {"content": "hi"}}]}'  # odd spacing on purpose
+
+    def __init__(self):
+        self.seen: list[dict] = []
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            msg = await receive()
+            more = msg.get("more_body", False)
+        self.seen.append({"raw_path": scope.get("raw_path"), "query": scope.get("query_string"),
+                          "headers": [(k.decode(), v.decode()) for k, v in scope["headers"]]})
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"set-cookie", b"session=user-one"),
+            (b"x-upstream", b"a"), (b"x-upstream", b"b")]})
+        await send({"type": "http.response.body", "body": self.BODY})
+
+
+def test_guard_forwards_requests_exactly_and_keeps_no_cookies_between_users():
+    rec = RecordingUpstream()
+    with RunningServer(rec) as up, guard_for(up.url, "round:1") as g:
+        first = httpx.post(g.url + "/chat/completions", content=b"{}", headers={"x-user": "one"})
+        second = httpx.post(g.url + "/chat/completions", content=b"{}", headers={"x-user": "two"})
+        odd = httpx.get(g.url.replace("/v1", "") + "/v1/files/a%2Fb%20c?q=%41&x=1", headers={"x-user": "three"})
+    # nothing to defend in the response: its bytes come back as the upstream sent them
+    assert first.content == second.content == odd.content == RecordingUpstream.BODY
+    # repeated response headers are all passed on, and the cookie reaches the client that got it...
+    assert first.headers.get_list("x-upstream") == ["a", "b"] and "session=user-one" in first.headers["set-cookie"]
+    # ...but is never replayed by the guard on another user's request
+    assert [dict(s["headers"]).get("x-user") for s in rec.seen] == ["one", "two", "three"]
+    assert all("cookie" not in dict(s["headers"]) for s in rec.seen)
+    # the guard adds no header of its own (user agent, accept, content type) and passes the path as encoded
+    sent = [dict(s["headers"]) for s in rec.seen]
+    assert all(h.get("user-agent", "").startswith("python-httpx") for h in sent)  # the caller's own
+    assert "content-type" not in sent[2] and sent[2].get("accept-encoding") == "identity"
+    assert rec.seen[2]["raw_path"] == b"/v1/files/a%2Fb%20c" and rec.seen[2]["query"] == b"q=%41&x=1"

@@ -12,12 +12,14 @@ refused with a 502, never passed on undefended. Nothing is logged about headers 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-import httpx
+import aiohttp
+import yarl
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -59,40 +61,66 @@ def _error(status: int, message: str, code: str | None = None) -> JSONResponse:
     return error_response(status, message, type="guard_error", code=code)
 
 
-def _headers(items) -> dict[str, str]:
-    return {k: v for k, v in items if k.lower() not in HOP_BY_HOP}
+def _forwarded(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """Header pairs without the hop-by-hop ones, repeated names kept (latin-1, as on the wire)."""
+    out = []
+    for k, v in raw:
+        name = k.decode("latin-1")
+        if name.lower() not in HOP_BY_HOP:
+            out.append((name, v.decode("latin-1")))
+    return out
+
+
+def _reply(body: bytes, status: int, headers: list[tuple[str, str]], media_type: str | None = None) -> Response:
+    resp = Response(body, status_code=status, media_type=media_type)
+    resp.raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers
+                         if not (media_type and k.lower() == "content-type")]
+    return resp
+
+
+def _stream(events, status: int, headers: list[tuple[str, str]]) -> StreamingResponse:
+    resp = StreamingResponse(events, status_code=status)
+    resp.raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    return resp
 
 
 def create_guard_app(upstream: str, defense: Defense, *, secret: int | None = None, timeout_s: float = 600.0,
-                     max_body_bytes: int = MAX_BODY_BYTES, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+                     max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The guard in front of ``upstream`` (an API base URL such as ``http://127.0.0.1:8000/v1``).
 
     Requests to ``/v1/<rest>`` go to ``<upstream>/<rest>``; any other path goes to the upstream's
     origin unchanged. ``secret`` seeds the defence's noise (random by default).
     """
     base = check_upstream(upstream)
-    redact_logger("httpx")  # httpx logs every upstream URL at INFO: never with a key in it
+    for name in ("aiohttp.client", "httpx"):  # never a URL with a key in it in a log of this process
+        redact_logger(name)
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(base))
     defender = ResponseDefender(defense, secret=secret)
-    timeouts = {"timeout": httpx.Timeout(timeout_s, connect=10.0).as_dict()}
     state: dict = {}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        # One connection pool, kept alive across requests, used as a transport directly: the
-        # client layer's cookie jar, auth, redirect and URL-merging steps cost per request and a
-        # proxy must not use them anyway (a cookie one user's response set must never reach another).
-        state["transport"] = transport or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64), trust_env=False)
+        # One keep-alive connection pool for every request. No cookie jar: a cookie one user's
+        # response set must never ride on another user's request. No header of the client's own
+        # (user agent, accept, content type): the upstream sees what the caller sent.
+        state["session"] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=timeout_s),
+            cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
         yield
-        await state["transport"].aclose()
+        await state["session"].close()
 
     app = FastAPI(title="logitleak guard", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.defender = defender
 
-    def target(path: str, query: bytes) -> str:
+    def target(scope: dict) -> yarl.URL:
+        """The upstream URL of a request, its path and query passed on exactly as the client encoded them."""
+        raw = scope.get("raw_path")
+        path = raw.decode("latin-1") if raw else quote(scope["path"])
         url = base + path[3:] if path == "/v1" or path.startswith("/v1/") else origin + path
-        return url + ("?" + query.decode("latin-1") if query else "")
+        query = scope.get("query_string", b"")
+        return yarl.URL(url + ("?" + query.decode("latin-1") if query else ""), encoded=True)
 
     async def proxy(request: Request) -> Response:
         body = await read_body(request, max_body_bytes, type="guard_error")
@@ -100,38 +128,36 @@ def create_guard_app(upstream: str, defense: Defense, *, secret: int | None = No
             return body
         route = request.url.path
         defended = request.method == "POST" and route.rstrip("/").endswith(DEFENDED_ROUTES)
-        headers = [(k, v) for k, v in request.headers.raw if k.lower().decode("latin-1") not in HOP_BY_HOP]
-        headers.append((b"accept-encoding", b"identity"))
-        upstream_request = httpx.Request(request.method, target(route, request.scope.get("query_string", b"")),
-                                         headers=headers, content=body, extensions=timeouts)
+        headers = _forwarded(request.headers.raw) + [("Accept-Encoding", "identity")]
+        session: aiohttp.ClientSession = state["session"]
         try:
-            resp = await state["transport"].handle_async_request(upstream_request)
-        except httpx.TimeoutException:
+            resp = await session.request(request.method, target(request.scope), headers=headers, data=body or None,
+                                         allow_redirects=False)
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
             return _error(504, f"The upstream did not answer within {timeout_s:g} s.", "upstream_timeout")
-        except httpx.HTTPError as err:
+        except aiohttp.ClientError as err:
             return _error(502, f"The guard could not reach the upstream at {origin} ({type(err).__name__}); "
                                "check that it is running.", "upstream_unreachable")
-        out_headers = _headers(resp.headers.items())
+        out_headers = _forwarded(resp.raw_headers)
         if "text/event-stream" in resp.headers.get("content-type", ""):
             if not defended or not defender.active:
-                return StreamingResponse(_raw(resp), status_code=resp.status_code, headers=out_headers)
-            return StreamingResponse(_sse(resp, defender, body), status_code=resp.status_code,
-                                     headers=out_headers)
+                return _stream(_raw(resp), resp.status, out_headers)
+            return _stream(_sse(resp, defender, body), resp.status, out_headers)
         try:
-            data = await resp.aread()
-        except httpx.HTTPError:
+            data = await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError):
             return _error(502, "The upstream's response broke off.", "upstream_broken")
         finally:
-            await resp.aclose()
-        if not 200 <= resp.status_code < 300 or not data or not defender.active:
-            return Response(data, status_code=resp.status_code, headers=out_headers)
+            resp.release()
+        if not 200 <= resp.status < 300 or not data or not defender.active:
+            return _reply(data, resp.status, out_headers)
         if not defended:
             if b"logprob" in data:
                 return _error(502, f"The upstream returned log-probabilities on {route}, which the guard cannot "
                                    "defend; use /v1/chat/completions or /v1/completions.", "undefended_logprobs")
-            return Response(data, status_code=resp.status_code, headers=out_headers)
+            return _reply(data, resp.status, out_headers)
         if b"logprob" not in data:  # nothing to defend: the bytes go back as they came
-            return Response(data, status_code=resp.status_code, headers=out_headers)
+            return _reply(data, resp.status, out_headers)
         try:
             obj = json.loads(data)
             defender.body(obj, body)
@@ -140,8 +166,8 @@ def create_guard_app(upstream: str, defense: Defense, *, secret: int | None = No
                 log.exception("the guard could not rewrite a response")
             return _error(502, f"The upstream's response could not be read ({_short(err)}); the guard does not pass "
                                "on log-probabilities it cannot defend.", "undefended_logprobs")
-        return Response(json.dumps(obj, separators=(",", ":")).encode(), status_code=resp.status_code,
-                        headers=out_headers, media_type="application/json")
+        return _reply(json.dumps(obj, separators=(",", ":")).encode(), resp.status, out_headers,
+                      media_type="application/json")
 
     # A plain Starlette route: the proxy needs no FastAPI parameter parsing or response models.
     app.router.add_route("/{path:path}", proxy, methods=METHODS)
@@ -153,20 +179,23 @@ def _short(err: BaseException) -> str:
     return text[0][:200] if text else type(err).__name__
 
 
-async def _raw(resp: httpx.Response):
+async def _raw(resp: aiohttp.ClientResponse):
     try:
-        async for chunk in resp.aiter_raw():
+        async for chunk in resp.content.iter_any():
             yield chunk
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return
     finally:
-        await resp.aclose()
+        resp.release()
 
 
-async def _sse(resp: httpx.Response, defender: ResponseDefender, request_key: bytes):
+async def _sse(resp: aiohttp.ClientResponse, defender: ResponseDefender, request_key: bytes):
     """Server-sent events with every ``data:`` chunk's logprobs defended; a chunk that cannot be
     defended ends the stream with an error event instead."""
     offsets: dict[int, int] = {}
     try:
-        async for line in resp.aiter_lines():
+        async for raw in resp.content:
+            line = raw.decode("utf-8").rstrip("\r\n")
             if line.startswith("data:"):
                 payload = line[5:].strip()
                 if payload and payload != "[DONE]":
@@ -174,7 +203,7 @@ async def _sse(resp: httpx.Response, defender: ResponseDefender, request_key: by
                         obj = json.loads(payload)
                         defender.body(obj, request_key, offsets)
                     except Exception as err:  # noqa: BLE001 - fail closed
-                        if "logprob" in payload and defender.active:
+                        if "logprob" in payload:
                             msg = {"error": {"message": f"The guard could not defend a stream chunk ({_short(err)}); "
                                                         "the stream was stopped.", "type": "guard_error"}}
                             yield f"data: {json.dumps(msg)}\n\n"
@@ -182,7 +211,7 @@ async def _sse(resp: httpx.Response, defender: ResponseDefender, request_key: by
                     else:
                         line = "data: " + json.dumps(obj, separators=(",", ":"))
             yield line + "\n"
-    except httpx.HTTPError:
+    except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError):
         yield 'data: {"error": {"message": "The upstream stream broke off.", "type": "guard_error"}}\n\n'
     finally:
-        await resp.aclose()
+        resp.release()
