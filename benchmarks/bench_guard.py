@@ -1,16 +1,18 @@
 """The guard's added latency: the same requests sent straight to ``logitleak serve`` and through
 ``logitleak guard`` in front of it, interleaved, on loopback.
 
-Starts ``serve`` (the organism by default) and ``guard --upstream <serve> --defense <spec>`` as
-subprocesses on free loopback ports, then sends ``--requests`` pairs of identical requests (an
+Starts ``serve`` (the organism by default; ``--upstream canned``: a fixed chat completion with
+five top logprobs, so the model's own time and its variance drop out) and ``guard --upstream
+<it> --defense <spec>`` as subprocesses on free loopback ports, then sends ``--requests`` pairs of identical requests (an
 image + a question, ``logprobs=True, top_logprobs=5``), one straight and one through the guard,
 alternating which goes first. Prints both medians, the median of the paired differences (the
 guard's added latency; target <= 5 ms) with a bootstrap 95% interval, p90 of the differences,
 the guard process's CPU time per request (independent of other load), and the machine's load
 average (on a shared CPU the latency figure includes waiting for a core).
 
-    .venv/bin/python benchmarks/bench_guard.py [--model organism|DIR] [--requests 300]
-                                               [--defense gauss:0.5] [--max-tokens 1] [--threads 1]
+    .venv/bin/python benchmarks/bench_guard.py [--model organism|DIR] [--upstream serve|canned]
+                                               [--requests 300] [--defense gauss:0.5] [--max-tokens 1]
+                                               [--threads 1]
 """
 
 from __future__ import annotations
@@ -54,9 +56,43 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+CANNED = {"id": "chatcmpl-canned", "object": "chat.completion", "created": 0, "model": "m",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "red"}, "finish_reason": "length",
+                       "logprobs": {"content": [{"token": "red", "logprob": -0.01, "bytes": [114, 101, 100],
+                                                 "top_logprobs": [{"token": t, "logprob": -0.01 - i, "bytes": list(t.encode())}
+                                                                  for i, t in enumerate(("red", "blue", "green", "yellow", "circle"))]}]}}],
+          "usage": {"prompt_tokens": 80, "completion_tokens": 1, "total_tokens": 81}}
+
+
+def serve_canned(port: int) -> None:
+    """A minimal OpenAI-shaped upstream: every POST gets ``CANNED``, ``/models`` lists model ``m``."""
+    import json
+
+    import uvicorn
+
+    chat = json.dumps(CANNED).encode()
+    models = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        body = models if scope["path"].endswith("/models") else chat
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-canned":
+        return serve_canned(int(sys.argv[2]))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="organism")
+    ap.add_argument("--upstream", choices=("serve", "canned"), default="serve")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--defense", default="gauss:0.5")
     ap.add_argument("--max-tokens", type=int, default=1)
@@ -72,8 +108,13 @@ def main() -> None:
     procs = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            procs.append(start(exe + ["serve", "--model", args.model, "--served-model-name", "m", "--port", str(up_port),
-                                      "--threads", str(args.threads), "--quiet"], up, Path(tmp) / "serve.log"))
+            if args.upstream == "canned":
+                procs.append(start([sys.executable, __file__, "--serve-canned", str(up_port)], up,
+                                   Path(tmp) / "serve.log"))
+            else:
+                procs.append(start(exe + ["serve", "--model", args.model, "--served-model-name", "m", "--port",
+                                          str(up_port), "--threads", str(args.threads), "--quiet"], up,
+                                   Path(tmp) / "serve.log"))
             procs.append(start(exe + ["guard", "--upstream", up, "--defense", args.defense, "--port", str(g_port),
                                       "--quiet"], via, Path(tmp) / "guard.log"))
             ps = make_shapes(32, seed=0)
@@ -119,7 +160,8 @@ def main() -> None:
     rng = random.Random(0)
     boot = sorted(statistics.median(rng.choices(diffs, k=len(diffs))) for _ in range(1000))
     ms = 1000.0
-    print(f"guard benchmark: {args.requests} request pairs, model {args.model}, defence {args.defense}, "
+    what = f"model {args.model}" if args.upstream == "serve" else "canned upstream"
+    print(f"guard benchmark: {args.requests} request pairs, {what}, defence {args.defense}, "
           f"max_tokens {args.max_tokens}, top_logprobs 5, loopback")
     print(f"  straight to serve : median {statistics.median(straight) * ms:7.2f} ms")
     print(f"  through the guard : median {statistics.median(guarded) * ms:7.2f} ms")
