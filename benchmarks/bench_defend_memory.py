@@ -8,6 +8,7 @@ residual stream at the erased layers. Both load the shapes probe set into memory
 
     .venv/bin/python benchmarks/bench_defend_memory.py [--n 20000] [--grid SPEC] [--probes linear]
         [--bootstrap 100] [--folds 3] [--shard-size 1024] [--batch-size 64] [--threads 2] [--src DIR]
+        [--only audit|defend]
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--src", default=str(Path(__file__).resolve().parents[1] / "src"),
                     help="the logitleak source to run (default: this checkout's)")
+    ap.add_argument("--only", choices=("audit", "defend"), default=None,
+                    help="run one command and print its peak alone (no ratio)")
     ap.add_argument("--work", default=None, help="directory for both output folders (default: a temp dir)")
     a = ap.parse_args()
 
@@ -58,16 +61,24 @@ def main() -> int:
               "--bootstrap", str(a.bootstrap), "--folds", str(a.folds), "--shard-size", str(a.shard_size),
               "--batch-size", str(a.batch_size), "--quiet"]
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="bench-defend-"))
-    audit_rss, audit_s, rc1 = run([exe, "audit", *common, "--out", str(work / "audit")], env)
     grid = ["--defenses", a.grid] if a.grid else []
-    defend_rss, defend_s, rc2 = run([exe, "defend", *common, *grid, "--out", str(work / "defend")], env)
-    if rc1 or rc2:
-        print(f"a command failed (audit exit {rc1}, defend exit {rc2}); see the error above", file=sys.stderr)
-        return 1
-    ratio = defend_rss / audit_rss
+    commands = {"audit": [exe, "audit", *common, "--out", str(work / "audit")],
+                "defend": [exe, "defend", *common, *grid, "--out", str(work / "defend")]}
+    peaks: dict[str, float] = {}
     print(f"samples: {a.n}  grid: {a.grid or 'default'}  probes: {a.probes}  k: {a.k}  shard size: {a.shard_size}")
-    print(f"audit  peak RSS: {audit_rss:8.1f} MiB   wall {audit_s:7.1f} s")
-    print(f"defend peak RSS: {defend_rss:8.1f} MiB   wall {defend_s:7.1f} s")
+    for name, args in commands.items():
+        if a.only not in (None, name):
+            continue
+        rss, wall, rc = run(args, env)
+        if rc:
+            print(f"{name} failed (exit {rc}); see the error above", file=sys.stderr)
+            return 1
+        peaks[name] = rss
+        print(f"{name:6s} peak RSS: {rss:8.1f} MiB   wall {wall:7.1f} s", flush=True)
+    if a.only:
+        print(f"outputs: {work}")
+        return 0
+    ratio = peaks["defend"] / peaks["audit"]
     print(f"ratio defend/audit: {ratio:.3f}  (target <= {TARGET}: {'met' if ratio <= TARGET else 'NOT met'})")
     print(f"outputs: {work}")
     return 0
