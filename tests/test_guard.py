@@ -394,3 +394,27 @@ def test_guard_forwards_requests_exactly_and_keeps_no_cookies_between_users():
     assert all(h.get("user-agent", "").startswith("python-httpx") for h in sent)  # the caller's own
     assert "content-type" not in sent[2] and sent[2].get("accept-encoding") == "identity"
     assert rec.seen[2]["raw_path"] == b"/v1/files/a%2Fb%20c" and rec.seen[2]["query"] == b"q=%41&x=1"
+
+
+def test_a_slow_upstream_is_a_504_and_a_broken_stream_an_error_event():
+    import asyncio
+
+    async def slow(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await receive()
+        if scope["path"].endswith("/chat/completions"):
+            await asyncio.sleep(3)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        chunk_ = json.dumps(chunk(0, [-0.1, -1.0], ["a", "b"]))
+        await send({"type": "http.response.body", "body": f"data: {chunk_}\n\n".encode(), "more_body": True})
+        await asyncio.sleep(3)  # then silence: the guard's read timeout ends the stream
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+    with RunningServer(slow) as up, guard_for(up.url, "round:1", timeout_s=0.5) as g:
+        r = httpx.post(g.url + "/chat/completions", json={"model": "m", "messages": []}, timeout=30)
+        assert r.status_code == 504 and "did not answer within 0.5 s" in r.json()["error"]["message"]
+        r = httpx.post(g.url + "/completions", json={"model": "m", "prompt": "x", "stream": True}, timeout=30)
+    events = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")]
+    assert json.loads(events[0])["choices"][0]["logprobs"]["content"][0]["logprob"] == -0.1   # defended (round:1)
+    assert "broke off" in json.loads(events[-1])["error"]["message"] and "[DONE]" not in events
