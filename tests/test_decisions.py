@@ -174,3 +174,22 @@ def test_defend_table_shows_the_decisions_strongest_reading():
     assert "LEAK" in line and "(mlp)" in line and "0.700 [0.670, 0.730] vs 0.350" in line
     assert "no leak" in next(ln for ln in out.splitlines() if "size" in ln)
     assert np.isfinite(best["utility_accuracy"]).all()
+
+
+def test_tradeoff_plot_draws_each_defences_strongest_api_reading_not_the_erased_residual():
+    from logitleak.report.plots import tradeoff_plot, tradeoff_readings
+
+    def rows(bits_api):
+        return [_api_row(k=5, probe="linear", accuracy=0.5, bits=bits_api),
+                _api_row(k=5, probe="mlp", accuracy=0.6, bits=bits_api + 0.1),
+                make_row("residual", "shape", layer=2, accuracy=0.9, baseline=0.35, p=1e-9, bits=1.2, n_classes=3,
+                         task_relevant=False)]
+    t = _tradeoff(_defence(rows(0.4), "none", 0.9), _defence(rows(0.05), "leace:2", 0.85))
+    t["strength"] = [None] * 3 + [2] * 3
+    drawn = tradeoff_readings(t)
+    assert set(drawn["level"]) == {"topk_ids"} and list(drawn["defense_label"]) == ["none", "leace:2"]
+    assert list(drawn["v_info_bits"]) == pytest.approx([0.5, 0.15])       # the mlp rows: most bits
+    assert list(drawn["strength"].fillna(-1)) == [-1, 2]                 # the defence's setting survives
+    assert tradeoff_plot(t, {"shape": False}) is not None
+    plain = t.drop(columns=["defense_label"])                              # not a defend table: drawn as it is
+    assert len(tradeoff_readings(plain)) == len(plain)

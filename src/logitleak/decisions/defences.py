@@ -128,11 +128,12 @@ def recommend_defence(tradeoff: pd.DataFrame, max_loss: float, alpha: float = 0.
                               f"loss of {loss:.3f} ({base_utility:.3f} -> {util:.3f}).", label)
 
 
-def strongest_rows(rec: Recommendation) -> pd.DataFrame:
+def strongest_rows(decided: Recommendation | dict[str, DefenceDecision]) -> pd.DataFrame:
     """One row per (defence, task-irrelevant attribute measured at an API level): the decision's
     strongest reading, with ``defense_label``, ``leak`` and the ``p_holm`` the decision used."""
+    defences = decided.defences if isinstance(decided, Recommendation) else decided
     out = []
-    for label, d in rec.defences.items():
+    for label, d in defences.items():
         for a in d.decisions.irrelevant:
             if a.strongest is None:
                 continue

@@ -94,7 +94,8 @@ def level_rank(level: str) -> int:
 def annotate(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """The table with the decision columns added: ``is_api``, ``task_relevant_attr``, ``p_holm``
     (API rows only), ``p_used``, ``significant``, ``above_baseline``, ``readable``, ``leak``
-    (readable, API level, task-irrelevant) and ``strength`` (the family-ranking key)."""
+    (readable, API level, task-irrelevant) and ``rank_key`` (the family-ranking key; not called
+    ``strength``, which a trade-off table already uses for a defence's setting)."""
     df = to_frame(results).reset_index(drop=True)
     for col, missing in (("attribute", "attribute"), ("level", "level"), ("probe", "probe")):
         df[col] = df[col].astype(object).where(df[col].notna(), missing).astype(str)
@@ -118,7 +119,7 @@ def annotate(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     df["leak"] = df["readable"] & df["is_api"] & ~df["task_relevant_attr"]
     bits = df["v_info_bits"].where(np.isfinite(df["v_info_bits"]), -np.inf)
     acc = df["accuracy"].where(np.isfinite(df["accuracy"]), -np.inf)
-    df["strength"] = list(zip(df["readable"].astype(int), bits, acc))
+    df["rank_key"] = list(zip(df["readable"].astype(int), bits, acc))
     df["_rank"] = df["level"].map(level_rank)
     return df
 
@@ -127,7 +128,7 @@ def strongest(ann: pd.DataFrame) -> pd.DataFrame:
     """One row per (level, layer, k, attribute): the strongest probe family (see module doc)."""
     if ann.empty:
         return ann.copy()
-    order = sorted(range(len(ann)), key=lambda i: ann["strength"].iat[i], reverse=True)
+    order = sorted(range(len(ann)), key=lambda i: ann["rank_key"].iat[i], reverse=True)
     ranked = ann.iloc[order]
     keyed = ranked.assign(_lk=ranked["layer"].astype("Float64").fillna(-1.0),
                           _kk=ranked["k"].astype("Float64").fillna(-1.0))
@@ -140,7 +141,7 @@ def best_row(rows: pd.DataFrame):
     """The row with the most V-information (accuracy breaks ties; readable rows first), or None."""
     if rows.empty:
         return None
-    i = max(range(len(rows)), key=lambda j: rows["strength"].iat[j][1:] + (rows["readable"].iat[j],))
+    i = max(range(len(rows)), key=lambda j: rows["rank_key"].iat[j][1:] + (rows["readable"].iat[j],))
     return rows.iloc[i]
 
 

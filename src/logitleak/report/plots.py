@@ -260,11 +260,25 @@ def k_plot(ann: pd.DataFrame, relevant: bool) -> Plot | None:
         to_data_uri(fig))
 
 
+def tradeoff_readings(tradeoff: pd.DataFrame) -> pd.DataFrame:
+    """The rows the trade-off plot draws. A ``defend`` table (``level`` and ``defense_label``
+    columns): each defence's strongest API-level reading per task-irrelevant attribute, as the
+    decisions pick it, never an internal level such as the erased residual stream. Any other
+    table: as it is."""
+    if {"level", "defense_label"} <= set(tradeoff.columns):
+        from logitleak.decisions import decide_defences, strongest_rows
+
+        best = strongest_rows(decide_defences(tradeoff))
+        if len(best):
+            return best
+    return tradeoff
+
+
 def tradeoff_plot(tradeoff: pd.DataFrame, relevance: dict[str, bool]) -> Plot | None:
     """Leakage (bits, or accuracy above baseline) against answer quality, one line per defence."""
     if tradeoff is None or len(tradeoff) == 0:
         return None
-    df = tradeoff.copy()
+    df = tradeoff_readings(tradeoff).copy()
     if "utility_accuracy" not in df.columns or "attribute" not in df.columns:
         return None
     for col in ("v_info_bits", "accuracy", "baseline_accuracy", "utility_accuracy"):
@@ -317,7 +331,8 @@ def tradeoff_plot(tradeoff: pd.DataFrame, relevance: dict[str, bool]) -> Plot | 
     return Plot(
         "Defences: leakage against answer quality",
         "Each line is one defence over its strengths (labels); the best defence sits bottom-right: little "
-        "leakage, answers still right. Leakage is the most any measured level/k shows at that strength.",
+        "leakage, answers still right. Leakage is the strongest API-level reading at that strength (the "
+        "readable one with the most bits, as the verdict picks it).",
         to_data_uri(fig))
 
 
