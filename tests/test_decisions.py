@@ -193,3 +193,15 @@ def test_tradeoff_plot_draws_each_defences_strongest_api_reading_not_the_erased_
     assert tradeoff_plot(t, {"shape": False}) is not None
     plain = t.drop(columns=["defense_label"])                              # not a defend table: drawn as it is
     assert len(tradeoff_readings(plain)) == len(plain)
+
+
+def test_no_defence_when_none_is_needed_and_ties_go_to_the_grid_order():
+    quiet = [_api_row(k=5, p=0.4, accuracy=0.36)]
+    loud = [_api_row(k=5, p=1e-6)]
+    # noise that happens to raise answer accuracy (negative loss) is still not recommended over nothing
+    t = _tradeoff(_defence(quiet, "none", 0.90), _defence(quiet, "gauss:0.1", 0.91))
+    assert (recommend_defence(t, 0.05).kind, recommend_defence(t, 0.05).label) == ("none_needed", "none")
+    t = _tradeoff(_defence(loud, "none", 0.90), _defence(quiet, "round:1", 0.88), _defence(quiet, "gauss:1", 0.88))
+    assert recommend_defence(t, 0.05).label == "round:1"          # equal loss: the one listed first
+    t = _tradeoff(_defence(loud, "none", 0.90), _defence(quiet, "gauss:1", 0.88), _defence(quiet, "round:1", 0.88))
+    assert recommend_defence(t, 0.05).label == "gauss:1"

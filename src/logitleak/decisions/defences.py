@@ -111,17 +111,18 @@ def recommend_defence(tradeoff: pd.DataFrame, max_loss: float, alpha: float = 0.
                                  f"{int(1 / alpha)} permutations.")
     base = defences.get(UNDEFENDED)
     base_utility = base.utility_accuracy if base is not None else math.nan
-    candidates = [(d.utility_loss, label) for label, d in defences.items()
-                  if d.works and (d.utility_loss <= max_loss or (label == UNDEFENDED and not d.utility_loss > 0))]
+    if base is not None and base.works:  # the undefended model leaks nothing: no defence, whatever others cost
+        return rec("none_needed", f"No defence is needed: without one, no task-irrelevant attribute is readable at "
+                                  f"the API level ({rule}); answer accuracy {base_utility:.3f}.", UNDEFENDED)
+    order = list(defences)
+    candidates = [(d.utility_loss, order.index(label), label) for label, d in defences.items()
+                  if d.works and d.utility_loss <= max_loss]  # a NaN loss is never within max_loss
     if not candidates:
         return rec("none_found",
                    f"No defence in the grid brings every task-irrelevant attribute at the API level to baseline "
                    f"({rule}) within an answer-accuracy loss of {max_loss:.2f}; widen the grid (stronger noise, "
                    f"smaller k, erasure at more layers) or accept a larger loss.")
-    if UNDEFENDED in [label for _, label in candidates]:
-        return rec("none_needed", f"No defence is needed: without one, no task-irrelevant attribute is readable at "
-                                  f"the API level ({rule}); answer accuracy {base_utility:.3f}.", UNDEFENDED)
-    loss, label = min(candidates, key=lambda c: (c[0], list(defences).index(c[1])))
+    loss, _, label = min(candidates)  # the cheapest; the grid's order breaks ties
     util = defences[label].utility_accuracy
     return rec("recommended", f"Recommended: {label}. It is the cheapest defence in the grid that brings every "
                               f"task-irrelevant attribute at the API level to baseline ({rule}), at an answer-accuracy "
