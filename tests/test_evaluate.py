@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -266,3 +268,34 @@ def test_results_do_not_depend_on_how_the_sweep_is_chunked():
     cols = ["accuracy", "control_accuracy", "p_value", "ci_low"]
     np.testing.assert_allclose(big[cols].to_numpy(float), small[cols].to_numpy(float), atol=0.02)
     np.testing.assert_allclose(big["v_info_bits"], small["v_info_bits"], atol=0.01)
+
+
+def test_converged_fraction_and_a_warning_when_fits_stop_early():
+    rng = np.random.default_rng(3)
+    n = 300
+    y = rng.integers(0, 3, n)
+    X = rng.normal(size=(n, 6)) + 2.0 * np.eye(3)[y] @ rng.normal(size=(3, 6))
+    kw = dict(probes=("linear",), n_bootstrap=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # converged fits: no warning
+        df = evaluate_sweep({("residual", 0, None): X}, {"y": y}, **kw)
+    assert df["converged"].eq(1.0).all()
+    with pytest.warns(UserWarning, match=r"stopped before converging .*raise the probe's max_iter"):
+        short = evaluate_sweep({("residual", 0, None): X}, {"y": y}, probe_params={"linear": {"max_iter": 1}}, **kw)
+    assert short["converged"].lt(1.0).all() and short["converged"].ge(0.0).all()
+
+
+def test_the_control_task_reuses_the_real_labels_choice_of_c():
+    from logitleak.batching import Problems
+    from logitleak.evaluate import _fit_order
+
+    plan = plan_attribute("y", np.random.default_rng(0).integers(0, 3, 200), n_permutations=2)
+    b = Problems.build([plan])
+    order = _fit_order(b, "linear", {}, p_chunk=4)
+    flagged = np.concatenate([idx for idx, reuse in order if reuse])
+    assert set(b.variant[flagged]) == {1}                          # exactly the control problems
+    assert len(flagged) == plan.n_splits
+    first_flagged = next(i for i, (_, reuse) in enumerate(order) if reuse)
+    assert all(not reuse for _, reuse in order[:first_flagged])    # after every real-label fit
+    assert not any(reuse for _, reuse in _fit_order(b, "linear", {"C": 1.0}, p_chunk=4))
+    assert not any(reuse for _, reuse in _fit_order(b, "mlp", {}, p_chunk=4))

@@ -90,6 +90,24 @@ def test_npz_levels_and_parquet_features(monkeypatch, capsys, data):
     assert set(df.level) == {"api"} and df.n_features.eq(2).all()   # the text column is dropped
 
 
+def test_mlp_runs_on_api_named_sets_by_default_and_where_asked(monkeypatch, capsys, data):
+    np.savez(data / "mixed.npz", topk_logprobs=np.load(data / "levels.npz")["topk_logprobs"],
+             hidden=np.random.default_rng(1).normal(size=(N, 4)))
+    args = ["--features", data / "mixed.npz", "--labels", data / "labels.csv", "--folds", "3", *FAST]
+    code, stdout, err = run_cli(monkeypatch, capsys, *args, "--out", data / "d")
+    assert code == 0, err
+    df = read_results(data / "d")
+    assert set(df.loc[df.probe == "mlp", "level"]) == {"topk_logprobs"}      # the API-named set only
+    assert set(df.loc[df.probe == "linear", "level"]) == {"topk_logprobs", "hidden"}
+    assert list(df.level.drop_duplicates()) == ["topk_logprobs", "hidden"]   # rows in the file's order
+    assert "The MLP probe ran on 1 of 2 feature sets" in " ".join(stdout.split())
+    for spec, expected in (("all", {"topk_logprobs", "hidden"}), ("hidden", {"hidden"})):
+        code, _, err = run_cli(monkeypatch, capsys, *args, "--out", data / spec, "--mlp-levels", spec)
+        assert code == 0, err
+        df = read_results(data / spec)
+        assert set(df.loc[df.probe == "mlp", "level"]) == expected
+
+
 @pytest.mark.parametrize("case,pattern", [
     ("missing", r"Features file .*nope\.npy does not exist"),
     ("extension", r"unsupported extension '\.txt'; use one of \.npy, \.npz, \.parquet"),
@@ -99,6 +117,7 @@ def test_npz_levels_and_parquet_features(monkeypatch, capsys, data):
     ("labels_ext", r"Labels file .*labels\.json has unsupported extension '\.json'; use one of \.csv, \.parquet"),
     ("task", r"--task 'shape' is not a column"),
     ("probe", r"--probes 'linear,svm' names unknown families \(svm\)"),
+    ("mlp_levels", r"--mlp-levels 'residual,logits' names 'logits', which the features file does not have"),
 ])
 def test_errors_are_one_sentence_exit_2(monkeypatch, capsys, data, case, pattern):
     features, labels, extra = data / "residual.npy", data / "labels.csv", []
@@ -123,6 +142,8 @@ def test_errors_are_one_sentence_exit_2(monkeypatch, capsys, data, case, pattern
         extra = ["--task", "shape"]
     elif case == "probe":
         extra = ["--probes", "linear,svm"]
+    elif case == "mlp_levels":
+        extra = ["--mlp-levels", "residual,logits"]
     code, stdout, err = run_cli(monkeypatch, capsys, "--features", features, "--labels", labels, "--out",
                                 data / "o", *extra, *FAST)
     assert code == 2

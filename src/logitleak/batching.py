@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from logitleak.plans import AttributePlan
-from logitleak.probes import DEFAULT_CS
+from logitleak.linear_probe import DEFAULT_CS
 
 CPU_BUDGET = 1 << 30
 CUDA_BUDGET = 4 << 30

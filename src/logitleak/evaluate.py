@@ -18,7 +18,8 @@ reproduces an uninterrupted one exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,49 +50,70 @@ FeatureKey = tuple[str, "int | None", "int | None"]
 PROBE_FAMILIES: tuple[str, ...] = ("linear", "mlp")
 EXTRA_COLUMNS: tuple[str, ...] = (
     "p_test", "p_value_heldout", "p_value_permutation", "label_entropy_bits", "v_info_p_value",
-    "control_v_info_bits", "n_permutations", "n_folds", "n_groups", "C",
+    "control_v_info_bits", "n_permutations", "n_folds", "n_groups", "C", "converged",
 )
 """Columns :func:`evaluate_sweep` adds after ``RESULT_COLUMNS``: which test gave ``p_value``
 (``heldout`` or ``permutation``) and both tests' p-values (the permutation one NaN without
 permutations), the plug-in ``H(Y)``, the permutation p-value of the V-information, the control
 task's V-information, the design (permutations, folds -- 1 for a held-out split --, groups) and
-the linear probe's median chosen C."""
+the linear probe's median chosen C, and the fraction of the row's fits that converged (L-BFGS met
+its tolerance; the MLP stopped early rather than at its epoch cap)."""
 
 _LINEAR_KEYS = {"C", "Cs", "max_iter", "tol", "history"}
 _MLP_KEYS = {"hidden", "alpha", "lr", "max_epochs", "patience", "min_delta", "lr_scale_dim"}
 
 
-def _fit_family(family: str, X: torch.Tensor, y, train, inner_fit, inner_val, K: int, params: Mapping, seed):
-    """Fit one chunk; returns (log-probabilities (F, n, P, K), chosen C (F, P) or None)."""
+def _fit_family(family: str, X: torch.Tensor, y, train, inner_fit, inner_val, K: int, params: Mapping, seed,
+                C_fixed: torch.Tensor | None = None):
+    """Fit one chunk; returns (log-probabilities (F, n, P, K), chosen C (F, P) or None, converged (F, P)).
+    ``C_fixed`` (F, P): the linear probe's C given per problem instead of chosen on the inner split."""
     if family == "linear":
         lin = {k: v for k, v in params.items() if k in _LINEAR_KEYS}
         C = lin.pop("C", None)
         Cs = lin.pop("Cs", DEFAULT_CS)
-        if C is not None:
-            fit = fit_linear_batched(X, y, train, C=C, n_classes=K, **lin)
+        if C_fixed is not None or C is not None:
+            fit = fit_linear_batched(X, y, train, C=C_fixed if C_fixed is not None else C, n_classes=K, **lin)
         else:
             fit = fit_linear_grid_batched(X, y, train, inner_fit, inner_val, Cs=Cs, n_classes=K, **lin)
-        return fit.log_proba(X), fit.C
+        return fit.log_proba(X), fit.C, fit.converged
     if family == "mlp":
         mlp = {k: v for k, v in params.items() if k in _MLP_KEYS}
         fit = fit_mlp_batched(X, y, inner_fit, inner_val, n_classes=K, seed=seed, **mlp)
-        return fit.log_proba(X), None
+        return fit.log_proba(X), None, fit.converged
     raise LogitleakError(f"Unknown probe family '{family}'; use one of {', '.join(PROBE_FAMILIES)}.")
+
+
+def _fit_order(b: Problems, fam: str, params: Mapping, p_chunk: int) -> list[tuple[np.ndarray, bool]]:
+    """Chunks of problem indices, each flagged when its linear C is taken from the real labels.
+
+    The control task is the same probe on other labels (Hewitt & Liang), so when the linear
+    probe chooses C on inner splits, a control problem reuses the C chosen for the real labels'
+    problem of the same fold rather than choosing its own; its chunks come after the others."""
+    reuse = fam == "linear" and params.get("C") is None and len(params.get("Cs", DEFAULT_CS)) > 1
+    groups = [np.flatnonzero(b.variant != 1), np.flatnonzero(b.variant == 1)] if reuse else [np.arange(len(b))]
+    out = []
+    for g, flag in zip(groups, (False, True)):
+        out += [(g[i: i + p_chunk], flag) for i in range(0, len(g), p_chunk)]
+    return out
 
 
 def _fit_bucket(X: torch.Tensor, b: Problems, fam: str, params: Mapping, p_chunk: int, seed: int, prog, task):
     """Out-of-fold predictions of ``F`` feature sets for one bucket: per plan, ``lp``/``pred``
-    ``(F, V, n)``, the forward-chained log-probabilities ``(F, n, K)`` and the chosen C ``(F, S)``."""
+    ``(F, V, n)``, the forward-chained log-probabilities ``(F, n, K)``, the chosen C ``(F, S)`` and
+    the fraction of the plan's fits that converged ``(F,)``."""
     F, n = X.shape[0], X.shape[1]
     dev = X.device
     lp = [np.zeros((F, p.n_variants, n), np.float32) for p in b.plans]
     pr = [np.zeros((F, p.n_variants, n), np.int64) for p in b.plans]
     lk = [np.zeros((F, n, p.n_classes), np.float64) for p in b.plans]
     Cc = [np.full((F, p.n_splits), np.nan) for p in b.plans]
-    for p0 in range(0, len(b), p_chunk):
-        idx = np.arange(p0, min(p0 + p_chunk, len(b)))
+    conv = [np.zeros((F, 2)) for _ in b.plans]                # converged fits, all fits
+    for idx, from_real in _fit_order(b, fam, params, p_chunk):
         y, tr, te, fi, va, cm = b.arrays(idx)
-        logp, C = _fit_family(fam, X, y, tr, fi, va, b.K, params, seed=b.seeds(idx, seed))
+        C_fixed = None
+        if from_real:
+            C_fixed = torch.as_tensor(np.stack([Cc[b.attr[j]][:, b.split[j]] for j in idx], 1), device=dev)
+        logp, C, ok = _fit_family(fam, X, y, tr, fi, va, b.K, params, seed=b.seeds(idx, seed), C_fixed=C_fixed)
         yt = torch.as_tensor(y, device=dev).clamp(0, b.K - 1).T.unsqueeze(0).unsqueeze(-1)
         lpy = torch.gather(logp, -1, yt.expand(F, -1, -1, -1)).squeeze(-1).float().cpu().numpy()
         pred = logp.argmax(-1).cpu().numpy()
@@ -100,7 +122,10 @@ def _fit_bucket(X: torch.Tensor, b: Problems, fam: str, params: Mapping, p_chunk
             rows = np.flatnonzero(b.plans[plan_i].block == b.block[idx[j]])
             lk[plan_i][:, rows] = logp[:, rows, j, : b.plans[plan_i].n_classes].double().cpu().numpy()
         C_np = C.double().cpu().numpy() if C is not None else None
+        ok = ok.cpu().numpy()
         del logp
+        for j, pj in enumerate(idx):
+            conv[b.attr[pj]] += np.stack([ok[:, j], np.ones(F)], 1)
         cv = b.variant[idx] >= 0
         pp, rr = np.nonzero(te & cv[:, None])
         gidx = idx[pp]
@@ -113,7 +138,7 @@ def _fit_bucket(X: torch.Tensor, b: Problems, fam: str, params: Mapping, p_chunk
             for j in np.flatnonzero(b.variant[idx] == 0):
                 Cc[b.attr[idx[j]]][:, b.split[idx[j]]] = C_np[:, j]
         prog.advance(task, F * len(idx))
-    return lp, pr, lk, Cc
+    return lp, pr, lk, Cc, [c[:, 0] / c[:, 1] for c in conv]
 
 
 def _schedule(feats: Mapping, probes: Sequence[str]) -> list[tuple[str, list]]:
@@ -149,6 +174,7 @@ def evaluate_sweep(
     probe_params: Mapping[str, Mapping] | None = None,
     dtype: torch.dtype = torch.float32,
     memory_budget: int | None = None,
+    mlp_levels: Collection[str] | None = None,
 ) -> pd.DataFrame:
     """Probe every feature set for every attribute with every probe family.
 
@@ -165,9 +191,24 @@ def evaluate_sweep(
     ``p_value`` comes from the held-out gain test (:mod:`logitleak.heldout`) unless
     ``n_permutations > 0``: then from that many label permutations with refits (the exact but
     costly check); ``p_test`` says which. ``n_bootstrap=0`` leaves intervals NaN.
+    ``mlp_levels``: the MLP probes only feature sets of these levels (None: all).
     """
     from logitleak.pca_probe import evaluate_fold_levels, split_fold_levels
     from logitleak.regression import evaluate_regression, split_numeric
+
+    if mlp_levels is not None and "mlp" in probes and any(key[0] not in mlp_levels for key in features):
+        kw = dict(groups=groups, task_attribute=task_attribute, n_folds=n_folds, n_permutations=n_permutations,
+                  n_bootstrap=n_bootstrap, seed=seed, device=device, progress=progress, test_size=test_size,
+                  val_fraction=val_fraction, probe_params=probe_params, dtype=dtype, memory_budget=memory_budget)
+        parts = [evaluate_sweep({k: v for k, v in features.items() if (k[0] in mlp_levels) == use}, labels,
+                                probes=fams, **kw)
+                 for use, fams in ((True, probes), (False, tuple(f for f in probes if f != "mlp")))
+                 if fams and any((k[0] in mlp_levels) == use for k in features)]
+        both = pd.concat(parts, ignore_index=True)
+        order = {tuple(k): i for i, k in enumerate(features)}
+        rank = [order[(lv, None if pd.isna(la) else int(la), None if pd.isna(k) else int(k))]
+                for lv, la, k in zip(both["level"], both["layer"], both["k"])]
+        return to_frame(both.iloc[np.argsort(rank, kind="stable")].reset_index(drop=True))
 
     fold_feats, rest = split_fold_levels(features)  # pca: projection fitted inside each training fold
     if fold_feats and labels:
@@ -257,10 +298,11 @@ def evaluate_sweep(
     n_folds_eff = 1 if test_size is not None else n_folds
 
     results: dict[tuple, dict] = {}
-    total = len(feats) * len(probes) * sum(len(b) for b in buckets)
+    schedule = _schedule(feats, probes)
+    total = sum(len(keys) for _, keys in schedule) * sum(len(b) for b in buckets)
     with make_progress(progress) as prog:
         task = prog.add_task("probing", total=total)
-        for fam, keys in _schedule(feats, probes):
+        for fam, keys in schedule:
             d = feats[keys[0]].shape[1]
             for b in buckets:
                 per_pair = pair_bytes(fam, n, d, b.K, itemsize, probe_params[fam])
@@ -270,7 +312,7 @@ def evaluate_sweep(
                     kc = keys[f0: f0 + f_chunk]
                     prog.update(task, description=f"{fam} {_describe(kc[0])}" + (f" (+{len(kc) - 1})" if len(kc) > 1 else ""))
                     X, _, _ = prepare_features([feats[k] for k in kc], dev, dtype)
-                    lp, pr, lk, Cc = _fit_bucket(X, b, fam, probe_params[fam], p_chunk, seed, prog, task)
+                    lp, pr, lk, Cc, cv = _fit_bucket(X, b, fam, probe_params[fam], p_chunk, seed, prog, task)
                     del X
                     for ai, plan in enumerate(b.plans):
                         gains = centred_gains(lk[ai], plan.codes, plan.block) * block_weights(plan.block)
@@ -278,7 +320,20 @@ def evaluate_sweep(
                                            Cc[ai] if fam == "linear" else None, fam, task_attribute=task_attribute,
                                            n_groups=n_groups, n_folds_eff=n_folds_eff,
                                            n_permutations=n_permutations, groups=groups)
-                        for key, row in zip(kc, rows):
-                            results[(key, plan.name, fam)] = row
+                        for key, row, c in zip(kc, rows, cv[ai]):
+                            results[(key, plan.name, fam)] = {**row, "converged": float(c)}
     ordered = [results[(key, a, fam)] for key in feats for a in labels for fam in probes]
+    warn_unconverged(ordered)
     return to_frame(ordered)
+
+
+def warn_unconverged(rows: Sequence[Mapping]) -> None:
+    """One warning naming the rows whose probe fits did not all converge, and what to do about it."""
+    bad = [r for r in rows if np.isfinite(r.get("converged", np.nan)) and r["converged"] < 1.0]
+    if bad:
+        first = bad[0]
+        warnings.warn(
+            f"{len(bad)} result row(s) include probe fits that stopped before converging (first: "
+            f"{_describe((first['level'], first['layer'], first['k']))} {first['attribute']} {first['probe']}, "
+            f"{first['converged']:.0%} converged); their scores may be understated: raise the probe's max_iter "
+            f"(linear) or max_epochs (mlp). The 'converged' column gives the fraction per row.", stacklevel=3)

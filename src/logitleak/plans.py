@@ -9,8 +9,7 @@ import numpy as np
 from logitleak import metrics as M
 from logitleak.errors import LogitleakError
 from logitleak.heldout import forward_chain
-from logitleak.probes import stratified_holdout
-from logitleak.splits import _check_attribute, _rng, cv_splits, encode_labels
+from logitleak.splits import _check_attribute, _rng, cv_splits, encode_labels, stratified_holdout
 
 # --------------------------------------------------------------------------------------------
 # plans

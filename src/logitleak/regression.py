@@ -121,7 +121,7 @@ def shared_splits(n: int, groups, n_folds: int, seed: int, val_fraction: float =
     """Label-free grouped k-fold splits and one inner (fit, validation) split per training fold:
     ``(train (S, n), test (S, n), inner_fit (S, n), inner_val (S, n))`` bool arrays."""
     from logitleak.splits import cv_splits
-    from logitleak.probes import stratified_holdout
+    from logitleak.splits import stratified_holdout
 
     zeros = np.zeros(n, dtype=np.int64)
     splits = cv_splits(zeros, groups, n_folds, None, seed)
@@ -146,7 +146,7 @@ def forward_fits(test: np.ndarray, groups, seed: int, val_fraction: float = 0.2)
     test, inner_fit, inner_val) (1, n) masks for blocks 1..S-2])``; block ``S-1`` is scored by
     cross-validation split ``S-1`` (trained on folds ``0..S-2``)."""
     from logitleak.heldout import forward_chain
-    from logitleak.probes import stratified_holdout
+    from logitleak.splits import stratified_holdout
 
     S, n = test.shape
     fold = np.argmax(test, axis=0)

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 
 from logitleak.errors import LogitleakError
-from logitleak.probes import stratified_holdout
 
 # --------------------------------------------------------------------------------------------
 # inputs
@@ -162,3 +161,36 @@ def _check_attribute(name: str, classes, codes, groups, n_folds: int, test_size)
 def _rng(seed: int, *words) -> np.random.Generator:
     entropy = [int(seed) & 0xFFFFFFFF] + [zlib.crc32(str(w).encode()) for w in words]
     return np.random.default_rng(np.random.SeedSequence(entropy))
+
+
+def stratified_holdout(codes: np.ndarray, fraction: float, rng: np.random.Generator,
+                       groups: np.ndarray | None = None, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``rows`` (default all) into (fit, held-out) index arrays, about ``fraction`` held out
+    per class; with ``groups``, whole groups move together (a group counts as its most frequent
+    label). Every class with at least two units keeps at least one unit on each side."""
+    rows = np.arange(len(codes)) if rows is None else np.asarray(rows)
+    c = np.asarray(codes)[rows]
+    if groups is None:
+        unit_of = np.arange(len(rows))
+        unit_label = c
+    else:
+        _, unit_of = np.unique(np.asarray(groups)[rows], return_inverse=True)
+        n_units = unit_of.max() + 1
+        counts = np.zeros((n_units, int(c.max()) + 1), dtype=np.int64)
+        np.add.at(counts, (unit_of, c), 1)
+        unit_label = counts.argmax(1)
+    held_units = []
+    for cls in np.unique(unit_label):
+        units = np.flatnonzero(unit_label == cls)
+        units = units[rng.permutation(len(units))]
+        k = int(round(fraction * len(units)))
+        if len(units) >= 2:
+            k = min(max(k, 1), len(units) - 1)
+        else:
+            k = 0
+        held_units.append(units[:k])
+    held = np.zeros(len(unit_label), dtype=bool)
+    held[np.concatenate(held_units)] = True
+    is_held = held[unit_of]
+    return rows[~is_held], rows[is_held]
+

@@ -52,6 +52,11 @@ def probe(
         help="Label column holding group ids; samples of a group never straddle train and test."),
     task: str | None = typer.Option(None, "--task", help="The attribute the task asks about (marked task-relevant)."),
     probes: str = typer.Option("linear,mlp", "--probes", help="Comma-separated probe families: linear, mlp."),
+    mlp_levels: str = typer.Option(
+        "api", "--mlp-levels",
+        help="Feature sets (by name) the MLP probe runs on: comma-separated names, 'all', or 'api' (the default: "
+             "sets named like the API levels, e.g. topk_ids, topk_logprobs, where the linear probe reads least, as "
+             "in `audit`); the MLP is the costly family."),
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds."),
     permutations: int = typer.Option(0, "--permutations", min=0, help="Label permutations with a refit each: the exact but costly check (default 0: the held-out test)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the intervals (0 = none)."),
@@ -78,6 +83,7 @@ def probe(
             f"--probes {probes!r} names unknown families ({', '.join(unknown) or 'none given'}); use a comma-separated "
             f"subset of {', '.join(PROBE_FAMILIES)}.")
     feats = load_features(features)
+    mlp_on = _mlp_levels(mlp_levels, feats) if "mlp" in families else None
     label_map, groups = load_labels(labels, group_column)
     n_labels = len(next(iter(label_map.values())))
     if n_labels == 0:
@@ -92,7 +98,7 @@ def probe(
             f"--task '{task}' is not a column of {labels} (attributes: {', '.join(label_map)}); pass one of those.")
     df = evaluate_sweep(feats, label_map, groups=groups, task_attribute=task, probes=families, n_folds=folds,
                         n_permutations=permutations, n_bootstrap=bootstrap, seed=seed, device=device,
-                        progress=progress)
+                        progress=progress, mlp_levels=mlp_on)
     write_results(df, out)
     console = Console()
     console.print(summary_table(df, title=f"Probe results ({len(df)} rows, {folds}-fold CV, "
@@ -102,6 +108,28 @@ def probe(
                   "held-out gain test on forward-chained folds (column p_test); ") +
                   
                   "bits: V-information H(Y) - CE, %H: as a percentage of H(Y); * = task attribute.")
+    if mlp_on is not None:
+        n_mlp = sum(key[0] in mlp_on for key in feats)
+        console.print(f"The MLP probe ran on {n_mlp} of {len(feats)} feature sets (--mlp-levels {mlp_levels}); "
+                      "pass --mlp-levels all to run it on every set.")
+
+
+def _mlp_levels(spec: str, feats) -> set[str] | None:
+    """``--mlp-levels`` -> the level names the MLP runs on (None: all)."""
+    from logitleak.results import API_LEVELS
+
+    names = [x.strip() for x in spec.split(",") if x.strip()]
+    if names == ["all"]:
+        return None
+    if names == ["api"]:
+        return set(API_LEVELS)
+    levels = {key[0] for key in feats}
+    unknown = [x for x in names if x not in levels]
+    if not names or unknown:
+        raise LogitleakError(
+            f"--mlp-levels {spec!r} names {', '.join(map(repr, unknown)) or 'no feature set'}, which the features file "
+            f"does not have; pass 'all', 'api' or some of: {', '.join(sorted(levels))}.")
+    return set(names)
 
 
 def register(app: typer.Typer) -> None:
