@@ -123,22 +123,25 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
             done[key] = cached
         else:
             todo[key] = (x, path)
-    # Group by level so each call batches many layers / k values at once, then cache per feature set.
-    # A level with any set missing is probed whole again, so a resumed run batches exactly as an
-    # uninterrupted one and reproduces it bit for bit.
-    by_level: dict[str, list] = {}
-    missing_levels = {key[0] for key in todo}
+    # Probe in stages: the feature sets (of any level) that share a width and their probe families
+    # form one stage, probed by one call, so they batch together (at audit sizes a sweep's cost is
+    # mostly per call: the lens and API top-k sets of one k share one fit). A stage with any set
+    # missing is probed whole again, so a resumed run batches exactly as an uninterrupted one and
+    # reproduces it bit for bit.
+    stages: dict[tuple, list] = {}
     for key, x in features.items():
-        if key[0] in missing_levels:
-            by_level.setdefault(key[0], []).append(key)
+        families = tuple(f for f in cfg.probes.families
+                         if f != "mlp" or cfg.probes.mlp_levels is None or key[0] in cfg.probes.mlp_levels)
+        stages.setdefault((families, np.shape(x)[1] if np.ndim(x) > 1 else 1), []).append(key)
+    for (families, _), keys in stages.items():
+        if not families or all(key not in todo for key in keys):
+            continue
+        for key in keys:
             if key not in todo:
-                digest = hashlib.sha256((settings + _features_digest(key, x)).encode()).hexdigest()[:20]
-                todo[key] = (x, cache_dir / f"{digest}.parquet")
-    for level, keys in by_level.items():
-        families = [f for f in cfg.probes.families
-                    if f != "mlp" or cfg.probes.mlp_levels is None or level in cfg.probes.mlp_levels]
+                digest = hashlib.sha256((settings + _features_digest(key, features[key])).encode()).hexdigest()[:20]
+                todo[key] = (features[key], cache_dir / f"{digest}.parquet")
         df = evaluate_sweep({k: todo[k][0] for k in keys}, labels, groups=probeset.groups,
-                            task_attribute=cfg.task, probes=families, n_folds=cfg.probes.folds,
+                            task_attribute=cfg.task, probes=list(families), n_folds=cfg.probes.folds,
                             n_permutations=cfg.probes.permutations, n_bootstrap=cfg.probes.bootstrap,
                             seed=cfg.seed, device=cfg.device, progress=progress,
                             probe_params=probe_params(cfg))
@@ -147,7 +150,7 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
             part = df[(df["level"] == level) & _match(df["layer"], layer) & _match(df["k"], k)].reset_index(drop=True)
             atomic_write(todo[key][1], lambda tmp, part=part: part.to_parquet(tmp, index=False), checksum=True)
             done[key] = part
-    frames = [done[key] for key in features]  # always in the order the levels were built
+    frames = [done[key] for key in features if key in done]  # always in the order the levels were built
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

@@ -83,13 +83,17 @@ def _fit_family(family: str, X: torch.Tensor, y, train, inner_fit, inner_val, K:
     raise LogitleakError(f"Unknown probe family '{family}'; use one of {', '.join(PROBE_FAMILIES)}.")
 
 
-def _fit_order(b: Problems, fam: str, params: Mapping, p_chunk: int) -> list[tuple[np.ndarray, bool]]:
-    """Chunks of problem indices, each flagged when its linear C is taken from the real labels.
+def control_reuses_c(family: str, params: Mapping) -> bool:
+    """Whether the control task takes the linear probe's C from the real labels' fit of the same
+    fold: the control task is the same probe on other labels (Hewitt & Liang), so when C is chosen
+    on inner splits, the control problem reuses the real labels' choice rather than making its own."""
+    return family == "linear" and params.get("C") is None and len(params.get("Cs", DEFAULT_CS)) > 1
 
-    The control task is the same probe on other labels (Hewitt & Liang), so when the linear
-    probe chooses C on inner splits, a control problem reuses the C chosen for the real labels'
-    problem of the same fold rather than choosing its own; its chunks come after the others."""
-    reuse = fam == "linear" and params.get("C") is None and len(params.get("Cs", DEFAULT_CS)) > 1
+
+def _fit_order(b: Problems, fam: str, params: Mapping, p_chunk: int) -> list[tuple[np.ndarray, bool]]:
+    """Chunks of problem indices, each flagged when its linear C is taken from the real labels
+    (:func:`control_reuses_c`); the control problems' chunks come after the others."""
+    reuse = control_reuses_c(fam, params)
     groups = [np.flatnonzero(b.variant != 1), np.flatnonzero(b.variant == 1)] if reuse else [np.arange(len(b))]
     out = []
     for g, flag in zip(groups, (False, True)):

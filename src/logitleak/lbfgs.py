@@ -12,13 +12,14 @@ def _lbfgs(obj, theta: torch.Tensor, *, max_iter: int, gtol: float, ftol: float,
     ``theta`` is ``(B, D)`` over all flat (feature set, problem) pairs; objective evaluations
     run only on the pairs still optimising (and, within a line search, still searching).
     ``obj`` offers ``context(idx)`` (what evaluations of the pairs ``idx`` need) and
-    ``value_grad(theta, ctx)`` -> objective values and gradients. Returns theta, iterations, converged flags (all ``(B, ...)``)."""
+    ``value_grad(theta, ctx)`` -> objective values and gradients. Returns theta, iterations,
+    converged flags (all ``(B, ...)``)."""
     B, D = theta.shape
     dev, dt = theta.device, theta.dtype
     all_idx = torch.arange(B, device=dev)
     ctx = obj.context(all_idx)
     f, g = obj.value_grad(theta, ctx)
-    del ctx
+    ctx_act = all_idx
     m = history
     S = torch.zeros(m, B, D, device=dev, dtype=dt)
     Yh = torch.zeros_like(S)
@@ -61,7 +62,8 @@ def _lbfgs(obj, theta: torch.Tensor, *, max_iter: int, gtol: float, ftol: float,
         t = torch.where(fresh[act], torch.clamp(1.0 / g_a.abs().sum(-1).clamp_min(1e-30), max=1.0),
                         torch.ones(A, device=dev, dtype=dt))
         th_a, f_a = theta[act], f[act]
-        ctx = obj.context(act)
+        if ctx_act is None or len(ctx_act) != A or not bool((ctx_act == act).all()):
+            ctx, ctx_act = obj.context(act), act          # the active set changed: gather anew
         accepted = torch.zeros(A, dtype=torch.bool, device=dev)
         th_new, f_new, g_new_a = th_a.clone(), f_a.clone(), g_a.clone()   # a failed search keeps the old point
         for _ls in range(max_ls):
@@ -88,7 +90,7 @@ def _lbfgs(obj, theta: torch.Tensor, *, max_iter: int, gtol: float, ftol: float,
             t_q = torch.where(torch.isfinite(fn) & (denom > 0), -gg * tt * tt / denom.clamp_min(1e-30), 0.5 * tt)
             t[no] = torch.minimum(torch.maximum(t_q, 0.1 * tt), 0.5 * tt)
         failed_a = ~accepted
-        del ctx, g_t
+        del g_t
         # curvature pairs for the active problems
         s = th_new - th_a
         yv = g_new_a - g_a

@@ -102,7 +102,7 @@ def _class_plan(name, values, groups, splits, block, fwd, n_permutations, n_boot
 
 def _class_rows(keys, proj, fits, name, values, groups, splits, block, fwd, probes, params, task, n_permutations,
                 n_bootstrap, seed, n_folds) -> list[dict]:
-    from logitleak.evaluate import _fit_family
+    from logitleak.evaluate import _fit_family, control_reuses_c
     from logitleak.heldout import block_weights, centred_gains
     from logitleak.rows import result_rows
 
@@ -122,7 +122,17 @@ def _class_rows(keys, proj, fits, name, values, groups, splits, block, fwd, prob
             P = y.shape[0]
             masks = [np.broadcast_to(m, (P, n)).copy() for m in (tr, fi, va)]
             seeds = np.array([seed * 7919 + 31 * f_i + v for v in range(P)], dtype=np.int64)
-            logp, Cs = _fit_family(fam, X, y, masks[0], masks[1], masks[2], K, params.get(fam, {}), seeds)
+            fam_params = params.get(fam, {})
+            if cv and P > 1 and control_reuses_c(fam, fam_params):
+                # the control task reuses the C chosen for the real labels (as in evaluate._fit_order)
+                rest = [v for v in range(P) if v != 1]
+                logp_r, Cs_r, _ = _fit_family(fam, X, y[rest], *(m[rest] for m in masks), K, fam_params, seeds[rest])
+                logp_c, _, _ = _fit_family(fam, X, y[1:2], *(m[1:2] for m in masks), K, fam_params, seeds[1:2],
+                                           C_fixed=Cs_r[:, :1])
+                logp = torch.cat([logp_r[:, :, :1], logp_c, logp_r[:, :, 1:]], 2)
+                Cs = torch.cat([Cs_r[:, :1], Cs_r[:, :1], Cs_r[:, 1:]], 1)
+            else:
+                logp, Cs, _ = _fit_family(fam, X, y, masks[0], masks[1], masks[2], K, fam_params, seeds)
             yt = torch.as_tensor(y.T.copy()).clamp(0, K - 1)[None, :, :, None]
             lpy = torch.gather(logp, -1, yt.expand(F, -1, -1, -1)).squeeze(-1).float().numpy()   # (F, n, P)
             scored = (plan.block >= 1) & te

@@ -120,8 +120,7 @@ class RegressionPlan:
 def shared_splits(n: int, groups, n_folds: int, seed: int, val_fraction: float = 0.2):
     """Label-free grouped k-fold splits and one inner (fit, validation) split per training fold:
     ``(train (S, n), test (S, n), inner_fit (S, n), inner_val (S, n))`` bool arrays."""
-    from logitleak.splits import cv_splits
-    from logitleak.splits import stratified_holdout
+    from logitleak.splits import cv_splits, stratified_holdout
 
     zeros = np.zeros(n, dtype=np.int64)
     splits = cv_splits(zeros, groups, n_folds, None, seed)

@@ -38,7 +38,7 @@ def to_data_uri(fig: Figure, dpi: int = 100) -> str:
     """Render a figure to a base64 PNG data URI."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")   # each figure is laid out by tight_layout already
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
