@@ -205,3 +205,15 @@ def test_no_defence_when_none_is_needed_and_ties_go_to_the_grid_order():
     assert recommend_defence(t, 0.05).label == "round:1"          # equal loss: the one listed first
     t = _tradeoff(_defence(loud, "none", 0.90), _defence(quiet, "gauss:1", 0.88), _defence(quiet, "round:1", 0.88))
     assert recommend_defence(t, 0.05).label == "gauss:1"
+
+
+def test_report_tradeoff_table_shows_each_defences_decisions():
+    from logitleak.report.html import _tradeoff_table
+
+    t = _tradeoff(_defence([_api_row(k=5, p=1e-6)], "none", 0.9),
+                  _defence([_api_row(k=5, p=0.03), _api_row(k=2, p=0.03)], "gauss:1", 0.88))   # Holm: 0.06
+    html = _tradeoff_table(t)
+    rows = html.split("<tr>")[2:]
+    assert len(rows) == 3 and "Holm p" in html and "status" in html
+    assert "LEAK" in rows[0] and "1.0e-06" in rows[0]
+    assert all("LEAK" not in r and "0.060" in r and "0.030" in r for r in rows[1:])

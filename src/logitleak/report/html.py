@@ -182,17 +182,32 @@ def results_table(ann: pd.DataFrame) -> str:
     return (f'<div class="scroll"><table class="results"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table></div>')
 
 
+def _decided_tradeoff(tradeoff: pd.DataFrame) -> pd.DataFrame:
+    """A ``defend`` table (``level`` and ``defense_label`` columns) with each defence's decision
+    columns (``p_holm``, ``readable``, ``leak``: the audit's rules once per defence); any other as it is."""
+    if not {"level", "defense_label"} <= set(tradeoff.columns):
+        return tradeoff
+    from logitleak.decisions import decide_defences
+
+    return pd.concat([d.decisions.table for d in decide_defences(tradeoff).values()], ignore_index=True)
+
+
 def _tradeoff_table(tradeoff: pd.DataFrame) -> str:
-    cols = [c for c in ("defense", "strength", "attribute", "level", "layer", "k", "accuracy", "baseline_accuracy",
-                        "p_value", "v_info_bits", "utility_accuracy") if c in tradeoff.columns]
-    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+    tradeoff = _decided_tradeoff(tradeoff)
+    cols = [c for c in ("defense", "strength", "attribute", "level", "layer", "k", "probe", "accuracy",
+                        "baseline_accuracy", "p_value", "p_holm", "v_info_bits", "utility_accuracy", "leak")
+            if c in tradeoff.columns and (c != "probe" or "p_holm" in tradeoff.columns)]
+    head = "".join(f"<th>{_e({'p_holm': 'Holm p', 'leak': 'status'}.get(c, c))}</th>" for c in cols)
     body = []
     for _, r in tradeoff.iterrows():
         cells = []
         for c in cols:
             v = r[c]
-            if c == "p_value":
-                s = fmt_p(v)
+            if c == "leak":
+                cells.append(f"<td>{_status(r)[1]}</td>")
+                continue
+            if c in ("p_value", "p_holm"):
+                s = fmt_p(v) if c == "p_value" or bool(r.get("is_api")) else ""
             elif c in ("layer", "k"):
                 s = _int(v)
             elif isinstance(v, (int, float)) and not isinstance(v, bool):
