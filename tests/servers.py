@@ -1,9 +1,10 @@
-"""Starting OpenAI-compatible servers for tests and benchmarks: a subprocess that answers ``/models``, or the organism in process."""
+"""Subprocesses for tests and benchmarks: servers started until they answer ``/models`` (or the organism in process), runs killed mid-phase."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -40,6 +41,26 @@ def start_process(cmd: list[str], base_url: str, log: Path, *, name: str = "the 
         time.sleep(poll_s)
     proc.kill()
     raise error(f"{name} did not come up within {timeout_s:.0f} s:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def kill_when(cmd: list[str], ready, *, env: dict, what: str, timeout_s: float = 600, poll_s: float = 0.05) -> None:
+    """Start ``cmd`` in its own session and SIGKILL its process group as soon as ``ready()`` holds;
+    the test fails (naming ``what``) if the run finishes first or ``ready`` never holds."""
+    import pytest
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    t0 = time.time()
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                pytest.fail(f"{what} finished before the phase to interrupt was reached")
+            if time.time() - t0 > timeout_s:
+                pytest.fail("the phase to interrupt was never reached")
+            time.sleep(poll_s)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @contextlib.contextmanager

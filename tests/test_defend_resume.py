@@ -5,14 +5,14 @@ of an uninterrupted run, reusing what the killed runs left on disk."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+import servers
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # leace first: the fit split's capture, the eraser, then the erased capture, then the output defences.
@@ -40,20 +40,7 @@ def defend(out: Path) -> None:
 
 def kill_when(out: Path, ready, timeout: float = 600) -> None:
     """Start `defend` and SIGKILL it as soon as ``ready(out)`` holds (failing if it finishes first)."""
-    proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
-                            start_new_session=True)
-    t0 = time.time()
-    try:
-        while not ready(out):
-            if proc.poll() is not None:
-                pytest.fail("defend finished before the phase to interrupt was reached")
-            if time.time() - t0 > timeout:
-                pytest.fail("the phase to interrupt was never reached")
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    servers.kill_when(command(out), lambda: ready(out), env=env(), what="defend", timeout_s=timeout, poll_s=0.02)
     assert not (out / "tradeoff.csv").exists()
 
 

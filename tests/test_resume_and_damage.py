@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+import servers
 from folders import write_shapes_images
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -55,20 +54,8 @@ def reference(tmp_path_factory, organism_dir):
 
 def kill_when(out: Path, ready, timeout: float = 600) -> None:
     """Start the audit and SIGKILL it as soon as ``ready(out)`` holds."""
-    proc = subprocess.Popen(command("audit", "--model", "organism", "--task", "color", "--out", str(out), *SMALL),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(), start_new_session=True)
-    t0 = time.time()
-    try:
-        while not ready(out):
-            if proc.poll() is not None:
-                pytest.fail("the audit finished before the phase to interrupt was reached")
-            if time.time() - t0 > timeout:
-                pytest.fail("the phase to interrupt was never reached")
-            time.sleep(0.05)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    servers.kill_when(command("audit", "--model", "organism", "--task", "color", "--out", str(out), *SMALL),
+                      lambda: ready(out), env=env(), what="the audit", timeout_s=timeout)
 
 
 def _manifests(out: Path) -> list[Path]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from logitleak import transition as T
-from logitleak.capture_source import check_layer
+from logitleak.capture_source import CaptureSource, check_layer
 from logitleak.errors import LogitleakError
 from logitleak.level_table import (  # noqa: F401 (the table's views, importable from here as before)
     ANSWERS,
@@ -55,45 +55,45 @@ FeatureKey = tuple[str, int | None, int | None]
 
 # ----------------------------------------------------------------------------- access
 
-def n_samples(cap) -> int:
+def n_samples(cap: CaptureSource) -> int:
     return len(cap)
 
 
-def n_layers_of(cap) -> int:
+def n_layers_of(cap: CaptureSource) -> int:
     return int(cap.n_layers)
 
 
-def hidden_at(cap, layer: int, rows: slice | None = None) -> torch.Tensor:
+def hidden_at(cap: CaptureSource, layer: int, rows: slice | None = None) -> torch.Tensor:
     """``(N, D)`` float32 raw residual at ``layer`` of any capture (``rows``: a subset)."""
     x = cap.read_hidden(layer)
     return x if rows is None else x[rows]
 
 
-def final_logits(cap) -> torch.Tensor | None:
+def final_logits(cap: CaptureSource) -> torch.Tensor | None:
     """``(N, V)`` float32 final logits, or ``None`` for a black-box capture (read from disk once per call)."""
     return cap.read_logits() if LOGITS in cap.contents else None
 
 
-def _check_layer(cap, layer: int) -> None:
+def _check_layer(cap: CaptureSource, layer: int) -> None:
     check_layer(layer, n_layers_of(cap))
 
 
 # ----------------------------------------------------------------------------- levels
 
-def residual(cap, layer: int) -> np.ndarray:
+def residual(cap: CaptureSource, layer: int) -> np.ndarray:
     """``(N, D)`` float32 raw residual stream at ``layer`` (0 = embeddings, l = block l - 1's output)."""
     _check_layer(cap, layer)
     return hidden_at(cap, layer).numpy()
 
 
-def logit_lens(cap, readout: Readout, layer: int) -> torch.Tensor:
+def logit_lens(cap: CaptureSource, readout: Readout, layer: int) -> torch.Tensor:
     """``(N, V)`` logit-lens logits at ``layer``: the readout (final norm + unembedding) of the raw residual."""
     _check_layer(cap, layer)
     with torch.no_grad():
         return readout(hidden_at(cap, layer))
 
 
-def tuned_lens(cap, readout: Readout, lens, layer: int) -> torch.Tensor:
+def tuned_lens(cap: CaptureSource, readout: Readout, lens, layer: int) -> torch.Tensor:
     """``(N, V)`` tuned-lens logits at ``layer``: the readout of the translated residual."""
     _check_layer(cap, layer)
     with torch.no_grad():
@@ -140,7 +140,7 @@ def topk_ids_matrix(ids: torch.Tensor, logprobs: torch.Tensor, floor: float | No
     return out.numpy(), union.numpy()
 
 
-def top1_prob(cap, logits: torch.Tensor | None = None) -> np.ndarray:
+def top1_prob(cap: CaptureSource, logits: torch.Tensor | None = None) -> np.ndarray:
     """``(N, 1)`` probability of the most likely token (``logits``: the capture's, if already read)."""
     if logits is None:
         logits = final_logits(cap)
@@ -185,7 +185,7 @@ def _fill_missing(values: torch.Tensor) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- features
 
-def available_levels(cap, *, lens=None, answer_token_ids=None) -> list[str]:
+def available_levels(cap: CaptureSource, *, lens=None, answer_token_ids=None) -> list[str]:
     """Levels :func:`build_features` can compute for this capture (in :data:`LEVELS` order),
     from what it holds (``cap.contents``) and the table's needs; no array is read."""
     contents = set(cap.contents) | ({LENS} if lens is not None else set()) | (
@@ -222,7 +222,7 @@ def _lens_features(cap, readout: Readout, layer: int, ks: Sequence[int], answer_
     return topk, (torch.cat(answers).numpy() if ids is not None else None)
 
 
-def build_features(cap, readout: Readout | None, *, levels: Iterable[str], layers: Iterable[int], ks: Iterable[int],
+def build_features(cap: CaptureSource, readout: Readout | None, *, levels: Iterable[str], layers: Iterable[int], ks: Iterable[int],
                    lens=None, answer_token_ids: Sequence[int] | None = None,
                    pca_dims: Iterable[int] = T.DEFAULT_PCA_DIMS,
                    vision_layers: Iterable[int] | None = None) -> dict[FeatureKey, np.ndarray]:
