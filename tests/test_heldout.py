@@ -237,8 +237,9 @@ def test_feature_set_results_do_not_depend_on_what_they_are_batched_with():
         num = [c for c in part.columns if part[c].dtype.kind in "fi"]
         if exact:        # fitted one feature set at a time: bit for bit
             np.testing.assert_array_equal(part[num].to_numpy(float), alone[num].to_numpy(float))
-        else:            # batched by width: the same optimisation, summed in a different order
-            np.testing.assert_allclose(part[num].to_numpy(float), alone[num].to_numpy(float), rtol=1e-5, atol=1e-6)
+        else:            # batched by width: the same optimisation, summed in a different order; float32
+            # L-BFGS stops where the objective stops resolving (4 eps), so iterates agree to ~1e-4
+            np.testing.assert_allclose(part[num].to_numpy(float), alone[num].to_numpy(float), rtol=1e-3, atol=1e-4)
 
 
 def test_a_resumed_audit_probe_stage_reproduces_the_uninterrupted_one_exactly(tmp_path):

@@ -108,6 +108,23 @@ def test_mlp_runs_on_api_named_sets_by_default_and_where_asked(monkeypatch, caps
         assert set(df.loc[df.probe == "mlp", "level"]) == expected
 
 
+def test_the_summary_reads_the_decisions(monkeypatch, capsys, data):
+    monkeypatch.setenv("COLUMNS", "200")                       # a wide terminal: no cell is cut short
+    code, stdout, err = run_cli(monkeypatch, capsys, "--features", data / "levels.npz", "--labels", data / "labels.csv",
+                                "--out", data / "dec", "--probes", "linear", "--bootstrap", "200", "--group-column", "item",
+                                "--no-progress")
+    assert code == 0, err
+    from logitleak.decisions import annotate
+
+    ann = annotate(read_results(data / "dec"))
+    leaks = ann[ann.leak]
+    assert ("topk_logprobs", "color") in set(zip(leaks.level, leaks.attribute))    # planted: colour shifts it
+    lines = [ln for ln in stdout.splitlines() if ln.lstrip().startswith(("topk_logprobs", "top1_prob"))]
+    assert len(lines) == len(ann)
+    for line, row in zip(lines, ann.itertuples()):
+        assert ("LEAK" in line) == bool(row.leak) and ("readable" in line) == bool(row.readable and not row.leak)
+
+
 @pytest.mark.parametrize("case,pattern", [
     ("missing", r"Features file .*nope\.npy does not exist"),
     ("extension", r"unsupported extension '\.txt'; use one of \.npy, \.npz, \.parquet"),

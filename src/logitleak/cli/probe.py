@@ -18,23 +18,29 @@ def _fmt(x, spec: str = ".3f") -> str:
         return "-"
 
 
-def summary_table(df, title: str = "Probe results"):
-    """A rich table: level, layer, attribute, probe, accuracy vs baseline, 95% CI, p, bits."""
+def summary_table(df, title: str = "Probe results", alpha: float = 0.05):
+    """A rich table: level, layer, attribute, probe, accuracy vs baseline, 95% CI, p, bits, and the
+    decision (:mod:`logitleak.decisions`): p is Holm-adjusted across the API-level rows, and a row
+    is readable when it is below ``alpha`` with its interval above the baseline."""
     from rich import box
     from rich.table import Table
 
+    from logitleak.decisions import annotate
+
+    ann = annotate(df, alpha=alpha)
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for col, justify in (("level", "left"), ("layer", "right"), ("attribute", "left"), ("probe", "left"),
                          ("acc", "right"), ("base", "right"), ("95% CI", "right"), ("p", "right"),
-                         ("bits", "right"), ("%H", "right")):
+                         ("bits", "right"), ("%H", "right"), ("call", "left")):
         table.add_column(col, justify=justify, no_wrap=True)
-    for r in df.itertuples(index=False):
+    for r, a in zip(df.itertuples(index=False), ann.itertuples(index=False)):
         layer = "-" if r.layer is None or str(r.layer) == "<NA>" else str(r.layer)
         attr = f"{r.attribute}*" if bool(r.task_relevant) else str(r.attribute)
         frac = "-" if r.v_info_frac != r.v_info_frac else f"{100 * r.v_info_frac:.0f}"
+        call = ("LEAK" if a.leak else "readable") if a.readable else ""
         table.add_row(str(r.level), layer, attr, str(r.probe), _fmt(r.accuracy), _fmt(r.baseline_accuracy),
-                      f"{_fmt(r.ci_low, '.2f')}-{_fmt(r.ci_high, '.2f')}", _fmt(r.p_value, ".2g"),
-                      _fmt(r.v_info_bits, ".2f"), frac)
+                      f"{_fmt(r.ci_low, '.2f')}-{_fmt(r.ci_high, '.2f')}", _fmt(a.p_used, ".2g"),
+                      _fmt(r.v_info_bits, ".2f"), frac, call)
     return table
 
 
@@ -105,9 +111,10 @@ def probe(
                                           + (f"{permutations} permutations)" if permutations else "held-out gain test)")))
     console.print(f"Wrote {out / 'results.parquet'}, results.csv and results.json. "
                   "acc: held-out accuracy; base: majority-class baseline; p: " + ("permutation test; " if permutations else
-                  "held-out gain test on forward-chained folds (column p_test); ") +
-                  
-                  "bits: V-information H(Y) - CE, %H: as a percentage of H(Y); * = task attribute.")
+                  "held-out gain test on forward-chained folds (column p_test); ") + "Holm-adjusted across the API-level rows; " +
+                  "bits: V-information H(Y) - CE, %H: as a percentage of H(Y); * = task attribute; call: readable "
+                  "(p < 0.05 with the interval above the baseline), LEAK when that is a task-irrelevant attribute at an "
+                  "API level.")
     if mlp_on is not None:
         n_mlp = sum(key[0] in mlp_on for key in feats)
         console.print(f"The MLP probe ran on {n_mlp} of {len(feats)} feature sets (--mlp-levels {mlp_levels}); "
