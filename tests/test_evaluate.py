@@ -299,3 +299,29 @@ def test_the_control_task_reuses_the_real_labels_choice_of_c():
     assert all(not reuse for _, reuse in order[:first_flagged])    # after every real-label fit
     assert not any(reuse for _, reuse in _fit_order(b, "linear", {"C": 1.0}, p_chunk=4))
     assert not any(reuse for _, reuse in _fit_order(b, "mlp", {}, p_chunk=4))
+
+
+def test_probe_stages_give_the_same_results_in_any_number_of_workers():
+    from logitleak.probe_stages import run_stages, stage_workers
+
+    assert stage_workers(0, None) == 0 and stage_workers(3, "cuda") == 3
+    assert stage_workers(None, "cuda") == 0                          # a GPU probes in this process
+    rng = np.random.default_rng(5)
+    n = 90
+    y = rng.integers(0, 3, n)
+    labels = {"y": y}
+    stages = [({("residual", layer, None): rng.normal(size=(n, d)) + 0.5 * layer * y[:, None]
+                for layer in range(2)}, dict(probes=("linear",), n_bootstrap=20, n_folds=3))
+              for d in (3, 5, 8)]
+    out: dict[int, dict] = {}
+    for workers in (1, 2):
+        got: dict = {}
+        run_stages(stages, labels, workers=workers, progress=False, on_done=lambda i, df: got.__setitem__(i, df))
+        out[workers] = got
+    assert sorted(out[1]) == sorted(out[2]) == [0, 1, 2]
+    for i in range(3):
+        pd.testing.assert_frame_equal(out[1][i], out[2][i])          # single-threaded workers: bit for bit
+        assert set(out[1][i]["layer"]) == {0, 1} and out[1][i]["n_features"].iloc[0] == (3, 5, 8)[i]
+    here: dict = {}
+    run_stages(stages, labels, workers=0, progress=False, on_done=lambda i, df: here.__setitem__(i, df))
+    np.testing.assert_allclose(here[2]["accuracy"], out[1][2]["accuracy"], atol=0.02)

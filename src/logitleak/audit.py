@@ -105,11 +105,16 @@ def _features_digest(key, x: np.ndarray) -> str:
 
 def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cache_dir: Path,
                       attributes: list[str], progress: bool = True) -> pd.DataFrame:
-    """Probe every feature set, one cached parquet per feature set, so a rerun reuses finished work."""
-    from logitleak.evaluate import evaluate_sweep
+    """Probe every feature set, one cached parquet per feature set, so a rerun reuses finished work;
+    independent stages run side by side in worker processes (:mod:`logitleak.probe_stages`)."""
+    from logitleak.probe_stages import run_stages, stage_workers
 
     labels = {a: probeset.labels(a) for a in attributes}
-    settings = json.dumps([cfg.probes.model_dump(), cfg.seed, cfg.task, attributes,
+    workers = stage_workers(cfg.probes.workers, cfg.device)
+    # the worker count does not change results (every worker is single-threaded); probing in this
+    # process (0) runs torch's own threads, which round differently
+    probe_settings = {**cfg.probes.model_dump(exclude={"workers"}), "in_process": workers == 0}
+    settings = json.dumps([probe_settings, cfg.seed, cfg.task, attributes,
                            [hashlib.sha256("\x1f".join(map(str, v)).encode()).hexdigest() for v in labels.values()],
                            hashlib.sha256(np.asarray(probeset.groups).tobytes()).hexdigest()])
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +138,7 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
         families = tuple(f for f in cfg.probes.families
                          if f != "mlp" or cfg.probes.mlp_levels is None or key[0] in cfg.probes.mlp_levels)
         stages.setdefault((families, np.shape(x)[1] if np.ndim(x) > 1 else 1), []).append(key)
+    jobs = []
     for (families, _), keys in stages.items():
         if not families or all(key not in todo for key in keys):
             continue
@@ -140,16 +146,20 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
             if key not in todo:
                 digest = hashlib.sha256((settings + _features_digest(key, features[key])).encode()).hexdigest()[:20]
                 todo[key] = (features[key], cache_dir / f"{digest}.parquet")
-        df = evaluate_sweep({k: todo[k][0] for k in keys}, labels, groups=probeset.groups,
-                            task_attribute=cfg.task, probes=list(families), n_folds=cfg.probes.folds,
-                            n_permutations=cfg.probes.permutations, n_bootstrap=cfg.probes.bootstrap,
-                            seed=cfg.seed, device=cfg.device, progress=progress,
-                            probe_params=probe_params(cfg))
-        for key in keys:
+        jobs.append((keys, {k: todo[k][0] for k in keys},
+                     dict(groups=probeset.groups, task_attribute=cfg.task, probes=list(families),
+                          n_folds=cfg.probes.folds, n_permutations=cfg.probes.permutations,
+                          n_bootstrap=cfg.probes.bootstrap, seed=cfg.seed, device=cfg.device,
+                          probe_params=probe_params(cfg))))
+
+    def save(i: int, df: pd.DataFrame) -> None:        # each stage's sets are cached as it finishes
+        for key in jobs[i][0]:
             level, layer, k = key
             part = df[(df["level"] == level) & _match(df["layer"], layer) & _match(df["k"], k)].reset_index(drop=True)
             atomic_write(todo[key][1], lambda tmp, part=part: part.to_parquet(tmp, index=False), checksum=True)
             done[key] = part
+
+    run_stages([(feats, kw) for _, feats, kw in jobs], labels, workers=workers, progress=progress, on_done=save)
     frames = [done[key] for key in features if key in done]  # always in the order the levels were built
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

@@ -36,6 +36,9 @@ class ProbeSettings(_Strict):
     mlp_levels: list[str] | None = list(API_LEVELS)
     """Run the MLP only on these levels (default: the API levels, where leak claims are made and
     the linear probe reads least; ``None``: every level). It is the expensive family."""
+    workers: int | None = Field(None, ge=0, le=256)
+    """Processes that probe independent stages side by side (0: this process only); ``None``: one
+    per CPU core, up to 4, when probing on the CPU. Results do not depend on the count."""
 
     @field_validator("mlp_levels")
     @classmethod

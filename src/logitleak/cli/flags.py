@@ -77,6 +77,8 @@ CONFIG_FLAGS: tuple[Flag, ...] = (
     Flag("probes.C", "Fixed inverse L2 strength of the linear probe (default: chosen by inner validation).", "float",
          name="--probe-c"),
     Flag("probes.mlp_levels", "Run the MLP probe only on these comma-separated levels.", "strs"),
+    Flag("probes.workers", "Processes probing independent stages side by side (0: this process only; default: one "
+                           "per CPU core, up to 4, on the CPU).", "int", name="--probe-workers"),
     Flag("lens.steps", "Tuned-lens training steps.", "int", name="--lens-steps"),
     Flag("lens.lr", "Tuned-lens learning rate.", "float", name="--lens-lr"),
     Flag("endpoint", "OpenAI-compatible base URL for a black-box audit."),
