@@ -7,7 +7,7 @@ at every layer; `defend` the given grid (default: the standard grid) at the API 
 residual stream at the erased layers. Both load the shapes probe set into memory the same way.
 
     .venv/bin/python benchmarks/bench_defend_memory.py [--n 20000] [--grid SPEC] [--probes linear]
-        [--bootstrap 100] [--folds 3] [--shard-size 1024] [--batch-size 64] [--threads 2] [--src DIR]
+        [--bootstrap 100] [--folds 3] [--shard-size 1024] [--batch-size 64] [--threads 2] [--probe-workers 0] [--src DIR]
         [--only audit|defend]
 """
 
@@ -47,6 +47,9 @@ def main() -> int:
     ap.add_argument("--shard-size", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--probe-workers", type=int, default=0,
+                    help="probing worker processes (default 0: probe in the measured process, whose peak is then "
+                         "the whole run's; workers would add their own, unmeasured here)")
     ap.add_argument("--src", default=str(Path(__file__).resolve().parents[1] / "src"),
                     help="the logitleak source to run (default: this checkout's)")
     ap.add_argument("--only", choices=("audit", "defend"), default=None,
@@ -59,7 +62,7 @@ def main() -> int:
            "OMP_NUM_THREADS": str(a.threads)}
     common = ["--model", a.model, "--task", "color", "--samples", str(a.n), "--k", a.k, "--probes", a.probes,
               "--bootstrap", str(a.bootstrap), "--folds", str(a.folds), "--shard-size", str(a.shard_size),
-              "--batch-size", str(a.batch_size), "--quiet"]
+              "--batch-size", str(a.batch_size), "--probe-workers", str(a.probe_workers), "--quiet"]
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="bench-defend-"))
     grid = ["--defenses", a.grid] if a.grid else []
     commands = {"audit": [exe, "audit", *common, "--out", str(work / "audit")],
