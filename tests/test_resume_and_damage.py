@@ -19,7 +19,8 @@ from folders import write_shapes_images
 SRC = Path(__file__).resolve().parents[1] / "src"
 SMALL = ["--samples", "120", "--shard-size", "40", "--batch-size", "20", "--levels",
          "residual,tuned_lens_topk,topk_ids", "--k", "2", "--layers", "0,4", "--probes", "linear",
-         "--permutations", "5", "--bootstrap", "50", "--folds", "3", "--lens-steps", "40", "--quiet"]
+         "--permutations", "5", "--bootstrap", "50", "--folds", "3", "--lens-steps", "300", "--quiet"]
+# (300 lens steps, the default: the tuned-lens phase lasts long enough to be caught and killed on a busy machine)
 
 
 def command(*args: str) -> list[str]:
