@@ -15,6 +15,7 @@ from logitleak.probe_tensors import (LOG_PROB_FLOOR, _as_tensor, _label_index, _
 DEFAULT_CS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
 """Inverse regularisation strengths tried by the linear probe (scikit-learn's ``C``)."""
 
+
 class _LinearObjective:
     """Mean cross-entropy over each problem's training rows + its L2 penalty.
 

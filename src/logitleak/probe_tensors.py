@@ -14,6 +14,7 @@ prediction cannot make a held-out cross-entropy infinite."""
 
 _VAR_EPS = 1e-10
 
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None`` -> CUDA when available, else CPU."""
     if device is None:
@@ -96,7 +97,7 @@ def _label_index(y: torch.Tensor, class_mask: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# batched L-BFGS
+# sub-blocks of the (feature set, problem) grid: the problems still running
 
 
 def _take(t: torch.Tensor, fi, pi, d0: int = 0, d1: int = 1) -> torch.Tensor:
@@ -120,6 +121,7 @@ def _put(t: torch.Tensor, fi, pi, val: torch.Tensor, d0: int = 0, d1: int = 1) -
         tmp = t.index_select(d0, fi)
         tmp.index_copy_(d1, pi, val)
         t.index_copy_(d0, fi, tmp)
+
 
 def _log_softmax(Z: torch.Tensor) -> torch.Tensor:
     """``log_softmax`` over a short last axis (torch's kernel is slow when it has 2-10 entries)."""
