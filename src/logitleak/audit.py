@@ -107,6 +107,7 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
                       attributes: list[str], progress: bool = True) -> pd.DataFrame:
     """Probe every feature set, one cached parquet per feature set, so a rerun reuses finished work;
     independent stages run side by side in worker processes (:mod:`logitleak.probe_stages`)."""
+    from logitleak.evaluate import families_for
     from logitleak.probe_stages import run_stages, stage_workers
 
     labels = {a: probeset.labels(a) for a in attributes}
@@ -135,8 +136,7 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
     # reproduces it bit for bit.
     stages: dict[tuple, list] = {}
     for key, x in features.items():
-        families = tuple(f for f in cfg.probes.families
-                         if f != "mlp" or cfg.probes.mlp_levels is None or key[0] in cfg.probes.mlp_levels)
+        families = families_for(key[0], cfg.probes.families, cfg.probes.mlp_levels)
         stages.setdefault((families, np.shape(x)[1] if np.ndim(x) > 1 else 1), []).append(key)
     jobs = []
     for (families, _), keys in stages.items():

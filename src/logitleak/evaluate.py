@@ -83,6 +83,11 @@ def _fit_family(family: str, X: torch.Tensor, y, train, inner_fit, inner_val, K:
     raise LogitleakError(f"Unknown probe family '{family}'; use one of {', '.join(PROBE_FAMILIES)}.")
 
 
+def families_for(level: str, families: Sequence[str], mlp_levels: Collection[str] | None) -> tuple[str, ...]:
+    """The probe families a level gets: the MLP, the costly family, only on ``mlp_levels`` (None: every level)."""
+    return tuple(f for f in families if f != "mlp" or mlp_levels is None or level in mlp_levels)
+
+
 def control_reuses_c(family: str, params: Mapping) -> bool:
     """Whether the control task takes the linear probe's C from the real labels' fit of the same
     fold: the control task is the same probe on other labels (Hewitt & Liang), so when C is chosen
@@ -200,14 +205,17 @@ def evaluate_sweep(
     from logitleak.pca_probe import evaluate_fold_levels, split_fold_levels
     from logitleak.regression import evaluate_regression, split_numeric
 
-    if mlp_levels is not None and "mlp" in probes and any(key[0] not in mlp_levels for key in features):
+    by_families: dict[tuple, list] = {}
+    for key in features:
+        by_families.setdefault(families_for(key[0], probes, mlp_levels), []).append(key)
+    if by_families and list(by_families) != [tuple(probes)]:   # some levels get fewer families: a sweep per set
         kw = dict(groups=groups, task_attribute=task_attribute, n_folds=n_folds, n_permutations=n_permutations,
                   n_bootstrap=n_bootstrap, seed=seed, device=device, progress=progress, test_size=test_size,
                   val_fraction=val_fraction, probe_params=probe_params, dtype=dtype, memory_budget=memory_budget)
-        parts = [evaluate_sweep({k: v for k, v in features.items() if (k[0] in mlp_levels) == use}, labels,
-                                probes=fams, **kw)
-                 for use, fams in ((True, probes), (False, tuple(f for f in probes if f != "mlp")))
-                 if fams and any((k[0] in mlp_levels) == use for k in features)]
+        parts = [evaluate_sweep({k: features[k] for k in keys}, labels, probes=fams, **kw)
+                 for fams, keys in by_families.items() if fams]
+        if not parts:
+            return to_frame([])
         both = pd.concat(parts, ignore_index=True)
         order = {tuple(k): i for i, k in enumerate(features)}
         rank = [order[(lv, None if pd.isna(la) else int(la), None if pd.isna(k) else int(k))]
