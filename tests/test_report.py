@@ -270,7 +270,9 @@ def test_print_summary_marks_the_leak():
     print_summary(make_table(), console=console)
     out = console.export_text()
     lines = {ln.split("│")[1].strip(): ln for ln in out.splitlines() if ln.startswith("│") and ln.split("│")[1].strip()}
-    assert "LEAK" in lines["shape"] and "topk_ids k=5 (mlp)" in lines["shape"]
+    # the strongest reading (k=10), as in the verdict, with the smallest readable k beside it
+    cells = [c.strip() for c in lines["shape"].split("│")]
+    assert cells[2:4] == ["LEAK", "topk_ids k=10 (mlp)"] and cells[6] == "k=5"
     assert "no leak" in lines["size"]
     assert "readable" in lines["color *task"]
     assert "CAN read" in out

@@ -145,3 +145,25 @@ def test_levels_read_a_stored_capture_lazily(adapter, clean):
     assert lazy.keys() == eager.keys()
     for key in lazy:
         np.testing.assert_array_equal(lazy[key], eager[key])
+
+
+def test_extraction_progress_in_a_log_counts_batches_not_shards(adapter, probeset, tmp_path, monkeypatch, capsys):
+    """A log sees the count move within a shard (one shard here holds every sample), at least every interval."""
+    import time
+
+    import logitleak.capture as capture_module
+    import logitleak.progress as progress_module
+
+    monkeypatch.setattr(progress_module, "LOG_INTERVAL_S", 0.15)
+    real = capture_module.capture_inputs
+
+    def slow(*a, **k):
+        time.sleep(0.4)
+        return real(*a, **k)
+
+    monkeypatch.setattr(capture_module, "capture_inputs", slow)
+    ActivationStore(tmp_path).extract(adapter, probeset, shard_size=N, batch_size=BATCH, progress=True)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[extract]")]
+    counts = {int(ln.split()[1].split("/")[0]) for ln in lines}
+    assert {0, BATCH, 2 * BATCH, N} <= counts, lines         # batch by batch, though the shard is one
+    assert lines[-1].startswith(f"[extract] {N}/{N}") and lines[-1].endswith("done")

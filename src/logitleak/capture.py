@@ -12,6 +12,7 @@ import torch
 from logitleak.capture_source import MemoryReads
 from logitleak.capture_vision import VISION_POOLS, HookSet, _VisionRecorder, image_counts, pool_per_sample  # noqa: F401
 from logitleak.errors import LogitleakError
+from logitleak.progress import PhaseBar
 
 if TYPE_CHECKING:
     from logitleak.data.probeset import ProbeSet
@@ -268,12 +269,14 @@ def iter_capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int =
                  logits_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  hidden_dtype: torch.dtype = torch.float32, progress: bool = True,
                  start: int = 0, stop: int | None = None, vision_pool: str | None = "mean",
-                 generate: int | None = None, gen_k: int = 20) -> Iterator[Capture]:
+                 generate: int | None = None, gen_k: int = 20,
+                 on_batch: Callable[[int], None] | None = None) -> Iterator[Capture]:
     """One :class:`Capture` per batch of ``probeset[start:stop]`` (``meta['start'/'stop']`` give the
     samples it covers). Images are touched one batch at a time, so a lazily loaded probe set
     streams. Hooks are installed around each batch's forward pass and removed right after it.
     ``generate=N``: one greedy generation pass of N tokens per batch instead of a forward pass,
-    filling the ``gen_*`` fields (top ``gen_k`` at every position; :mod:`logitleak.generation`)."""
+    filling the ``gen_*`` fields (top ``gen_k`` at every position; :mod:`logitleak.generation`).
+    ``on_batch(n)`` is called after each batch of ``n`` samples (a caller's own progress)."""
     if batch_size < 1:
         raise LogitleakError(f"Batch size {batch_size} must be at least 1.")
     if generate is not None:
@@ -289,11 +292,7 @@ def iter_capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int =
     meta = capture_meta(adapter, probeset, read_position=read_position, edit_hooks=edit_hooks,
                         logits_transform=logits_transform)
     bounds = list(range(start, stop, batch_size))
-    bar = None
-    if progress and bounds:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=stop - start, desc="capture", unit="sample", leave=False)
+    bar = PhaseBar(True, "capture", stop - start) if progress and bounds else None
     try:
         for b0 in bounds:
             b1 = min(b0 + batch_size, stop)
@@ -319,7 +318,9 @@ def iter_capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int =
                                       vision_pool=vision_pool)
             part.meta = {**meta, "start": b0, "stop": b1}
             if bar is not None:
-                bar.update(b1 - b0)
+                bar.advance(b1 - b0)
+            if on_batch is not None:
+                on_batch(b1 - b0)
             yield part
     finally:
         if bar is not None:

@@ -32,6 +32,7 @@ import torch
 
 from logitleak.errors import LogitleakError
 from logitleak.levels import Readout, hidden_at, n_layers_of
+from logitleak.progress import PhaseBar
 
 LENS_VERSION = 1
 WEIGHTS_FILE = "translators.safetensors"
@@ -189,16 +190,9 @@ def fit_tuned_lens(capture, readout: Readout, *, layers: Sequence[int] | None = 
     gen = torch.Generator().manual_seed(seed)
     train_t = torch.as_tensor(train)
     h_last_train = hidden_at(capture, L)[train_t]  # targets are recomputed per batch: no (N, V) array held
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(lens.layers) * steps, desc="tuned lens", leave=False)
-    with _small_op_threads(readout):
+    with PhaseBar(progress, "tuned lens", len(lens.layers) * steps) as bar, _small_op_threads(readout):
         _fit_layers(capture, readout, lens, train_t, h_last_train, steps=steps, lr=lr, weight_decay=weight_decay,
                     batch_size=batch_size, gen=gen, bar=bar)
-    if bar is not None:
-        bar.close()
     lens.heldout_kl_ = heldout_kl(capture, readout, lens, index=test)
     lens.train_info_ = {"steps": steps, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
                         "heldout": heldout, "seed": seed, "n_train": int(len(train)), "n_heldout": int(len(test))}
@@ -228,8 +222,7 @@ def _fit_layers(capture, readout, lens, train_t, h_last_train, *, steps, lr, wei
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if bar is not None:
-                bar.update(1)
+            bar.advance()
         lens.weight[layer], lens.bias[layer] = A.detach().clone(), b.detach().clone()
 
 

@@ -31,9 +31,9 @@ class LogProgress:
     starts, one at least every ``interval`` seconds while it runs (count, total, rate, elapsed)
     and one when it ends. A background timer prints even while one long step is running."""
 
-    def __init__(self, stream=None, interval: float = LOG_INTERVAL_S):
+    def __init__(self, stream=None, interval: float | None = None):
         self.stream = stream or sys.stderr
-        self.interval = interval
+        self.interval = LOG_INTERVAL_S if interval is None else interval
         self.tasks: dict[int, dict] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -55,7 +55,7 @@ class LogProgress:
 
     def _line(self, task: dict, final: bool = False) -> None:
         el = time.monotonic() - task["t0"]
-        rate = task["done"] / el if el > 0 else 0.0
+        rate = (task["done"] - task["start"]) / el if el > 0 else 0.0
         total = f"/{task['total']}" if task["total"] is not None else ""
         state = "done" if final else task["description"]
         print(f"[{task['name']}] {task['done']}{total} ({rate:.1f}/s, {el:.0f} s) {state}",
@@ -70,12 +70,12 @@ class LogProgress:
                         task["last"] = now
                         self._line(task)
 
-    def add_task(self, description: str, total=None, **_):
+    def add_task(self, description: str, total=None, completed: int = 0, **_):
         with self._lock:
             tid = len(self.tasks)
             now = time.monotonic()
-            self.tasks[tid] = {"name": description, "description": description, "total": total, "done": 0,
-                               "t0": now, "last": now}
+            self.tasks[tid] = {"name": description, "description": description, "total": total,
+                               "done": int(completed), "start": int(completed), "t0": now, "last": now}
             self._line(self.tasks[tid])
             return tid
 
@@ -102,3 +102,28 @@ def make_progress(enabled: bool, stream=None):
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=Console(file=stream), transient=True)
+
+
+class PhaseBar:
+    """One counted phase (capture, extraction, lens training, endpoint queries): a transient rich
+    bar on a terminal, a log line at least every 10 s elsewhere. Thread-safe ``advance``."""
+
+    def __init__(self, enabled: bool, description: str, total: int, completed: int = 0, stream=None):
+        self._lock = threading.Lock()
+        self._progress = make_progress(enabled, stream)
+        self._progress.__enter__()
+        self._task = self._progress.add_task(description, total=total, completed=completed)
+
+    def advance(self, n: int = 1) -> None:
+        with self._lock:
+            self._progress.advance(self._task, n)
+
+    def close(self) -> None:
+        self._progress.__exit__(None, None, None)
+
+    def __enter__(self) -> PhaseBar:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False

@@ -30,6 +30,7 @@ import torch
 from logitleak.capture import Capture, capture_meta, iter_capture
 from logitleak.errors import LogitleakError
 from logitleak.integrity import file_record, matches
+from logitleak.progress import PhaseBar
 from logitleak.results import atomic_write
 from logitleak.stored_capture import MANIFEST, StoredCapture, _read_manifest  # noqa: F401 (re-exported)
 
@@ -160,12 +161,7 @@ class ActivationStore:
             "shards": [], "complete": False, "extra_keys": extras,
         }
         done = {i for i in range(n_shards) if i in recorded and self._shard_ok(path, i, shard_size, n, adapter, extras)}
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=n, initial=sum(min(shard_size, n - i * shard_size) for i in done), desc="extract",
-                       unit="sample", leave=False)
+        bar = PhaseBar(progress, "extract", n, completed=sum(min(shard_size, n - i * shard_size) for i in done))
         try:
             for i in range(n_shards):
                 start, stop = i * shard_size, min((i + 1) * shard_size, n)
@@ -173,9 +169,7 @@ class ActivationStore:
                     self._write_shard(path, i, adapter, probeset, start, stop, batch_size=batch_size,
                                       read_position=read_position, hidden_dtype=_DTYPES[hidden_dtype],
                                       edit_hooks=edit_hooks, logits_transform=logits_transform, extras=extras,
-                                      vision_pool=vision_pool, generate=generate, gen_k=gen_k)
-                    if bar is not None:
-                        bar.update(stop - start)
+                                      vision_pool=vision_pool, generate=generate, gen_k=gen_k, on_batch=bar.advance)
                 checksum = recorded[i] if i in done else file_record(path / _shard_name(i))
                 manifest["shards"].append({"index": i, "file": _shard_name(i), "start": start, "stop": stop,
                                            "sha256": checksum["sha256"], "size": checksum["size"]})
@@ -186,8 +180,7 @@ class ActivationStore:
             manifest["complete"] = True
             _write_json(mf_path, manifest)
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         return StoredCapture(path, verify=False)
 
     @staticmethod
@@ -215,7 +208,7 @@ class ActivationStore:
     @staticmethod
     def _write_shard(path: Path, i: int, adapter, probeset, start: int, stop: int, *, batch_size, read_position,
                      hidden_dtype, edit_hooks, logits_transform, extras=(), vision_pool="mean",
-                     generate=None, gen_k=20) -> None:
+                     generate=None, gen_k=20, on_batch=None) -> None:
         from safetensors.torch import save_file
 
         L, D, V = adapter.n_layers, adapter.d_model, adapter.vocab_size
@@ -226,7 +219,7 @@ class ActivationStore:
                                  edit_hooks=edit_hooks, logits_transform=logits_transform, hidden_dtype=hidden_dtype,
                                  progress=False, start=start, stop=stop,
                                  vision_pool=vision_pool if extras and not generate else None, generate=generate,
-                                 gen_k=gen_k):
+                                 gen_k=gen_k, on_batch=on_batch):
             a, b = part.meta["start"] - start, part.meta["stop"] - start
             hidden[a:b] = part.hidden
             logits[a:b] = part.logits

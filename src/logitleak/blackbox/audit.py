@@ -58,6 +58,7 @@ from logitleak.capture import Capture
 from logitleak.config import AuditConfig
 from logitleak.data.probeset import ProbeSet
 from logitleak.errors import LogitleakError, first_line
+from logitleak.progress import PhaseBar
 
 MAX_API_TOP_LOGPROBS = 20
 FAILED_FRACTION_LIMIT = 0.05  # more failed samples than this -> the audit stops with an error
@@ -123,7 +124,7 @@ def _query(client: EndpointClient, probeset: ProbeSet, todo: list[int], keys: di
         return (f"{reason}: {len(done)} of {n} samples are answered and cached in {cache.path.parent}; "
                 f"rerun the same audit to resume (it sends only the {remaining} remaining).")
 
-    bar = _progress_bar(progress, n, len(done))
+    bar = PhaseBar(progress, "querying endpoint", n, completed=len(done))
     try:
         # The first request goes alone: an endpoint without logprobs, a bad key or an unknown
         # model stops the audit after one request instead of a budget's worth.
@@ -275,33 +276,3 @@ def _build_capture(cfg: AuditConfig, probeset: ProbeSet, done: dict[int, dict], 
             problems.append(f"{short} responses ended before max_tokens={cfg.generate} tokens; their later positions are "
                             "empty in the response levels.")
     return Capture(topk_logprobs=values, topk_ids=ids, meta=meta, **gen), problems
-
-
-class _NoBar:
-    def advance(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _RichBar:
-    def __init__(self, total: int, completed: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._lock = threading.Lock()
-        self.progress = Progress(TextColumn("[bold]Querying endpoint"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), transient=False)
-        self.progress.start()
-        self.task = self.progress.add_task("query", total=total, completed=completed)
-
-    def advance(self) -> None:
-        with self._lock:
-            self.progress.advance(self.task)
-
-    def close(self) -> None:
-        self.progress.stop()
-
-
-def _progress_bar(enabled: bool, total: int, completed: int):
-    return _RichBar(total, completed) if enabled else _NoBar()

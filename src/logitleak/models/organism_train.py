@@ -33,6 +33,7 @@ from torch import nn
 
 from logitleak.data.shapes import ATTRIBUTES, make_shapes
 from logitleak.errors import LogitleakError
+from logitleak.progress import make_progress
 from logitleak.models import organism as org
 from logitleak.models.organism_data import _Normalizer, _Pool, _Prompts  # noqa: F401 (tests read them here)
 
@@ -236,35 +237,26 @@ def _threads(n: int):
 
 
 class _Bar:
-    """Rich progress bars, one per stage (or nothing). ``stage(name, total)`` returns the step
-    callback the stage calls with its loss after every step."""
+    """Progress per stage (a rich bar on a terminal, log lines elsewhere; or nothing).
+    ``stage(name, total)`` returns the step callback the stage calls with its loss after every step."""
 
     def __init__(self, enabled: bool):
-        self.progress = None
-        self.enabled = enabled
+        self.progress = make_progress(enabled)
 
     def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.progress = Progress(TextColumn("[bold]{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn())
-            self.progress.__enter__()
+        self.progress.__enter__()
         return self
 
     def stage(self, name: str, total: int):
-        if self.progress is None:
-            return lambda loss=None: None
-        task = self.progress.add_task(name, total=total, info="")
+        task = self.progress.add_task(name, total=total)
 
         def step(loss: float | None = None) -> None:
-            self.progress.update(task, advance=1, info="" if loss is None else f"loss {loss:.4f}")
+            self.progress.update(task, advance=1, description=name if loss is None else f"{name} (loss {loss:.4f})")
 
         return step
 
     def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
+        return self.progress.__exit__(*exc)
 
 
 def _check_out_dir(out_dir) -> Path:

@@ -6,9 +6,9 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from logitleak.decisions import Decisions, decide
+from logitleak.decisions import Decisions, decide, finite
 from logitleak.report.verdict import verdict
-from logitleak.report.wording import fmt_interval, fmt_num, where
+from logitleak.report.wording import fmt_acc, fmt_interval, fmt_num, where
 
 HEADLINE_STYLE: dict[str, str] = {"leak": "bold red"}
 """The headline's terminal style by the decisions' ``status`` (plain bold otherwise)."""
@@ -22,19 +22,20 @@ def _bits(r, interval: bool = True) -> str:
 
 
 def summary_table(results: pd.DataFrame, alpha: float = 0.05, *, decisions: Decisions | None = None) -> Table:
-    """The per-attribute rich table: the API reading the call rests on (the smallest k that reads it
-    when readable, else the strongest), the best residual and tuned-lens layers, and the call."""
+    """The per-attribute rich table: the call, the strongest API reading (readable when the call
+    says so) with its interval, the smallest k at which it is readable, and the best residual and
+    tuned-lens layers -- the same facts, in the same order, as the verdict's leak lines."""
     dec = decisions if decisions is not None else decide(results, alpha)
     table = Table(title=f"logitleak audit (alpha={dec.alpha:g}, Holm-corrected at the API levels)", title_justify="left",
                   caption="*task: the attribute the question asks about (readable is expected). bits: V-information; residual / tuned: best layer.",
                   caption_justify="left")
     for col, kw in (("attribute", {}), ("call", {"no_wrap": True}),
-                    ("API reading (probe)", {}), ("acc vs base", {"justify": "right"}),
-                    ("API bits [CI]", {"justify": "right"}),
+                    ("strongest API reading (probe)", {}), ("score vs base", {"justify": "right"}),
+                    ("API bits [CI]", {"justify": "right"}), ("shown from", {"no_wrap": True}),
                     ("residual / tuned bits", {"justify": "right"})):
         table.add_column(col, **kw)
     for d in dec.attributes.values():
-        r = d.first if d.readable else d.strongest
+        r = d.strongest
         if not d.measured:
             call = "[dim]no API rows[/]"
         elif d.readable:
@@ -44,10 +45,13 @@ def summary_table(results: pd.DataFrame, alpha: float = 0.05, *, decisions: Deci
         name = f"{d.attribute} [dim]*task[/]" if d.task_relevant else d.attribute
         inner = f"{_bits(d.residual, False)} / {_bits(d.tuned, False)}"
         if r is None:
-            table.add_row(name, call, "—", "—", "—", inner)
+            table.add_row(name, call, "—", "—", "—", "—", inner)
             continue
-        acc = f"{fmt_num(r['accuracy'])} vs {fmt_num(r['baseline_accuracy'])}"
-        table.add_row(name, call, f"{where(r)} ({r['probe']})", acc, _bits(r), inner)
+        shown = "—"
+        if d.readable and d.first is not None:
+            shown = f"k={d.smallest_k}" if d.smallest_k is not None else d.first["level"]
+        acc = fmt_acc(r) if not finite(r.get("accuracy")) else f"{fmt_num(r['accuracy'])} vs {fmt_num(r['baseline_accuracy'])}"
+        table.add_row(name, call, f"{where(r)} ({r['probe']})", acc, _bits(r), shown, inner)
     return table
 
 
