@@ -52,3 +52,15 @@ def test_defaults_cover_every_level():
     from logitleak.results import LEVELS
 
     assert AuditConfig().levels == list(LEVELS)
+
+
+def test_the_demo_runs_the_audit_defaults_statistics_on_its_own_scope():
+    from logitleak.cli.audit import DEMO_ATTRIBUTES, demo_config
+    from logitleak.config import AuditConfig
+    from logitleak.data.shapes import ATTRIBUTES
+
+    cfg, default = demo_config(out="x", seed=3), AuditConfig()
+    assert cfg.probes == default.probes and cfg.lens == default.lens      # no cut-down statistics
+    assert (cfg.levels, cfg.layers, cfg.k) == (default.levels, default.layers, default.k)
+    assert cfg.task == "color" and set(ATTRIBUTES) - {"color"} <= set(cfg.attributes)
+    assert list(cfg.attributes) == list(DEMO_ATTRIBUTES) and (cfg.seed, cfg.out) == (3, "x")

@@ -36,13 +36,41 @@ def fitted(setup):
     return lens
 
 
-def test_untrained_lens_is_the_logit_lens(setup):
+def test_translators_start_from_the_least_squares_map_scikit_learn_finds(setup):
+    from sklearn.linear_model import Ridge
+
+    from logitleak.lens import least_squares_translator
+
     _, cap, readout = setup
     lens = fit_tuned_lens(cap, readout, steps=0, seed=0)
-    for layer, (kl_logit, kl_tuned) in lens.heldout_kl_.items():
-        assert kl_tuned == pytest.approx(kl_logit, abs=1e-6)
+    assert lens.train_info_["kl_steps"] == 0
+    train, _ = _split(len(cap), 0.2, 0)
+    L = cap.n_layers
+    for layer in (0, 2):
+        h, h_last = cap.hidden[train, layer].double().numpy(), cap.hidden[train, L].double().numpy()
+        X1 = np.hstack([h, np.ones((len(h), 1))])
+        lam = 1e-3 * float(np.mean(np.sum(X1 * X1, 0)))        # the ridge of least_squares_translator
+        ref = Ridge(alpha=lam, fit_intercept=True, solver="cholesky").fit(h, h_last - h)
+        np.testing.assert_allclose(lens.weight[layer].numpy(), ref.coef_, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(lens.bias[layer].numpy(), ref.intercept_, rtol=1e-3, atol=1e-4)
+        A, b = least_squares_translator(cap.hidden[train, layer], cap.hidden[train, L])
+        torch.testing.assert_close(A, lens.weight[layer])
+        torch.testing.assert_close(b, lens.bias[layer])
     h = cap.hidden[:, 1]
-    torch.testing.assert_close(lens.transform_hidden(h, 1), h)
+    torch.testing.assert_close(lens.transform_hidden(h, 1), h + h @ lens.weight[1].T + lens.bias[1])
+
+
+def test_kl_refinement_is_capped_by_its_work_budget(setup):
+    from logitleak.lens import kl_steps
+
+    _, cap, readout = setup
+    per_step = 192 * readout.vocab_size * readout.d_model        # 240 samples: 192 train rows < batch 512
+    assert kl_steps(300, 512, 192, readout, max_work=per_step * 7 + 1) == 7
+    assert kl_steps(300, 512, 192, readout, max_work=per_step - 1) == 0
+    capped = fit_tuned_lens(cap, readout, steps=50, seed=0, max_work=per_step * 7 + 1)
+    assert capped.train_info_["kl_steps"] == 7 and capped.train_info_["steps"] == 50
+    full = fit_tuned_lens(cap, readout, steps=50, seed=0, max_work=None)
+    assert full.train_info_["kl_steps"] == 50
 
 
 def test_fitting_beats_the_logit_lens(setup, fitted):

@@ -284,7 +284,13 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
         levels = [lv for lv in levels if lv in ENDPOINT_LEVELS]
     if not cfg.endpoint and any(lv in LENS_LEVELS for lv in levels):
         with timer("tuned_lens"):
-            lens = _tuned_lens(capture, readout, cache / "lens", cfg, probeset.groups, layers=layers)
+            lens = _tuned_lens(capture, readout, cache / "lens", cfg, probeset.groups, layers=layers, progress=progress)
+            taken = lens.train_info_.get("kl_steps", cfg.lens.steps)
+            if taken < cfg.lens.steps:
+                problems.append(f"The tuned lens took {taken} of its {cfg.lens.steps} KL steps per layer (a vocabulary of "
+                                f"{readout.vocab_size} at width {readout.d_model} costs too much per step on the CPU); its "
+                                "translators are the least-squares maps to the last layer, refined by those steps. "
+                                "run.json's tuned_lens_kl gives the held-out KL per layer.")
     with timer("levels"):
         from logitleak.levels import build_features
 
@@ -331,12 +337,13 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     return AuditResult(results=results, out_dir=out, run_info=run_info, report_path=report_path, problems=problems)
 
 
-def _tuned_lens(capture, readout, lens_dir: Path, cfg: AuditConfig, groups: np.ndarray, layers=None):
+def _tuned_lens(capture, readout, lens_dir: Path, cfg: AuditConfig, groups: np.ndarray, layers=None,
+                progress: bool = False):
     """Reuse a lens saved for this model in the output directory (only when its files match their
     checksums), else train and save one, with translators for the audited ``layers`` only (every
     layer when ``None``)."""
     from logitleak.integrity import verified
-    from logitleak.lens import CONFIG_FILE, WEIGHTS_FILE, TunedLens, fit_tuned_lens
+    from logitleak.lens import CONFIG_FILE, LENS_VERSION, WEIGHTS_FILE, TunedLens, fit_tuned_lens
 
     if all(verified(lens_dir / name) for name in (CONFIG_FILE, WEIGHTS_FILE)):
         try:
@@ -345,10 +352,13 @@ def _tuned_lens(capture, readout, lens_dir: Path, cfg: AuditConfig, groups: np.n
             lens = None
         wanted = (lens is not None and (set(lens.layers) >= {x for x in (layers or []) if x < capture.n_layers}
                                         if layers else True))
-        if lens is not None and lens.matches(readout) and wanted:
+        same = lens is not None and lens.version_ == LENS_VERSION and all(
+            lens.train_info_.get(key) == value for key, value in (("steps", cfg.lens.steps), ("lr", cfg.lens.lr),
+                                                                  ("seed", cfg.seed)))
+        if lens is not None and lens.matches(readout) and wanted and same:
             return lens
     fit_layers = None if layers is None else [x for x in layers if x < capture.n_layers]
     lens = fit_tuned_lens(capture, readout, layers=fit_layers, steps=cfg.lens.steps, lr=cfg.lens.lr, seed=cfg.seed,
-                          groups=groups)
+                          groups=groups, progress=progress)
     lens.save(lens_dir)
     return lens

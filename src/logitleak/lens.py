@@ -34,7 +34,15 @@ from logitleak.errors import LogitleakError
 from logitleak.levels import Readout, hidden_at, n_layers_of
 from logitleak.progress import PhaseBar
 
-LENS_VERSION = 1
+LENS_VERSION = 2
+"""2: translators start from their least-squares solution (1: from zero)."""
+LENS_KL_WORK = 2**33
+"""Multiply-adds of the unembedding one layer's KL refinement may spend (``steps x batch x V x D``,
+times a small constant): every step of the organism's 300 fits in it; a 49k-token vocabulary at
+width 576 gets no KL steps (its least-squares translators are already within a few hundredths of
+a nat of the final distribution) rather than hours of them on a CPU."""
+
+
 WEIGHTS_FILE = "translators.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -53,6 +61,7 @@ class TunedLens:
         self.readout_hash = readout_hash or (readout.fingerprint() if readout is not None else None)
         self.heldout_kl_: dict[int, tuple[float, float]] = {}
         self.train_info_: dict = {}
+        self.version_: int | None = LENS_VERSION
 
     def transform_hidden(self, h: torch.Tensor, layer: int) -> torch.Tensor:
         """Translate raw residuals ``(..., D)`` at ``layer`` into the final layer's space."""
@@ -109,6 +118,7 @@ class TunedLens:
         for layer in lens.layers:
             lens.weight[layer] = tensors[f"weight.{layer}"].float()
             lens.bias[layer] = tensors[f"bias.{layer}"].float()
+        lens.version_ = cfg.get("version")
         lens.heldout_kl_ = {int(k): tuple(v) for k, v in cfg.get("heldout_kl", {}).items()}
         lens.train_info_ = cfg.get("train", {})
         if readout is not None:
@@ -166,13 +176,16 @@ def _kl(target_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 def fit_tuned_lens(capture, readout: Readout, *, layers: Sequence[int] | None = None, steps: int = 300,
                    lr: float = 3e-3, weight_decay: float = 1e-3, batch_size: int = 512, heldout: float = 0.2,
-                   groups=None, seed: int = 0, progress: bool = False) -> TunedLens:
+                   groups=None, seed: int = 0, progress: bool = False,
+                   max_work: int | None = LENS_KL_WORK) -> TunedLens:
     """Fit one translator per layer on a capture's hidden states (train split) and report the
     held-out KL of the logit lens and the tuned lens per layer in ``lens.heldout_kl_``.
 
     ``layers``: which layers get a translator (default every layer but the last). ``groups``:
-    samples sharing a group stay on one side of the split. AdamW, ``steps`` minibatches of
-    ``batch_size`` rows per layer.
+    samples sharing a group stay on one side of the split. Each translator starts from its
+    least-squares solution (:func:`least_squares_translator`) and is refined on the KL objective
+    by AdamW, ``steps`` minibatches of ``batch_size`` rows, as many as ``max_work`` allows
+    (:func:`kl_steps`; None: all); ``lens.train_info_['kl_steps']`` records the steps taken.
     """
     n, L = len(capture), n_layers_of(capture)
     if L < 1:
@@ -190,25 +203,47 @@ def fit_tuned_lens(capture, readout: Readout, *, layers: Sequence[int] | None = 
     gen = torch.Generator().manual_seed(seed)
     train_t = torch.as_tensor(train)
     h_last_train = hidden_at(capture, L)[train_t]  # targets are recomputed per batch: no (N, V) array held
-    with PhaseBar(progress, "tuned lens", len(lens.layers) * steps) as bar, _small_op_threads(readout):
-        _fit_layers(capture, readout, lens, train_t, h_last_train, steps=steps, lr=lr, weight_decay=weight_decay,
-                    batch_size=batch_size, gen=gen, bar=bar)
+    h_last_train = h_last_train.float()
+    steps_taken = steps if max_work is None else kl_steps(steps, batch_size, len(train), readout, max_work)
+    with PhaseBar(progress, "tuned lens", len(lens.layers) * max(steps_taken, 1)) as bar, _small_op_threads(readout):
+        _fit_layers(capture, readout, lens, train_t, h_last_train, steps=steps_taken, lr=lr,
+                    weight_decay=weight_decay, batch_size=batch_size, gen=gen, bar=bar)
+        if not steps_taken:
+            bar.advance(len(lens.layers))
     lens.heldout_kl_ = heldout_kl(capture, readout, lens, index=test)
-    lens.train_info_ = {"steps": steps, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
+    lens.train_info_ = {"init": "least_squares", "steps": steps, "kl_steps": steps_taken, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
                         "heldout": heldout, "seed": seed, "n_train": int(len(train)), "n_heldout": int(len(test))}
     return lens
+
+
+def kl_steps(steps: int, batch_size: int, n_train: int, readout: Readout, max_work: int = LENS_KL_WORK) -> int:
+    """The KL refinement steps each layer gets: ``steps``, capped by ``max_work`` multiply-adds."""
+    per_step = min(batch_size, n_train) * readout.vocab_size * readout.d_model
+    return int(min(steps, max_work // max(per_step, 1)))
+
+
+def least_squares_translator(h: torch.Tensor, h_last: torch.Tensor, ridge: float = 1e-3):
+    """``(A, b)`` minimising ``||h + h A^T + b - h_last||^2 + ridge * mean(diag) * ||A||^2``: the
+    affine map from a layer's residuals to the last layer's, in closed form (float64)."""
+    X = torch.cat([h.double(), h.new_ones(len(h), 1, dtype=torch.float64)], 1)
+    G = X.T @ X
+    lam = ridge * float(torch.diagonal(G).mean())
+    reg = torch.eye(G.shape[0], dtype=G.dtype) * lam
+    reg[-1, -1] = 0.0                                  # the bias is not penalised
+    sol = torch.linalg.solve(G + reg, X.T @ (h_last.double() - h.double())).float()
+    return sol[:-1].T.contiguous(), sol[-1].contiguous()
 
 
 def _fit_layers(capture, readout, lens, train_t, h_last_train, *, steps, lr, weight_decay, batch_size, gen, bar):
     n_train = len(train_t)
     target_all = None
-    if n_train * readout.vocab_size <= 2**24:  # small enough to hold: compute the targets once
+    if steps and n_train * readout.vocab_size <= 2**24:  # small enough to hold: compute the targets once
         with torch.no_grad():
             target_all = _target_logp(readout, h_last_train)
     for layer in lens.layers:
-        h_train = hidden_at(capture, layer)[train_t]
-        A = torch.zeros(readout.d_model, readout.d_model, requires_grad=True)
-        b = torch.zeros(readout.d_model, requires_grad=True)
+        h_train = hidden_at(capture, layer)[train_t].float()
+        A0, b0 = least_squares_translator(h_train, h_last_train)
+        A, b = A0.requires_grad_(), b0.requires_grad_()
         opt = torch.optim.AdamW([A, b], lr=lr, weight_decay=weight_decay)
         for _ in range(steps):
             idx = torch.randint(0, n_train, (min(batch_size, n_train),), generator=gen)

@@ -35,13 +35,13 @@ class MLPFit:
 
 
 def _mlp_logits(X, W1, b1, W2, b2, mu, sd, neg_mask):
-    F, n, d = X.shape
-    P, h = W1.shape[1], W1.shape[3]
+    """Logits ``(F, n, P, K)`` (a view of a problem-major ``(F, P, n, K)`` tensor). The hidden
+    layer is computed problem-major, ``(F, P, n, h)``, so neither layer's product nor its backward
+    pass copies the largest tensor into another layout."""
     W_eff = W1 / sd.unsqueeze(-1)
     b_eff = b1 - torch.einsum("fpd,fpdh->fph", mu, W_eff)
-    H = torch.bmm(X, W_eff.permute(0, 2, 1, 3).reshape(F, d, P * h)).reshape(F, n, P, h)
-    H = torch.relu(H + b_eff.unsqueeze(1))
-    Z = torch.matmul(H.permute(0, 2, 1, 3), W2).permute(0, 2, 1, 3) + b2.unsqueeze(1)   # (F, n, P, K)
+    H = torch.relu(torch.matmul(X.unsqueeze(1), W_eff) + b_eff.unsqueeze(2))      # (F, P, n, h)
+    Z = (torch.matmul(H, W2) + b2.unsqueeze(2)).permute(0, 2, 1, 3)               # (F, n, P, K)
     return Z.masked_fill(neg_mask, float("-inf")) if bool(neg_mask.any()) else Z
 
 

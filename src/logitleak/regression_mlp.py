@@ -28,7 +28,7 @@ def fit_mlp_regression(X: torch.Tensor, Y: torch.Tensor, train, test, inner_fit,
     Xf, Yf = X.float(), Y.float()
     for s in range(S):
         tr = torch.as_tensor(train[s])
-        fi, va, te = (torch.as_tensor(m[s]) for m in (inner_fit, inner_val, test))
+        te = torch.as_tensor(test[s])
         mu, sd = Xf[:, tr].mean(1, keepdim=True), Xf[:, tr].std(1, keepdim=True).clamp_min(1e-6)
         Z = (Xf - mu) / sd                                                   # (F, n, d)
         ym, ys = Yf[tr].mean(0), Yf[tr].std(0).clamp_min(1e-9)               # (B,)
@@ -38,33 +38,41 @@ def fit_mlp_regression(X: torch.Tensor, Y: torch.Tensor, train, test, inner_fit,
         b1 = torch.zeros(F, B, 1, hidden)
         W2 = (torch.rand(F, B, hidden, 1, generator=gen) * 2 - 1) / hidden ** 0.5
         b2 = torch.zeros(F, B, 1, 1)
-        params = [p.requires_grad_() for p in (W1, b1, W2, b2)]
-        opt = torch.optim.Adam(params, lr=lr)
-        Zfi, Zva = Z[:, fi].unsqueeze(1), Z[:, va].unsqueeze(1)              # (F, 1, m, d)
-        Tfi, Tva = T[:, fi], T[:, va]                                        # (B, m)
-
-        def forward(inp):
-            return (torch.relu(inp @ params[0] + params[1]) @ params[2] + params[3]).squeeze(-1)  # (F, B, m)
+        params = [W1, b1, W2, b2]
+        m1 = [torch.zeros_like(p) for p in params]
+        m2 = [torch.zeros_like(p) for p in params]
+        rows = torch.cat([torch.as_tensor(np.flatnonzero(m[s])) for m in (inner_fit, inner_val)])
+        n_fit = int(inner_fit[s].sum())
+        Zin = Z[:, rows].unsqueeze(1)                                        # (F, 1, m_fit + m_val, d)
+        Tfi, Tva = T[:, rows[:n_fit]], T[:, rows[n_fit:]]                    # (B, m)
 
         best = torch.full((F, B), float("inf"))
-        best_params = [p.detach().clone() for p in params]
+        best_params = [p.clone() for p in params]
         since = torch.zeros((F, B), dtype=torch.long)
-        for _ in range(max_epochs):
-            opt.zero_grad()
-            loss = ((forward(Zfi) - Tfi) ** 2).mean(-1)                     # (F, B)
-            penalty = alpha * (params[0] ** 2).sum((-2, -1)) + alpha * (params[2] ** 2).sum((-2, -1))
-            (loss + penalty).sum().backward()
-            opt.step()
+        for t in range(1, max_epochs + 1):
+            # one pass over the inner-fit and inner-validation rows: the validation error of the
+            # current weights decides early stopping, the fit rows' error gives the step
+            leaves = [p.requires_grad_() for p in params]
+            out = (torch.relu(Zin @ leaves[0] + leaves[1]) @ leaves[2] + leaves[3]).squeeze(-1)   # (F, B, m)
             with torch.no_grad():
-                v = ((forward(Zva) - Tva) ** 2).mean(-1)
+                v = ((out[..., n_fit:] - Tva) ** 2).mean(-1)
                 better = v < best - 1e-6
                 best = torch.where(better, v, best)
                 since = torch.where(better, torch.zeros_like(since), since + 1)
                 for bp, p in zip(best_params, params):
-                    mask = better.view(F, B, *([1] * (p.dim() - 2)))
-                    bp.copy_(torch.where(mask, p.detach(), bp))
+                    bp.copy_(torch.where(better.view(F, B, *([1] * (p.dim() - 2))), p, bp))
                 if bool((since > patience).all()):
                     break
+            loss = ((out[..., :n_fit] - Tfi) ** 2).mean(-1)                 # (F, B)
+            penalty = alpha * (leaves[0] ** 2).sum((-2, -1)) + alpha * (leaves[2] ** 2).sum((-2, -1))
+            grads = torch.autograd.grad((loss + penalty).sum(), leaves)
+            with torch.no_grad():                                            # Adam (PyTorch's defaults)
+                params = [p.detach() for p in leaves]
+                for p_, g_, a_, b_ in zip(params, grads, m1, m2):
+                    a_.mul_(0.9).add_(g_, alpha=0.1)
+                    b_.mul_(0.999).addcmul_(g_, g_, value=0.001)
+                    denom = (b_ / (1 - 0.999 ** t)).sqrt_().add_(1e-8)
+                    p_.addcdiv_(a_, denom, value=-lr / (1 - 0.9 ** t))
         with torch.no_grad():
             W1b, b1b, W2b, b2b = best_params
             out = (torch.relu(Z[:, te].unsqueeze(1) @ W1b + b1b) @ W2b + b2b).squeeze(-1)   # (F, B, r)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from logitleak.cli.flags import config_command, flag_names
 from logitleak.errors import LogitleakError
+
+if TYPE_CHECKING:
+    from logitleak.config import AuditConfig
+
+DEMO_ATTRIBUTES: tuple[str, ...] = ("shape", "size", "position", "background", "center_x", "center_y")
+"""The demo's attributes besides the task (colour): the categorical ones and the shape's centre."""
 
 
 def finish(result, console=None) -> None:
@@ -55,20 +61,27 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Replace a different audit's results in --out."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     ) -> None:
-        """The organism on the shapes set, asked for the colour, every level, k in 1,2,5,10,20."""
+        """The organism on the shapes set, asked for the colour: every level, k in 1,2,5,10,20, the
+        five categorical attributes and the shape's centre (the numeric example)."""
         from rich.console import Console
 
         from logitleak.audit import run_audit
-        from logitleak.config import make_config
         from logitleak.models.organism import ensure_organism
 
         console = Console()
         model_dir = ensure_organism(seed=0, progress=not quiet)
         _print_organism(model_dir, console)
-        # The same statistics as `logitleak audit` at its defaults (no cut-down probe settings).
-        cfg = make_config({"model": "organism", "data": "shapes", "task": "color", "samples": samples,
-                           "seed": seed, "out": out, "force": force}, source="demo")
-        finish(run_audit(cfg, progress=not quiet), console)
+        finish(run_audit(demo_config(out=out, samples=samples, seed=seed, force=force), progress=not quiet), console)
+
+
+def demo_config(**values) -> "AuditConfig":
+    """The demo's audit: the same statistics as `logitleak audit` at its defaults (no cut-down probe
+    settings) on the demo's own scope. The box corners and area restate the centre and size, so of
+    the numeric attributes only the centre is audited (`logitleak audit` takes them all)."""
+    from logitleak.config import make_config
+
+    return make_config({"model": "organism", "data": "shapes", "task": "color", "samples": 1000,
+                        "attributes": list(DEMO_ATTRIBUTES), "out": "logitleak-demo", **values}, source="demo")
 
 
 def _print_organism(model_dir: Path, console) -> None:
