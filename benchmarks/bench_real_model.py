@@ -5,7 +5,9 @@ black-box through llama.cpp's OpenAI-compatible server serving the same file.
 Prints, per attribute: accuracy vs baseline and bits at the best residual layer, at top-k with
 ids for the first token and for the whole response, white-box and black-box side by side; the
 answer quality of both; and how far the two servers' top-5 log-probabilities differ on the same
-prompts. Needs the real-model extra (`make setup-real`).
+prompts. The probes run the audit's default statistics (linear with inner-validated C and the MLP
+at the API levels, the held-out gain test, 1,000 bootstrap resamples); a cell is the row with the
+highest accuracy over the probe families. Needs the real-model extra (`make setup-real`).
 
     python benchmarks/bench_real_model.py [--samples 300] [--generate 8] [--k 20] [--out DIR]
 """
@@ -94,7 +96,8 @@ def main() -> None:
     ap.add_argument("--levels", default="residual,logit_lens_topk,topk_ids,topk_logprobs,response_residual,"
                     "response_topk_ids,response_topk_logprobs", help="white-box levels (the API ones also go black-box)")
     ap.add_argument("--ks", default="5,20", help="k values (the table shows --k)")
-    ap.add_argument("--permutations", type=int, default=20)
+    ap.add_argument("--permutations", type=int, default=0,
+                    help="label permutations with refits (0: the audit's default held-out gain test)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,7 +105,7 @@ def main() -> None:
     gguf_file = g.smollm2_gguf()
     common = {"data": "personas", "task": args.task, "samples": args.samples, "generate": args.generate,
               "k": sorted({args.k, *(int(x) for x in args.ks.split(","))}), "seed": 0,
-              "probes": {"families": ["linear"], "C": 1.0, "permutations": args.permutations, "bootstrap": 300}}
+              "probes": {"permutations": args.permutations}}   # otherwise the audit's default statistics
     levels = args.levels.split(",")
     api_levels = [lv for lv in levels if lv in ("topk_ids", "topk_logprobs", "response_topk_ids", "response_topk_logprobs")]
     t0 = time.perf_counter()

@@ -325,3 +325,16 @@ def test_probe_stages_give_the_same_results_in_any_number_of_workers():
     here: dict = {}
     run_stages(stages, labels, workers=0, progress=False, on_done=lambda i, df: here.__setitem__(i, df))
     np.testing.assert_allclose(here[2]["accuracy"], out[1][2]["accuracy"], atol=0.02)
+
+
+def test_wide_stages_split_into_even_chunks_by_size_alone():
+    from logitleak.probe_stages import STAGE_WORK, split_stage
+
+    keys = [("residual", layer, None) for layer in range(63)]
+    chunks = split_stage(keys, 2000, 576)                         # SmolLM2: 63 sets of width 576
+    limit = STAGE_WORK // (2000 * 576)
+    assert [k for c in chunks for k in c] == keys                  # every set once, in order
+    assert max(map(len, chunks)) <= limit and max(map(len, chunks)) - min(map(len, chunks)) <= 1
+    assert [len(c) for c in split_stage(keys[:35], 1000, 128)] == [18, 17]
+    assert split_stage(keys[:10], 1000, 1) == [keys[:10]]          # narrow sets batch in one call
+    assert split_stage(keys[:3], 10**6, 4096) == [[k] for k in keys[:3]]

@@ -197,3 +197,22 @@ def test_readout_is_standalone_and_exact(family):
     finally:
         with torch.no_grad():
             ad.final_norm.weight.sub_(1.0)
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_large_vocabulary_logits_level_is_an_isometry_in_d_features(softcap):
+    from logitleak.levels import LOGITS_FULL_MAX, Readout, logits_features
+
+    g = torch.Generator().manual_seed(0)
+    V, D, N = LOGITS_FULL_MAX + 904, 24, 50
+    ro = Readout(norm=None, weight=torch.randn(V, D, generator=g), bias=torch.randn(V, generator=g), softcap=softcap)
+    h = torch.randn(N, D, generator=g) * 0.5
+    z = ro(h)
+    feats = logits_features(z, ro)
+    assert feats.shape == (N, D)
+    pre = (h @ ro.weight.T).double()                         # the logits before bias and softcap
+    d_logits = torch.cdist(pre, pre)
+    d_feats = torch.cdist(torch.as_tensor(feats).double(), torch.as_tensor(feats).double())
+    torch.testing.assert_close(d_feats, d_logits, rtol=2e-3, atol=2e-3)
+    small = Readout(norm=None, weight=ro.weight[:100], bias=None)
+    np.testing.assert_array_equal(logits_features(small(h), small), small(h).numpy())   # small V: as they are

@@ -108,7 +108,7 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
     """Probe every feature set, one cached parquet per feature set, so a rerun reuses finished work;
     independent stages run side by side in worker processes (:mod:`logitleak.probe_stages`)."""
     from logitleak.evaluate import families_for
-    from logitleak.probe_stages import run_stages, stage_workers
+    from logitleak.probe_stages import run_stages, split_stage, stage_workers
 
     labels = {a: probeset.labels(a) for a in attributes}
     workers = stage_workers(cfg.probes.workers, cfg.device)
@@ -131,15 +131,20 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
             todo[key] = (x, path)
     # Probe in stages: the feature sets (of any level) that share a width and their probe families
     # form one stage, probed by one call, so they batch together (at audit sizes a sweep's cost is
-    # mostly per call: the lens and API top-k sets of one k share one fit). A stage with any set
-    # missing is probed whole again, so a resumed run batches exactly as an uninterrupted one and
-    # reproduces it bit for bit.
+    # mostly per call: the lens and API top-k sets of one k share one fit); a wide stage is split
+    # into even chunks by size alone (split_stage). A stage with any set missing is probed whole
+    # again, so a resumed run batches exactly as an uninterrupted one and reproduces it bit for bit.
+    # The costliest stages go first, so the workers finish together.
     stages: dict[tuple, list] = {}
     for key, x in features.items():
         families = families_for(key[0], cfg.probes.families, cfg.probes.mlp_levels)
         stages.setdefault((families, np.shape(x)[1] if np.ndim(x) > 1 else 1), []).append(key)
+    n = len(probeset)
+    chunks = [(families, chunk, len(chunk) * d * len(families))
+              for (families, d), keys in stages.items() for chunk in split_stage(keys, n, d)]
+    chunks = [(families, chunk) for families, chunk, _ in sorted(chunks, key=lambda c: -c[2])]
     jobs = []
-    for (families, _), keys in stages.items():
+    for families, keys in chunks:
         if not families or all(key not in todo for key in keys):
             continue
         for key in keys:

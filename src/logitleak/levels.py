@@ -116,6 +116,37 @@ def restrict(x: torch.Tensor, token_ids: Sequence[int]) -> np.ndarray:
     return x.float()[:, ids].numpy()
 
 
+LOGITS_FULL_MAX = 4096
+"""Vocabularies up to this size are probed on the logits as they are; larger ones in the
+unembedding's orthonormal coordinates (see :func:`logits_features`)."""
+
+
+def logits_features(logits: torch.Tensor, readout: Readout | None) -> np.ndarray:
+    """The ``logits`` level's features. Up to :data:`LOGITS_FULL_MAX` tokens: the ``(N, V)`` logits.
+    Beyond: the logits' coordinates in an orthonormal basis ``Q`` of the unembedding's columns,
+    ``(z - b) @ Q`` ``(N, D)`` (softcap and scale undone first). Every logit vector minus the bias
+    lies in that column space, so this is an isometry of the logit vectors: the same information
+    and distances in D features instead of V (a linear probe over 49k features on a few thousand
+    samples would cost hours and read nothing more)."""
+    V = logits.shape[-1]
+    if readout is None or V <= LOGITS_FULL_MAX or V != readout.vocab_size or readout.d_model >= V:
+        return logits.numpy()
+    Q, _ = torch.linalg.qr(readout.weight.double())                       # (V, D), orthonormal columns
+    Q = Q.float()
+    out = np.empty((len(logits), readout.d_model), np.float32)
+    for r0 in range(0, len(logits), ROW_CHUNK):
+        z = logits[r0:r0 + ROW_CHUNK].float()
+        if readout.softcap is not None:                                   # tanh(x / c) * c, inverted
+            c = readout.softcap
+            z = torch.atanh((z / c).clamp(-1 + 1e-6, 1 - 1e-6)) * c
+        if readout.scale is not None:
+            z = z / readout.scale
+        if readout.bias is not None:
+            z = z - readout.bias
+        out[r0:r0 + ROW_CHUNK] = (z @ Q).numpy()
+    return out
+
+
 def topk_logprobs(logits: torch.Tensor, k: int) -> np.ndarray:
     """``(N, k)`` top-k log-probabilities (log-softmax of the logits), sorted descending, no ids."""
     return topk_values(torch.log_softmax(logits.float(), dim=-1), k)
@@ -294,7 +325,7 @@ def build_features(cap: CaptureSource, readout: Readout | None, *, levels: Itera
     logits = final_logits(cap) if output else None  # read once, shared by every output level
     if logits is not None:
         if "logits" in levels:
-            feats[("logits", None, None)] = logits.numpy()
+            feats[("logits", None, None)] = logits_features(logits, readout)
         api_levels = [lv for lv in ("topk_ids", "topk_logprobs", "topk_logits") if lv in levels]
         if api_levels:
             kmax = max(ks)

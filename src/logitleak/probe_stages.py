@@ -43,6 +43,21 @@ def stage_workers(setting: int | None, device: str | None) -> int:
     return 0 if on_gpu or cores < 2 else min(cores, MAX_WORKERS)
 
 
+STAGE_WORK = 2**22
+"""A stage's feature sets are split into even chunks of at most ``STAGE_WORK / (n x d)`` sets,
+so wide levels of a real model (31 residual layers of width 576) are probed side by side instead
+of in one process while the others wait. The split depends only on the sizes, never on the
+worker count, so results and resumed runs do not either."""
+
+
+def split_stage(keys: Sequence, n: int, d: int) -> list[list]:
+    """``keys`` (feature sets of one width ``d``, ``n`` samples) as even consecutive chunks."""
+    limit = max(1, STAGE_WORK // max(1, n * d))
+    n_chunks = -(-len(keys) // limit)
+    size = -(-len(keys) // max(1, n_chunks))
+    return [list(keys[i: i + size]) for i in range(0, len(keys), size)]
+
+
 def _run_stage(features: Mapping, labels: Mapping, kwargs: Mapping) -> pd.DataFrame:
     import torch
 
