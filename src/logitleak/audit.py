@@ -227,6 +227,13 @@ def _check_levels_fit(cfg: AuditConfig, probeset):
     return probeset
 
 
+def _start_probe_workers(cfg: AuditConfig) -> None:
+    """After the cheap checks: start the probe worker processes, so their imports overlap the capture."""
+    from logitleak.probe_stages import stage_workers, start_workers
+
+    start_workers(stage_workers(cfg.probes.workers, cfg.device))
+
+
 def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     """Run one audit end to end and write results, run.json and report.html into ``cfg.out``."""
     from logitleak.devices import check_device
@@ -242,6 +249,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
             from logitleak.blackbox.audit import blackbox_capture
 
             probeset = _check_levels_fit(cfg, load_probe_set(cfg))
+            _start_probe_workers(cfg)
             model_desc, model_fp = f"{cfg.endpoint} ({cfg.served_model})", cfg.served_model or ""
         else:
             from logitleak.models.safety import check_model_source
@@ -249,6 +257,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
             model_path = resolve_model_path(cfg, progress=progress)
             check_model_source(model_path, allow_pickle=cfg.allow_pickle)  # cheap checks before any work
             probeset = _check_levels_fit(cfg, load_probe_set(cfg))  # then the data: a bad label file fails before a model is loaded
+            _start_probe_workers(cfg)
             from logitleak.models.loading import load_model  # (imports torch: after the cheap checks)
 
             adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype, allow_pickle=cfg.allow_pickle)

@@ -58,6 +58,31 @@ def split_stage(keys: Sequence, n: int, d: int) -> list[list]:
     return [list(keys[i: i + size]) for i in range(0, len(keys), size)]
 
 
+_STARTED: dict[int, ProcessPoolExecutor] = {}
+
+
+def _new_pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _warm_up() -> None:
+    import torch
+
+    import logitleak.evaluate  # noqa: F401 - the imports are most of a worker's start
+
+    torch.set_num_threads(1)
+
+
+def start_workers(workers: int) -> None:
+    """Start ``workers`` probe processes now, so their imports overlap the capture; the next
+    :func:`run_stages` with as many workers uses them (idle workers exit with this process)."""
+    if workers > 0 and workers not in _STARTED:
+        pool = _new_pool(workers)
+        for _ in range(workers):
+            pool.submit(_warm_up)
+        _STARTED[workers] = pool
+
+
 def _run_stage(features: Mapping, labels: Mapping, kwargs: Mapping) -> pd.DataFrame:
     import torch
 
@@ -82,7 +107,7 @@ def run_stages(stages: Sequence[tuple[Mapping, Mapping]], labels: Mapping, *, wo
     n = min(workers, len(stages))
     if n == 0:
         return
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
+    pool = _STARTED.pop(workers, None) or _new_pool(n)
     try:
         with make_progress(progress) as prog:
             task = prog.add_task(f"probing ({n} processes)", total=sum(len(f) for f, _ in stages))
