@@ -103,6 +103,11 @@ def _features_digest(key, x: np.ndarray) -> str:
     return h.hexdigest()
 
 
+MLP_STAGE_COST = 250
+"""What the MLP adds to a feature set's probing cost, in units of one input dimension of the linear
+probe (measured on the organism: about 250x one dimension, whatever the width), for ordering stages."""
+
+
 def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cache_dir: Path,
                       attributes: list[str], progress: bool = True) -> pd.DataFrame:
     """Probe every feature set, one cached parquet per feature set, so a rerun reuses finished work;
@@ -140,7 +145,7 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
         families = families_for(key[0], cfg.probes.families, cfg.probes.mlp_levels)
         stages.setdefault((families, np.shape(x)[1] if np.ndim(x) > 1 else 1), []).append(key)
     n = len(probeset)
-    chunks = [(families, chunk, len(chunk) * d * len(families))
+    chunks = [(families, chunk, len(chunk) * (d + MLP_STAGE_COST * ("mlp" in families)))
               for (families, d), keys in stages.items() for chunk in split_stage(keys, n, d)]
     chunks = [(families, chunk) for families, chunk, _ in sorted(chunks, key=lambda c: -c[2])]
     jobs = []
@@ -301,10 +306,11 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
             lens = _tuned_lens(capture, readout, cache / "lens", cfg, probeset.groups, layers=layers, progress=progress)
             taken = lens.train_info_.get("kl_steps", cfg.lens.steps)
             if taken < cfg.lens.steps:
+                how = "as they are" if taken == 0 else f"refined by {taken} steps"
                 problems.append(f"The tuned lens took {taken} of its {cfg.lens.steps} KL steps per layer (a vocabulary of "
-                                f"{readout.vocab_size} at width {readout.d_model} costs too much per step on the CPU); its "
-                                "translators are the least-squares maps to the last layer, refined by those steps. "
-                                "run.json's tuned_lens_kl gives the held-out KL per layer.")
+                                f"{readout.vocab_size} at width {readout.d_model} costs too much per step on the CPU): its "
+                                f"translators are the least-squares maps to the last layer, {how}; run.json's "
+                                "tuned_lens_kl gives the held-out KL per layer.")
     with timer("levels"):
         from logitleak.levels import build_features
 
