@@ -147,3 +147,28 @@ def test_tuned_lens_on_the_trained_organism(organism_dir):
         assert kl[layer][1] < kl[layer][0], f"layer {layer}: tuned {kl[layer][1]:.4f} >= logit {kl[layer][0]:.4f}"
     tuned = [kl[layer][1] for layer in range(L + 1)]
     assert all(a > b for a, b in zip(tuned, tuned[1:])), f"tuned-lens KL not decreasing with depth: {tuned}"
+
+
+def test_audit_says_when_the_lens_took_fewer_kl_steps_and_reuses_a_lens_only_for_the_same_settings(
+        organism_dir, tmp_path, monkeypatch):
+    import logitleak.lens as lens_module
+    from logitleak.audit import run_audit
+    from logitleak.config import make_config
+
+    base = {"model": str(organism_dir), "data": "shapes", "task": "color", "samples": 160, "layers": [0, 2],
+            "levels": ["tuned_lens_topk"], "k": [1], "attributes": ["size"], "out": str(tmp_path / "a"),
+            "probes": {"families": ["linear"], "folds": 3, "bootstrap": 20, "workers": 0}, "lens": {"steps": 40}}
+    monkeypatch.setattr(lens_module, "kl_steps", lambda *a, **k: 0)          # as for a 49k vocabulary
+    first = run_audit(make_config(base), progress=False)
+    note = [p for p in first.problems if "tuned lens took 0 of its 40 KL steps" in p]
+    assert len(note) == 1 and "least-squares maps to the last layer, as they are" in note[0]
+    assert json.loads((tmp_path / "a" / "cache" / "lens" / "config.json").read_text())["train"]["kl_steps"] == 0
+
+    fits = []
+    real_fit = lens_module.fit_tuned_lens
+    monkeypatch.setattr(lens_module, "fit_tuned_lens", lambda *a, **k: fits.append(k["steps"]) or real_fit(*a, **k))
+    monkeypatch.setattr(lens_module, "kl_steps", lambda steps, *a, **k: steps)
+    run_audit(make_config(base), progress=False)                             # same settings: the saved lens
+    assert fits == []
+    again = run_audit(make_config({**base, "lens": {"steps": 30}, "force": True}), progress=False)
+    assert fits == [30] and not any("KL steps" in p for p in again.problems)  # other steps: refitted, all taken

