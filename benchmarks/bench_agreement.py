@@ -13,16 +13,14 @@ from __future__ import annotations
 import sys
 import time
 
-import numpy as np
-
 
 def main() -> None:
-    from logitleak.capture import capture
+    from logitleak.capture.forward import capture
     from logitleak.data import make_shapes
-    from logitleak.evaluate import evaluate_sweep
-    from logitleak.levels import build_features
+    from logitleak.levels.features import build_features
     from logitleak.models.loading import load_model
     from logitleak.models.organism import ensure_organism
+    from logitleak.probing.sweep import evaluate_sweep
 
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 600
     adapter = load_model(ensure_organism(seed=0, progress=False))

@@ -20,12 +20,12 @@ import pandas as pd
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from logitleak.capture import capture
+from logitleak.capture.forward import capture
 from logitleak.data import make_shapes
-from logitleak.evaluate import evaluate_sweep
-from logitleak.levels import build_features
+from logitleak.levels.features import build_features
 from logitleak.models.loading import load_model
 from logitleak.models.organism import ensure_organism
+from logitleak.probing.sweep import evaluate_sweep
 
 
 def main() -> None:

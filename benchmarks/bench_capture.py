@@ -2,7 +2,7 @@
 
 Both run on the same ready-made inputs, interleaved (bare, capture, bare, capture, ...), several
 repeats; the ratio of medians is printed (target <= 1.10). The capture pass is
-:func:`logitleak.capture.capture_inputs`: forward hooks gather every layer's state at the read
+:func:`logitleak.capture.forward.capture_inputs`: forward hooks gather every layer's state at the read
 position, logits only at the read position, no KV cache — which a bare ``model(**inputs)`` does
 build, so the script also prints the hooks' cost alone against the identical call without hooks. Input building (processor) is the same for both and
 is reported separately, end to end, for context.
@@ -37,7 +37,7 @@ def _time(fn) -> float:
 
 
 def bench(name: str, adapter, probeset, *, batches: int, batch_size: int, repeats: int) -> float:
-    from logitleak.capture import capture_inputs
+    from logitleak.capture.forward import capture_inputs
 
     batch_inputs = []
     for b in range(batches):
@@ -50,7 +50,7 @@ def bench(name: str, adapter, probeset, *, batches: int, batch_size: int, repeat
             for inp in batch_inputs:
                 adapter.model(**inp)
 
-    from logitleak.capture import read_positions
+    from logitleak.capture.forward import read_positions
 
     same_kwargs = [adapter.forward_kwargs(inp, read_positions(inp["attention_mask"])) for inp in batch_inputs]
 
@@ -102,10 +102,10 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    import os
+
     from logitleak.data import make_shapes
     from logitleak.models.loading import load_model
-
-    import os
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {load:.1f}")

@@ -99,8 +99,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
-    from logitleak.blackbox.server import free_port
     from logitleak.data.shapes import make_shapes
+    from logitleak.serve.app import free_port
 
     exe = [sys.executable, "-c", "from logitleak.cli import main; main()"]
     up_port, g_port = free_port(), free_port()

@@ -29,8 +29,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from logitleak.evaluate import cv_splits, evaluate_sweep
-from logitleak.probes import fit_linear_batched, prepare_features
+from logitleak.probing.estimators import fit_linear_batched, prepare_features
+from logitleak.probing.sweep import cv_splits, evaluate_sweep
 
 N, D, FOLDS = 2000, 1024, 5
 CLASSES = (2, 2, 3, 3, 4)          # five attributes

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from logitleak.audit import run_audit
-from logitleak.blackbox.audit import alternatives, token_key
-from logitleak.blackbox.server import free_port
+from logitleak.capture.store import StoredCapture
 from logitleak.config import make_config
+from logitleak.endpoint.capture import alternatives, token_key
 from logitleak.models import gguf as g
-from logitleak.store import StoredCapture
+from logitleak.serve.app import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from servers import start_process  # noqa: E402

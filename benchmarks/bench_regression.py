@@ -25,7 +25,7 @@ import torch
 from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 
-from logitleak.regression import ALPHAS, fit_ridge_cv, shared_splits
+from logitleak.probing.regression import ALPHAS, fit_ridge_cv, shared_splits
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from logitleak.blackbox.response_cache import image_data_url
+from logitleak.endpoint.cache import image_data_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from servers import serve_command, start_process  # noqa: E402
@@ -94,8 +94,8 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=300.0, help="wall-clock cap per setting, seconds")
     args = ap.parse_args()
 
-    from logitleak.blackbox.server import free_port
     from logitleak.data.shapes import make_shapes
+    from logitleak.serve.app import free_port
 
     model = args.model
     if model == "organism":

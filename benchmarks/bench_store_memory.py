@@ -96,8 +96,8 @@ def child(args) -> int:
     """Extract into ``args.root`` and print peak RSS as JSON."""
     import torch
 
+    from logitleak.capture.store import ActivationStore
     from logitleak.models.loading import load_model
-    from logitleak.store import ActivationStore
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,7 +143,7 @@ def main() -> int:
 
     import numpy as np
 
-    from logitleak.store import StoredCapture
+    from logitleak.capture.store import StoredCapture
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

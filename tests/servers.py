@@ -68,8 +68,8 @@ def organism_server(adapter, *, max_batch: int = 8, threads: int = 1, served_mod
                     **app_kwargs) -> Iterator:
     """The project's own server over ``adapter`` in this process (a ``RunningServer`` with its
     ``engine`` attached), stopped on exit."""
-    from logitleak.blackbox.engine import Engine
-    from logitleak.blackbox.server import RunningServer, create_app
+    from logitleak.serve.app import RunningServer, create_app
+    from logitleak.serve.engine import Engine
 
     engine = Engine(adapter, max_batch=max_batch, threads=threads)
     with RunningServer(create_app(engine, served_model_name=served_model_name, **app_kwargs)) as srv:

@@ -6,10 +6,9 @@ import sys
 
 import pandas as pd
 import pytest
+from folders import write_shapes_images
 
 from logitleak.results import RESULT_COLUMNS
-
-from folders import write_shapes_images
 
 SMALL = ["--samples", "120", "--levels", "residual,tuned_lens_topk,topk_logprobs,topk_ids,top1_prob",
          "--k", "1,5", "--layers", "0,4", "--probes", "linear", "--permutations", "5", "--folds", "3", "--quiet"]

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from bad_inputs import MARKER, build_world, cases
 
 SRC = Path(__file__).resolve().parents[1] / "src"

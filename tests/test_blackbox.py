@@ -21,16 +21,15 @@ import pytest
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from servers import organism_server, serve_command, start_process
 
-from logitleak.blackbox.audit import RESPONSES_FILE, VOCAB_FILE, blackbox_capture
-from logitleak.blackbox.client import RetryPolicy
-from logitleak.blackbox.server import RunningServer, free_port
 from logitleak.config import make_config
 from logitleak.data.probeset import ProbeSet
 from logitleak.data.shapes import make_shapes
+from logitleak.endpoint.capture import RESPONSES_FILE, VOCAB_FILE, blackbox_capture
+from logitleak.endpoint.client import RetryPolicy
 from logitleak.errors import LogitleakError
-
-from servers import organism_server, serve_command, start_process
+from logitleak.serve.app import RunningServer, free_port
 
 MODEL = "organism"
 FAST = RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.05, connect_patience_s=1.0, timeout_s=30)
@@ -79,7 +78,7 @@ def cache_lines(cache: Path) -> list[dict]:
 # ----------------------------------------------------------------------------- agreement with white box
 
 def test_blackbox_capture_equals_white_box_topk(server, adapter, tmp_path):
-    from logitleak.capture import capture as white_capture
+    from logitleak.capture.forward import capture as white_capture
 
     ps = make_shapes(48, questions="all", seed=11)
     cfg = bb_config(server.url, len(ps), k=(1, 3, 5))

@@ -7,14 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from tiny_models import probeset_for, tiny_model_dir
 
+from logitleak.capture.store import ActivationStore, StoredCapture
 from logitleak.errors import LogitleakError
 from logitleak.integrity import CHECKSUMS_FILE, Checksums, verified
 from logitleak.models.loading import load_model
 from logitleak.results import atomic_write
-from logitleak.store import ActivationStore, StoredCapture
-
-from tiny_models import probeset_for, tiny_model_dir
 
 N, SHARD, BATCH = 10, 4, 2
 
@@ -125,7 +124,7 @@ def test_old_manifest_without_checksums_is_not_trusted(adapter, probeset, clean_
 
 
 def test_damaged_endpoint_response_lines_are_asked_again(tmp_path):
-    from logitleak.blackbox.audit import ResponseCache
+    from logitleak.endpoint.capture import ResponseCache
 
     cache = ResponseCache(tmp_path)
     cache.append({"index": 0, "key": "k0", "first": [[-0.25, 3]], "n_tokens": 1})

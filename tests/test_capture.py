@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import probeset_for, tiny_model_dir
 
-from logitleak.capture import Capture, capture, concat_captures, iter_capture, read_positions
+from logitleak.capture.forward import Capture, capture, concat_captures, iter_capture, read_positions
 from logitleak.errors import LogitleakError
 from logitleak.models.loading import load_model
-
-from tiny_models import probeset_for, tiny_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from logitleak.capture import Capture
-from logitleak.capture_source import CaptureSource
-from logitleak.errors import LogitleakError
-from logitleak.level_table import BY_NAME, ENDPOINT_LEVELS, LEVELS, RESPONSE_LEVELS, TABLE, TRANSITION_LEVELS
-from logitleak.levels import available_levels, build_features
-from logitleak.models.loading import load_model
-from logitleak.store import ActivationStore
-from logitleak.stored_capture import StoredCapture
-
 from tiny_models import probeset_for, tiny_model_dir
+
+from logitleak.capture.forward import Capture
+from logitleak.capture.source import CaptureSource
+from logitleak.capture.store import ActivationStore
+from logitleak.capture.stored import StoredCapture
+from logitleak.errors import LogitleakError
+from logitleak.levels.features import available_levels, build_features
+from logitleak.levels.table import BY_NAME, ENDPOINT_LEVELS, LEVELS, RESPONSE_LEVELS, TABLE, TRANSITION_LEVELS
+from logitleak.models.loading import load_model
 
 N = 9
 

@@ -2,15 +2,14 @@
 
 import numpy as np
 import pytest
+from folders import write_shapes_images
 
 from logitleak.config import make_config
 from logitleak.data import make_shapes
 from logitleak.data.folder import load_image_folder
+from logitleak.data.loading import load_probe_set
 from logitleak.data.shapes import NUMERIC_ATTRIBUTES
 from logitleak.errors import LogitleakError
-from logitleak.probeset_loading import load_probe_set
-
-from folders import write_shapes_images
 
 
 def write_folder(root, n=12, seed=0, fmt="csv"):

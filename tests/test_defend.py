@@ -7,14 +7,14 @@ import sys
 import pytest
 import torch
 
-from logitleak.capture import capture
+from logitleak.capture.forward import capture
 from logitleak.config import make_config
 from logitleak.data import make_shapes
 from logitleak.defend import run_defend, split_fit_eval
 from logitleak.defenses import parse_defenses
 from logitleak.defenses.erasure import eraser_hook, fit_eraser
-from logitleak.evaluate import evaluate_sweep
 from logitleak.models.loading import load_model
+from logitleak.probing.sweep import evaluate_sweep
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from logitleak import metrics as M
 from logitleak.errors import LogitleakError
-from logitleak.evaluate import EXTRA_COLUMNS, cv_splits, evaluate_sweep, plan_attribute
+from logitleak.probing import metrics as M
+from logitleak.probing.sweep import EXTRA_COLUMNS, cv_splits, evaluate_sweep, plan_attribute
 from logitleak.results import RESULT_COLUMNS
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -286,8 +285,8 @@ def test_converged_fraction_and_a_warning_when_fits_stop_early():
 
 
 def test_the_control_task_reuses_the_real_labels_choice_of_c():
-    from logitleak.batching import Problems
-    from logitleak.evaluate import _fit_order
+    from logitleak.probing.batching import Problems
+    from logitleak.probing.sweep import _fit_order
 
     plan = plan_attribute("y", np.random.default_rng(0).integers(0, 3, 200), n_permutations=2)
     b = Problems.build([plan])
@@ -302,7 +301,7 @@ def test_the_control_task_reuses_the_real_labels_choice_of_c():
 
 
 def test_probe_stages_give_the_same_results_in_any_number_of_workers():
-    from logitleak.probe_stages import run_stages, stage_workers
+    from logitleak.probing.stages import run_stages, stage_workers
 
     assert stage_workers(0, None) == 0 and stage_workers(3, "cuda") == 3
     assert stage_workers(None, "cuda") == 0                          # a GPU probes in this process
@@ -328,7 +327,7 @@ def test_probe_stages_give_the_same_results_in_any_number_of_workers():
 
 
 def test_wide_stages_split_into_even_chunks_by_size_alone():
-    from logitleak.probe_stages import STAGE_WORK, split_stage
+    from logitleak.probing.stages import STAGE_WORK, split_stage
 
     keys = [("residual", layer, None) for layer in range(63)]
     chunks = split_stage(keys, 2000, 576)                         # SmolLM2: 63 sets of width 576

@@ -7,14 +7,13 @@ import json
 
 import pytest
 import torch
+from tiny_models import FAMILIES, TEXT_ONLY_DROPS_IMAGE, VLM_FAMILIES, probeset_for, tiny_model_dir
 
-from logitleak.capture import capture
+from logitleak.capture.forward import capture
 from logitleak.errors import LogitleakError
 from logitleak.models.families import FAMILIES as FAMILY_TABLE
 from logitleak.models.families import family_for
 from logitleak.models.loading import load_model
-
-from tiny_models import FAMILIES, TEXT_ONLY_DROPS_IMAGE, VLM_FAMILIES, probeset_for, tiny_model_dir
 
 # PaliGemma's processor trips a numpy-2 DeprecationWarning inside transformers.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -125,8 +124,9 @@ def test_missing_image_placeholder(tmp_path):
 
 
 def test_unmappable_architecture_then_mapping():
-    from logitleak.models.adapter import ModelAdapter
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from logitleak.models.adapter import ModelAdapter
 
     d = tiny_model_dir("llama")
     model = AutoModelForCausalLM.from_pretrained(d)

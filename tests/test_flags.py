@@ -69,8 +69,8 @@ def test_readme_flags_reach_the_config(tmp_path, monkeypatch):
 
 
 def test_flags_override_the_config_file_and_errors_name_the_flag(tmp_path):
-    from logitleak.config import resolve_config
     from logitleak.cli.flags import flag_names
+    from logitleak.config import resolve_config
     from logitleak.errors import LogitleakError
 
     f = tmp_path / "a.yaml"

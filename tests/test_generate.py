@@ -12,17 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_model_dir
 
-from logitleak.capture import Capture, capture
+from logitleak.capture.forward import Capture, capture
+from logitleak.capture.generation import response_mask
+from logitleak.capture.store import ActivationStore
 from logitleak.config import make_config
 from logitleak.data.personas import make_personas
 from logitleak.errors import LogitleakError
-from logitleak.generation import response_mask
-from logitleak.levels import build_features
-from logitleak.response_levels import response_topk_ids, response_topk_logprobs
-from logitleak.store import ActivationStore
-
-from tiny_models import tiny_model_dir
+from logitleak.levels.features import build_features
+from logitleak.levels.response import response_topk_ids, response_topk_logprobs
 
 G = 5
 

@@ -11,20 +11,18 @@ import logging
 import httpx
 import openai
 import pytest
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from openai import OpenAI
+from servers import organism_server
 
-from logitleak.blackbox.engine import Engine
-from logitleak.blackbox.guard import create_guard_app
-from logitleak.blackbox.logprob_defense import ResponseDefender, UndefendedLogprobs
-from logitleak.blackbox.server import RunningServer, create_app, free_port
 from logitleak.data.shapes import make_shapes
 from logitleak.defenses.spec import parse_single_defense
 from logitleak.errors import LogitleakError
-
-from servers import organism_server
+from logitleak.guard.app import create_guard_app
+from logitleak.guard.defender import ResponseDefender, UndefendedLogprobs
+from logitleak.serve.app import RunningServer, create_app, free_port
+from logitleak.serve.engine import Engine
 
 MODEL = "organism"
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from logitleak import metrics as M
 from logitleak.errors import LogitleakError
-from logitleak.evaluate import evaluate_sweep, plan_attribute
-from logitleak.heldout import centred_gains, forward_chain, heldout_gain_pvalue
+from logitleak.probing import metrics as M
+from logitleak.probing.heldout import centred_gains, forward_chain, heldout_gain_pvalue
+from logitleak.probing.sweep import evaluate_sweep, plan_attribute
 from logitleak.report.verdict import verdict
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,14 +10,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
-from logitleak.capture import capture
-from logitleak.errors import LogitleakError
-from logitleak.lens import TunedLens, _split, fit_tuned_lens, heldout_kl
-from logitleak.levels import Readout
-from logitleak.models.loading import load_model
-
 from tiny_models import probeset_for, tiny_model_dir
+
+from logitleak.capture.forward import capture
+from logitleak.errors import LogitleakError
+from logitleak.levels.features import Readout
+from logitleak.levels.lens import TunedLens, _split, fit_tuned_lens, heldout_kl
+from logitleak.models.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,7 @@ def fitted(setup):
 def test_translators_start_from_the_least_squares_map_scikit_learn_finds(setup):
     from sklearn.linear_model import Ridge
 
-    from logitleak.lens import least_squares_translator
+    from logitleak.levels.lens import least_squares_translator
 
     _, cap, readout = setup
     lens = fit_tuned_lens(cap, readout, steps=0, seed=0)
@@ -61,7 +60,7 @@ def test_translators_start_from_the_least_squares_map_scikit_learn_finds(setup):
 
 
 def test_kl_refinement_is_capped_by_its_work_budget(setup):
-    from logitleak.lens import kl_steps
+    from logitleak.levels.lens import kl_steps
 
     _, cap, readout = setup
     per_step = 192 * readout.vocab_size * readout.d_model        # 240 samples: 192 train rows < batch 512
@@ -127,7 +126,7 @@ def test_errors(setup):
     _, cap, readout = setup
     with pytest.raises(LogitleakError, match="does not exist"):
         fit_tuned_lens(cap, readout, layers=[cap.n_layers + 1], steps=1)
-    from logitleak.capture import Capture
+    from logitleak.capture.forward import Capture
 
     with pytest.raises(LogitleakError, match="hidden states"):
         fit_tuned_lens(Capture(topk_logprobs=torch.zeros(8, 2)), readout, steps=1)
@@ -151,7 +150,7 @@ def test_tuned_lens_on_the_trained_organism(organism_dir):
 
 def test_audit_says_when_the_lens_took_fewer_kl_steps_and_reuses_a_lens_only_for_the_same_settings(
         organism_dir, tmp_path, monkeypatch):
-    import logitleak.lens as lens_module
+    import logitleak.levels.lens as lens_module
     from logitleak.audit import run_audit
     from logitleak.config import make_config
 

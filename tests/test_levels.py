@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import probeset_for, tiny_model_dir
 
-from logitleak.capture import Capture, capture
+from logitleak.capture.forward import Capture, capture
 from logitleak.errors import LogitleakError
-from logitleak.lens import TunedLens
-from logitleak.levels import (
+from logitleak.levels.features import (
     Readout,
     available_levels,
     build_features,
@@ -19,10 +19,9 @@ from logitleak.levels import (
     topk_ids_matrix,
     tuned_lens,
 )
+from logitleak.levels.lens import TunedLens
 from logitleak.models.loading import load_model
 from logitleak.results import API_LEVELS, LEVELS
-
-from tiny_models import probeset_for, tiny_model_dir
 
 N, L, D, V = 12, 3, 8, 20
 KS = [1, 2, 5]
@@ -201,7 +200,7 @@ def test_readout_is_standalone_and_exact(family):
 
 @pytest.mark.parametrize("softcap", [None, 30.0])
 def test_large_vocabulary_logits_level_is_an_isometry_in_d_features(softcap):
-    from logitleak.levels import LOGITS_FULL_MAX, Readout, logits_features
+    from logitleak.levels.features import LOGITS_FULL_MAX, Readout, logits_features
 
     g = torch.Generator().manual_seed(0)
     V, D, N = LOGITS_FULL_MAX + 904, 24, 50

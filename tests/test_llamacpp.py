@@ -13,19 +13,16 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
+from servers import start_process
 
-from logitleak.blackbox.audit import RESPONSES_FILE, blackbox_capture
-from logitleak.blackbox.client import RetryPolicy
-from logitleak.blackbox.server import free_port
 from logitleak.config import make_config
 from logitleak.data.personas import make_personas
+from logitleak.endpoint.capture import RESPONSES_FILE, blackbox_capture
+from logitleak.endpoint.client import RetryPolicy
 from logitleak.errors import LogitleakError
 from logitleak.models import gguf as g
-
-from servers import start_process
+from logitleak.serve.app import free_port
 
 pytest.importorskip("llama_cpp", reason="the real-model extra (llama-cpp-python[server]) is not installed")
 pytest.importorskip("gguf", reason="the real-model extra is not installed")

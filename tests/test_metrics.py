@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from logitleak import metrics as M
+from logitleak.probing import metrics as M
 
 
 def test_classification_measures_match_sklearn():

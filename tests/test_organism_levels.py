@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from logitleak.capture import capture
+from logitleak.capture.forward import capture
 from logitleak.data import make_shapes
 from logitleak.data.shapes import ATTRIBUTES
-from logitleak.evaluate import evaluate_sweep
-from logitleak.levels import build_features
+from logitleak.levels.features import build_features
 from logitleak.models.loading import load_model
+from logitleak.probing.sweep import evaluate_sweep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

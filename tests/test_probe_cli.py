@@ -12,7 +12,6 @@ import pytest
 from logitleak.cli import main
 from logitleak.results import RESULT_COLUMNS, read_results
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -13,7 +13,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 from logitleak.errors import LogitleakError
-from logitleak.probes import (
+from logitleak.probing.estimators import (
     LinearProbe,
     MLPProbe,
     fit_linear_batched,
@@ -22,7 +22,6 @@ from logitleak.probes import (
     prepare_features,
     stratified_holdout,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,13 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from logitleak import metrics as M
 from logitleak.data import make_shapes
 from logitleak.data.probeset import is_numeric_column
 from logitleak.data.shapes import NUMERIC_ATTRIBUTES, render_shapes
 from logitleak.errors import LogitleakError
-from logitleak.evaluate import evaluate_sweep
-from logitleak.regression import evaluate_regression, fit_ridge_cv, shared_splits
+from logitleak.probing import metrics as M
+from logitleak.probing.regression import evaluate_regression, fit_ridge_cv, shared_splits
+from logitleak.probing.sweep import evaluate_sweep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,9 +53,9 @@ def test_numeric_inference():
 
 
 def test_ridge_matches_scikit_learn():
+    import torch
     from sklearn.linear_model import Ridge
     from sklearn.preprocessing import StandardScaler
-    import torch
 
     rng = np.random.default_rng(0)
     n, d = 60, 4

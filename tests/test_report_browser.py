@@ -15,8 +15,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 from PIL import Image
 
 try:

@@ -16,13 +16,12 @@ import pytest
 import torch
 from openai import OpenAI
 from openai.types.chat import ChatCompletion
+from servers import organism_server
 
-from logitleak.blackbox.engine import Engine, GenRequest, _Job
-from logitleak.blackbox.server import RunningServer, create_app
 from logitleak.data.shapes import make_shapes
 from logitleak.defenses.spec import parse_single_defense
-
-from servers import organism_server
+from logitleak.serve.app import RunningServer, create_app
+from logitleak.serve.engine import Engine, GenRequest, _Job
 
 MODEL = "organism"
 
@@ -457,7 +456,7 @@ def test_server_logprobs_equal_white_box_capture(family, one_thread):
     forward pass over the prompt plus the tokens before it."""
     from tiny_models import probeset_for, tiny_model_dir
 
-    from logitleak.capture import capture
+    from logitleak.capture.forward import capture
 
     ad = load(tiny_model_dir(family))
     ps = probeset_for(ad, n=3, seed=1)
@@ -602,7 +601,7 @@ def test_access_log_redacts_keys_in_query_strings(adapter, one_thread, capfd, ca
 
 
 def test_redaction_rules():
-    from logitleak.blackbox.accesslog import redact_text, redact_url
+    from logitleak.wire.accesslog import redact_text, redact_url
 
     assert redact_url("/v1/x?api_key=a&b=2") == "/v1/x?api_key=[redacted]&b=2"
     assert redact_url("/v1/x?access_token=a&SIG=b&q=key") == "/v1/x?access_token=[redacted]&SIG=[redacted]&q=key"

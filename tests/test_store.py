@@ -7,14 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from logitleak.capture import capture
-from logitleak.errors import LogitleakError
-from logitleak.levels import build_features
-from logitleak.models.loading import load_model
-from logitleak.store import ActivationStore, StoredCapture
-
 from tiny_models import probeset_for, tiny_model_dir
+
+from logitleak.capture.forward import capture
+from logitleak.capture.store import ActivationStore, StoredCapture
+from logitleak.errors import LogitleakError
+from logitleak.levels.features import build_features
+from logitleak.models.loading import load_model
 
 N, SHARD, BATCH = 11, 4, 3  # 3 shards, the last one short; batches straddle nothing
 
@@ -151,7 +150,7 @@ def test_extraction_progress_in_a_log_counts_batches_not_shards(adapter, probese
     """A log sees the count move within a shard (one shard here holds every sample), at least every interval."""
     import time
 
-    import logitleak.capture as capture_module
+    import logitleak.capture.forward as capture_module
     import logitleak.progress as progress_module
 
     monkeypatch.setattr(progress_module, "LOG_INTERVAL_S", 0.15)

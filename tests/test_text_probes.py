@@ -12,14 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny_models import tiny_model_dir
 
 from logitleak.config import make_config
+from logitleak.data.loading import load_probe_set
 from logitleak.data.personas import ATTRIBUTES, QUESTIONS, make_personas
 from logitleak.data.text import load_text_file
 from logitleak.errors import LogitleakError
-from logitleak.probeset_loading import load_probe_set
-
-from tiny_models import tiny_model_dir
 
 
 def _write_jsonl(path, rows):
@@ -124,8 +123,8 @@ def llama(one_thread):
 def test_text_set_goes_through_the_image_path_without_an_image(llama, tmp_path):
     """The same adapter, capture and store: a prompt-only row equals a one-turn conversation, and
     a system turn changes what the model sees."""
-    from logitleak.capture import capture
-    from logitleak.store import ActivationStore
+    from logitleak.capture.forward import capture
+    from logitleak.capture.store import ActivationStore
 
     ps = make_personas(6, task="color", seed=0)
     plain = capture(llama, ps, batch_size=3, progress=False)

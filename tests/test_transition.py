@@ -8,16 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from logitleak.capture import capture, pool_per_sample
-from logitleak.errors import LogitleakError
-from logitleak.evaluate import evaluate_sweep
-from logitleak.levels import available_levels, build_features
-from logitleak.models.loading import load_model
-from logitleak.pca_probe import fold_pca
-from logitleak.store import ActivationStore
-
 from tiny_models import VLM_FAMILIES, probeset_for, tiny_model_dir
+
+from logitleak.capture.forward import capture, pool_per_sample
+from logitleak.capture.store import ActivationStore
+from logitleak.errors import LogitleakError
+from logitleak.levels.features import available_levels, build_features
+from logitleak.models.loading import load_model
+from logitleak.probing.pca import fold_pca
+from logitleak.probing.sweep import evaluate_sweep
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.usefixtures("one_thread")]
 

@@ -118,7 +118,12 @@ def build_llava(out: Path, n_layers: int = 2, chat_template: str = VICUNA):
 
 
 def build_llava_next(out: Path, n_layers: int = 2):
-    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil, LlavaNextProcessor
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+    )
 
     tok = word_tokenizer(["<image>"], extra_special={"image_token": "<image>"}, add_bos=True)
     pinpoints = [[IMAGE, IMAGE], [IMAGE, 2 * IMAGE], [2 * IMAGE, IMAGE]]
@@ -203,13 +208,15 @@ def _qwen_vl(out: Path, n_layers: int, v25: bool):
                vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
                vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"))
     if v25:
-        from transformers import Qwen2_5_VLConfig as Cfg, Qwen2_5_VLForConditionalGeneration as Model
+        from transformers import Qwen2_5_VLConfig as Cfg
+        from transformers import Qwen2_5_VLForConditionalGeneration as Model
 
         vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=D, patch_size=14,
                       spatial_merge_size=2, temporal_patch_size=2, window_size=28, fullatt_block_indexes=[0])
         proc_name = "Qwen2_5_VLProcessor"
     else:
-        from transformers import Qwen2VLConfig as Cfg, Qwen2VLForConditionalGeneration as Model
+        from transformers import Qwen2VLConfig as Cfg
+        from transformers import Qwen2VLForConditionalGeneration as Model
 
         vision = dict(depth=1, embed_dim=16, hidden_size=D, mlp_ratio=2, num_heads=2, patch_size=14,
                       spatial_merge_size=2, temporal_patch_size=2)
@@ -235,7 +242,14 @@ def build_qwen2_5_vl(out: Path, n_layers: int = 2):
 
 
 def build_paligemma(out: Path, n_layers: int = 2):
-    from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, SiglipImageProcessorPil, SiglipVisionConfig
+    from transformers import (
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessorPil,
+        SiglipVisionConfig,
+    )
 
     tok = word_tokenizer(["<image>"], bos="<bos>", eos="<eos>", extra_special={"image_token": "<image>"})
     ip = SiglipImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
@@ -253,7 +267,12 @@ def build_paligemma(out: Path, n_layers: int = 2):
 
 
 def build_idefics3(out: Path, n_layers: int = 2):
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil, Idefics3Processor
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
 
     specials = ["<|im_start|>", "<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
     specials += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
@@ -279,8 +298,14 @@ LLAMA32 = ("{{ bos_token }}" + _parts_loop("<|image|>", prefix="<|start_header_i
 def build_mllama(out: Path, n_layers: int = 2):
     """Llama 3.2 Vision: a tiled vision tower (local + global encoder) whose features enter the
     decoder through cross-attention blocks (block 1 here), one <|image|> token in the text."""
-    from transformers import (MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor,
-                              MllamaTextConfig, MllamaVisionConfig)
+    from transformers import (
+        MllamaConfig,
+        MllamaForConditionalGeneration,
+        MllamaImageProcessorPil,
+        MllamaProcessor,
+        MllamaTextConfig,
+        MllamaVisionConfig,
+    )
 
     specials = ["<|image|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
     tok = word_tokenizer(specials, bos="<|begin_of_text|>", eos="<|eot_id|>", extra_special={"image_token": "<|image|>"})
@@ -299,9 +324,7 @@ def build_mllama(out: Path, n_layers: int = 2):
 
 
 def build_gpt2(out: Path, n_layers: int = 2):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from transformers import PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     bpe, _, _ = byte_level_bpe(["<|endoftext|>"])  # byte-level BPE like GPT-2's own, no chat template
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>",

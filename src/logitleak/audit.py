@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from logitleak.config import AuditConfig
+from logitleak.data.loading import load_probe_set
 from logitleak.data.probeset import ProbeSet
 from logitleak.errors import LogitleakError
-from logitleak.level_table import DECODER_LAYER_LEVELS, ENDPOINT_LEVELS, RESPONSE_LEVELS, TRANSITION_LEVELS
-from logitleak.level_table import TUNED_LENS_LEVELS as LENS_LEVELS
-from logitleak.probeset_loading import load_probe_set
+from logitleak.levels.table import DECODER_LAYER_LEVELS, ENDPOINT_LEVELS, RESPONSE_LEVELS, TRANSITION_LEVELS
+from logitleak.levels.table import TUNED_LENS_LEVELS as LENS_LEVELS
 from logitleak.results import atomic_write, write_json, write_results
 from logitleak.timing import Timer as _Timer  # noqa: F401 - the audit's phase timer (also imported as _Timer)
 
@@ -111,9 +111,9 @@ probe (measured on the organism: about 250x one dimension, whatever the width), 
 def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cache_dir: Path,
                       attributes: list[str], progress: bool = True) -> pd.DataFrame:
     """Probe every feature set, one cached parquet per feature set, so a rerun reuses finished work;
-    independent stages run side by side in worker processes (:mod:`logitleak.probe_stages`)."""
-    from logitleak.evaluate import families_for
-    from logitleak.probe_stages import run_stages, split_stage, stage_workers
+    independent stages run side by side in worker processes (:mod:`logitleak.probing.stages`)."""
+    from logitleak.probing.stages import run_stages, split_stage, stage_workers
+    from logitleak.probing.sweep import families_for
 
     labels = {a: probeset.labels(a) for a in attributes}
     workers = stage_workers(cfg.probes.workers, cfg.device)
@@ -234,14 +234,14 @@ def _check_levels_fit(cfg: AuditConfig, probeset):
 
 def _start_probe_workers(cfg: AuditConfig) -> None:
     """After the cheap checks: start the probe worker processes, so their imports overlap the capture."""
-    from logitleak.probe_stages import stage_workers, start_workers
+    from logitleak.probing.stages import stage_workers, start_workers
 
     start_workers(stage_workers(cfg.probes.workers, cfg.device))
 
 
 def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     """Run one audit end to end and write results, run.json and report.html into ``cfg.out``."""
-    from logitleak.devices import check_device
+    from logitleak.models.devices import check_device
 
     timer = _Timer()
     if cfg.device is not None:  # (None: resolved when the model loads, without importing torch here)
@@ -251,7 +251,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     problems: list[str] = []
     with timer("load"):
         if cfg.endpoint:
-            from logitleak.blackbox.audit import blackbox_capture
+            from logitleak.endpoint.capture import blackbox_capture
 
             probeset = _check_levels_fit(cfg, load_probe_set(cfg))
             _start_probe_workers(cfg)
@@ -282,7 +282,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
             readout, answer_ids, n_layers = None, None, 0
             layers: list[int] = []
         else:
-            from logitleak.store import ActivationStore
+            from logitleak.capture.store import ActivationStore
 
             stored = ActivationStore(cache / "captures").extract(adapter, probeset, batch_size=cfg.batch_size,
                                                                  shard_size=cfg.shard_size, progress=progress,
@@ -312,10 +312,10 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
                                 f"translators are the least-squares maps to the last layer, {how}; run.json's "
                                 "tuned_lens_kl gives the held-out KL per layer.")
     with timer("levels"):
-        from logitleak.levels import build_features
+        from logitleak.levels.features import build_features
 
         if not cfg.endpoint and "levels" not in cfg.model_fields_set:  # default: the levels this model has
-            from logitleak.levels import available_levels
+            from logitleak.levels.features import available_levels
 
             have = set(available_levels(capture, lens=lens, answer_token_ids=answer_ids))
             levels = [lv for lv in levels if lv in have or lv in LENS_LEVELS]
@@ -343,7 +343,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
         "problems": problems,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    from logitleak.utility import answer_utility
+    from logitleak.levels.utility import answer_utility
 
     run_info["utility"] = answer_utility(capture, probeset, adapter=None if cfg.endpoint else adapter)
     if lens is not None and hasattr(lens, "heldout_kl_"):
@@ -363,7 +363,7 @@ def _tuned_lens(capture, readout, lens_dir: Path, cfg: AuditConfig, groups: np.n
     checksums), else train and save one, with translators for the audited ``layers`` only (every
     layer when ``None``)."""
     from logitleak.integrity import verified
-    from logitleak.lens import CONFIG_FILE, LENS_VERSION, WEIGHTS_FILE, TunedLens, fit_tuned_lens
+    from logitleak.levels.lens import CONFIG_FILE, LENS_VERSION, WEIGHTS_FILE, TunedLens, fit_tuned_lens
 
     if all(verified(lens_dir / name) for name in (CONFIG_FILE, WEIGHTS_FILE)):
         try:

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from logitleak.errors import LogitleakError
-from logitleak.level_table import API_LEVELS, LEVELS
+from logitleak.levels.table import API_LEVELS, LEVELS
 
 DEFAULT_KS: tuple[int, ...] = (1, 2, 5, 10, 20)
 MAX_SAMPLES = 10_000_000
@@ -101,7 +101,7 @@ class AuditConfig(_Strict):
     @classmethod
     def _generate_positive(cls, v: int | None) -> int | None:
         if v is not None:
-            from logitleak.generation import MAX_GENERATE
+            from logitleak.capture.generation import MAX_GENERATE
 
             if isinstance(v, bool) or v < 1 or v > MAX_GENERATE:
                 raise ValueError(f"generate={v} is not a number of generated tokens; pass a whole number from 1 to "

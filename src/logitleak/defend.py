@@ -21,14 +21,14 @@ import pandas as pd
 import torch
 
 from logitleak.audit import audit_identity, package_versions, prepare_out_dir, probe_with_resume, resolve_model_path
-from logitleak.capture import Capture
+from logitleak.capture.forward import Capture
 from logitleak.config import AuditConfig
+from logitleak.data.loading import load_probe_set
 from logitleak.data.probeset import ProbeSet
-from logitleak.defenses.erasure import erasers_key, eraser_hook, fit_erasers_from_store, resolve_erasure_layers
+from logitleak.defenses.erasure import eraser_hook, erasers_key, fit_erasers_from_store, resolve_erasure_layers
 from logitleak.defenses.output import check_defense
 from logitleak.defenses.spec import Defense
 from logitleak.errors import LogitleakError
-from logitleak.probeset_loading import load_probe_set
 from logitleak.results import write_json, write_results
 from logitleak.timing import Timer
 
@@ -49,9 +49,9 @@ class DefendResult:
 
 def split_fit_eval(probeset: ProbeSet, seed: int, fit_fraction: float = 0.5,
                    stratify: str | None = None) -> tuple[ProbeSet, ProbeSet]:
-    """A grouped split (:func:`logitleak.splits.cv_splits`, stratified by the ``stratify`` attribute
+    """A grouped split (:func:`logitleak.probing.splits.cv_splits`, stratified by the ``stratify`` attribute
     when given): erasers are fitted on one part, every defence is measured on the other."""
-    from logitleak.splits import cv_splits
+    from logitleak.probing.splits import cv_splits
 
     if stratify is not None and stratify in probeset.categorical_attributes:
         _, codes = np.unique(np.asarray(probeset.labels(stratify)).astype(str), return_inverse=True)
@@ -63,7 +63,7 @@ def split_fit_eval(probeset: ProbeSet, seed: int, fit_fraction: float = 0.5,
 
 def api_features(view_logprobs: torch.Tensor, view_ids: torch.Tensor, k: int) -> dict:
     """The API levels of one defended output, skipping levels the defence removed."""
-    from logitleak.levels import build_features
+    from logitleak.levels.features import build_features
 
     values_gone = torch.isnan(view_logprobs).all()
     ids_gone = bool((view_ids < 0).all())
@@ -85,10 +85,10 @@ def recommend(tradeoff: pd.DataFrame, max_loss: float, alpha: float = 0.05) -> s
 def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05, progress: bool = True) -> DefendResult:
     """Measure every defence in ``grid`` with the audit's pipeline and probes: one stored capture per
     model-side setting, one stored view per output-side defence, the probes' cache; resumable."""
+    from logitleak.capture.store import ActivationStore
     from logitleak.defenses.stored import defended_output
-    from logitleak.devices import check_device
+    from logitleak.models.devices import check_device
     from logitleak.models.safety import check_model_source
-    from logitleak.store import ActivationStore
 
     if cfg.endpoint:
         raise LogitleakError("`defend` needs a local model (--model); a black-box endpoint cannot be scrubbed. "

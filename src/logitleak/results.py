@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 # Level names, in the order the report shows them (rich -> compressed): the one table's views.
-from logitleak.level_table import API_LEVELS, LEVELS  # noqa: F401 (re-exported)
+from logitleak.levels.table import API_LEVELS, LEVELS  # noqa: F401 (re-exported)
 
 # Key columns, then the measures. Extra columns are allowed after these.
 KEY_COLUMNS: tuple[str, ...] = ("level", "layer", "k", "attribute", "probe")

@@ -10,7 +10,6 @@ import typer
 from logitleak.cli.flags import config_command, flag_names
 from logitleak.errors import LogitleakError
 
-
 DEFEND_EXCLUDES = ("levels", "layers", "pca_dims", "vision_pool", "generate")
 """Config keys defend has no flag for: it measures the API levels of the first answer token."""
 

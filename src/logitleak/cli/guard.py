@@ -27,18 +27,18 @@ def register(app: typer.Typer) -> None:
         import uvicorn
         from rich.console import Console
 
-        from logitleak.blackbox.accesslog import uvicorn_log_config
-        from logitleak.blackbox.guard import check_upstream, create_guard_app
-        from logitleak.blackbox.logprob_defense import check_guard_defense
-        from logitleak.cli.serve import _is_loopback, check_listen
+        from logitleak.cli.listen import check_listen, is_loopback
         from logitleak.defenses.spec import parse_single_defense
+        from logitleak.guard.app import check_upstream, create_guard_app
+        from logitleak.guard.defender import check_guard_defense
+        from logitleak.wire.accesslog import uvicorn_log_config
 
         check_listen(host, port)
         base = check_upstream(upstream)
         parsed = parse_single_defense(defense)
         check_guard_defense(parsed)
         console = Console(stderr=True)
-        if not _is_loopback(host):
+        if not is_loopback(host):
             console.print(f"[yellow]warning:[/yellow] listening on {host}, reachable beyond this machine.")
         if not parsed.output_side:
             console.print("[yellow]warning:[/yellow] no --defense given: the guard passes logprobs through unchanged.")

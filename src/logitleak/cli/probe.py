@@ -73,11 +73,10 @@ def probe(
     """Probe every feature set for every label attribute; write results and print a summary."""
     from rich.console import Console
 
-    from logitleak.evaluate import PROBE_FAMILIES, evaluate_sweep
-    from logitleak.featureio import load_features, load_labels
+    from logitleak.data.features import load_features, load_labels
+    from logitleak.models.devices import check_device
+    from logitleak.probing.sweep import PROBE_FAMILIES, evaluate_sweep
     from logitleak.results import write_results
-
-    from logitleak.devices import check_device
     from logitleak.userpaths import ensure_out_dir
 
     ensure_out_dir(out)  # before any work: a path that cannot hold results fails now

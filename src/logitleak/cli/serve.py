@@ -2,43 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from typing import Optional
 
 import typer
 
+from logitleak.cli.listen import check_listen, is_loopback
 from logitleak.errors import LogitleakError
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_listen(host: str, port: int) -> None:
-    """Fail in one sentence when ``host:port`` cannot be listened on (before loading anything)."""
-    import socket
-
-    if not 1 <= port <= 65535:
-        raise LogitleakError(f"Port {port} is not valid; pass a number between 1 and 65535.")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as err:
-        raise LogitleakError(f"Cannot listen on --host {host!r} ({err}); pass an address of this machine, "
-                             "e.g. 127.0.0.1.") from None
-    family, kind, proto, _, addr = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(addr)
-        except OSError as err:
-            raise LogitleakError(f"Cannot listen on {host}:{port} ({err.strerror or err}); choose another --port "
-                                 "or stop what is using it.") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -71,9 +41,8 @@ def register(app: typer.Typer) -> None:
         import uvicorn
         from rich.console import Console
 
-        from logitleak.blackbox.server import build_engine, create_app
-
-        from logitleak.devices import check_device
+        from logitleak.models.devices import check_device
+        from logitleak.serve.app import build_engine, create_app
 
         check_device(device)
         api_key = None
@@ -87,14 +56,14 @@ def register(app: typer.Typer) -> None:
         engine, name = build_engine(model, defense=defense, max_batch=max_batch, device=device, dtype=dtype,
                                     threads=threads, progress=not quiet, allow_pickle=allow_pickle)
         name = served_model_name or name
-        if not _is_loopback(host):
+        if not is_loopback(host):
             console.print(f"[yellow]warning:[/yellow] listening on {host}, reachable beyond this machine"
                           + ("" if api_key else " and without an API key (pass --api-key-env)") + ".")
         console.print(f"Serving [bold]{name}[/bold] at http://{host}:{port}/v1 "
                       f"(defence: {engine.defense.label()}, auth: {'API key' if api_key else 'none'}, "
                       f"max batch {max_batch}). Ctrl-C stops it.")
         app_ = create_app(engine, served_model_name=name, api_key=api_key)
-        from logitleak.blackbox.accesslog import uvicorn_log_config
+        from logitleak.wire.accesslog import uvicorn_log_config
 
         uvicorn.run(app_, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet,
                     log_config=uvicorn_log_config())

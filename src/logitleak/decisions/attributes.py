@@ -24,7 +24,7 @@ from logitleak.decisions.rules import (
     smallest_k_row,
     strongest,
 )
-from logitleak.level_table import API_LEVELS
+from logitleak.levels.table import API_LEVELS
 
 STATUSES: tuple[str, ...] = ("empty", "no_api", "leak", "clean", "nothing_to_claim")
 """What a whole table says: nothing measured; no API level measured; a task-irrelevant attribute

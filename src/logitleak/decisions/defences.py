@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from logitleak.decisions.attributes import Decisions, decide
-from logitleak.level_table import API_LEVELS
+from logitleak.levels.table import API_LEVELS
 
 KINDS: tuple[str, ...] = ("nothing_measured", "untestable", "none_needed", "recommended", "none_found")
 UNDEFENDED = "none"

@@ -25,7 +25,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from logitleak.level_table import API_LEVELS, LEVELS, TUNED_LENS_LEVELS
+from logitleak.levels.table import API_LEVELS, LEVELS, TUNED_LENS_LEVELS
 from logitleak.results import to_frame
 
 TUNED_LEVELS: tuple[str, ...] = TUNED_LENS_LEVELS

@@ -76,7 +76,7 @@ def fit_erasers_sequentially(capture_fn: Callable[[dict], torch.Tensor], layers:
 
 
 def fit_eraser_stored(stored, layer: int, labels: Mapping[str, np.ndarray], chunk: int = 4096) -> LeaceEraser:
-    """Fit a LEACE eraser on the states of ``stored`` (a :class:`~logitleak.store.StoredCapture`) at
+    """Fit a LEACE eraser on the states of ``stored`` (a :class:`~logitleak.capture.store.StoredCapture`) at
     ``layer``, ``chunk`` rows at a time into ``LeaceFitter.update`` (float64 statistics)."""
     z = one_hot_concepts(labels).double()
     x = stored.layer(layer)

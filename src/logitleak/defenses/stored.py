@@ -66,7 +66,7 @@ def shard_seed(seed: int, index: int) -> int:
 
 def defended_output(stored, defense: Defense, *, k: int, seed: int, root: str | Path) -> DefendedOutput:
     """``defense`` applied (with :func:`~logitleak.defenses.output.apply_output_defense`) to the
-    logits of ``stored`` (a :class:`~logitleak.store.StoredCapture`), reusing every view file
+    logits of ``stored`` (a :class:`~logitleak.capture.store.StoredCapture`), reusing every view file
     already on disk whose checksum matches and writing the missing ones atomically."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file

@@ -213,7 +213,7 @@ class ModelAdapter(InputBuilder):
     # ------------------------------------------------------------------ readout
     def readout(self):
         """The final norm + unembedding (+ soft-cap / scale) as a standalone :class:`Readout`."""
-        from logitleak.levels import Readout
+        from logitleak.levels.features import Readout
 
         return Readout.from_adapter(self)
 

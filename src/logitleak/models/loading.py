@@ -85,8 +85,9 @@ def load_model(path_or_name: str | Path, *, device: str | None = None, dtype: st
     ``allow_pickle``: also load a pickle checkpoint (weights-only); by default only safetensors
     (see :mod:`logitleak.models.safety`). Code in the model folder is never run.
     """
-    from logitleak.devices import check_device
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+
+    from logitleak.models.devices import check_device
 
     src, local, use_safetensors = check_model_source(path_or_name, allow_pickle=allow_pickle)
     device = check_device(device)

@@ -33,9 +33,9 @@ from torch import nn
 
 from logitleak.data.shapes import ATTRIBUTES, make_shapes
 from logitleak.errors import LogitleakError
-from logitleak.progress import make_progress
 from logitleak.models import organism as org
 from logitleak.models.organism_data import _Normalizer, _Pool, _Prompts  # noqa: F401 (tests read them here)
+from logitleak.progress import make_progress
 
 
 @dataclass(frozen=True)

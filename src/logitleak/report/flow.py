@@ -15,9 +15,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from logitleak.report.plots import Plot, _attr_title, _attrs, _grid, color, to_data_uri
 from logitleak.decisions import best_row, finite, num, strongest
-from logitleak.level_table import API_LEVELS, TRANSITION_LEVELS
+from logitleak.levels.table import API_LEVELS, TRANSITION_LEVELS
+from logitleak.report.plots import Plot, _attr_title, _attrs, _grid, color, to_data_uri
 from logitleak.report.verdict import Finding
 from logitleak.report.wording import fmt_interval, fmt_num, where
 

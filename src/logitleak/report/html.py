@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from logitleak.report import plots as _plots
 from logitleak.decisions import Decisions, decide, finite, num, relevance
+from logitleak.report import plots as _plots
 from logitleak.report.verdict import Finding, verdict
 from logitleak.report.wording import fmt_acc, fmt_interval, fmt_num, fmt_p
 from logitleak.results import atomic_write

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from logitleak.decisions import best_row, level_rank, num, strongest
-from logitleak.level_table import API_LEVELS, LEVEL_COLOURS, OUTPUT_TOPK_LEVELS
+from logitleak.levels.table import API_LEVELS, LEVEL_COLOURS, OUTPUT_TOPK_LEVELS
 
 LEVEL_COLORS: dict[str, str] = LEVEL_COLOURS
 TOPK_LEVELS: tuple[str, ...] = OUTPUT_TOPK_LEVELS

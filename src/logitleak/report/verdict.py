@@ -46,7 +46,6 @@ from logitleak.report.wording import (  # noqa: F401
     fmt_p,
     where,
 )
-from logitleak.level_table import API_LEVELS
 
 GROUP_KEYS: tuple[str, ...] = ("level", "layer", "k", "attribute")
 TEST_WORDS: dict[str, str] = {

@@ -1,0 +1,149 @@
+"""The one read interface of a capture, in memory or on disk: what every level function reads.
+
+:class:`~logitleak.capture.forward.Capture` (tensors in memory) and
+:class:`~logitleak.capture.stored.StoredCapture` (shards on disk, read lazily) both implement
+:class:`CaptureSource`, so :mod:`logitleak.levels.features`, :mod:`logitleak.levels.transition`,
+:mod:`logitleak.levels.response`, the tuned lens and the utility measures never ask which one
+they were given. ``contents`` says what a capture holds (names from
+:mod:`logitleak.levels.table`) without reading any array; every ``read_*`` method reads its array
+once per call (from disk for a stored capture), so a caller that needs an array twice keeps it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from logitleak.errors import LogitleakError
+from logitleak.levels.table import (
+    API,
+    API_IDS,
+    HIDDEN,
+    IMAGE_HIDDEN,
+    LOGITS,
+    PROJECTOR,
+    RESPONSE,
+    RESPONSE_HIDDEN,
+    VISION,
+)
+
+
+@runtime_checkable
+class CaptureSource(Protocol):
+    """What a level reads from a capture; ``contents`` tells which ``read_*`` methods have data."""
+
+    meta: dict
+
+    def __len__(self) -> int: ...
+
+    @property
+    def n_layers(self) -> int: ...
+
+    @property
+    def contents(self) -> frozenset[str]: ...
+
+    @property
+    def n_vision_states(self) -> int: ...
+
+    def read_hidden(self, layer: int) -> torch.Tensor:
+        """``(N, D)`` float32 raw residual at the read position, ``layer`` 0..n_layers."""
+
+    def read_logits(self) -> torch.Tensor | None:
+        """``(N, V)`` float32 final logits, ``None`` when the capture has none (black box)."""
+
+    def read_api_topk(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(N, K)`` float32 log-probabilities and int64 ids an API returned (``nan`` / ``-1`` missing)."""
+
+    def read_extra(self, name: str) -> np.ndarray:
+        """``(N, ·)`` float32 vision-to-language state: ``vision.j``, ``projector`` or ``image.l``."""
+
+    def read_response_hidden(self, layer: int) -> torch.Tensor:
+        """``(N, G, D)`` float32 residual at every generated position."""
+
+    def read_response_topk(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, G, K)`` float32 log-probabilities (``nan`` missing) and int64 ids (``-1`` missing)."""
+
+    def read_response_mask(self) -> torch.Tensor:
+        """``(N, G)`` bool: generated positions before the response ended."""
+
+    def read_response_tokens(self) -> torch.Tensor:
+        """``(N, G)`` int64 generated token ids."""
+
+
+NO_HIDDEN = ("This capture holds no hidden states (a black-box capture); residual and lens levels need a local "
+             "model.")
+NO_RESPONSE = ("This capture holds only the first token; capture it again with generate=N (--generate N) for the "
+               "response levels.")
+
+
+def check_layer(layer, n_layers: int) -> int:
+    """``layer`` as an int, or one sentence saying which layers exist."""
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= n_layers:
+        raise LogitleakError(f"Layer {layer!r} does not exist: this capture has hidden states 0..{n_layers}; pick one "
+                             "in that range.")
+    return int(layer)
+
+
+class MemoryReads:
+    """:class:`CaptureSource` over the tensor fields of :class:`~logitleak.capture.forward.Capture`."""
+
+    @property
+    def contents(self) -> frozenset[str]:
+        held = {HIDDEN: self.hidden, LOGITS: self.logits, API: self.topk_logprobs, VISION: self.vision,
+                PROJECTOR: self.projector, IMAGE_HIDDEN: self.image_hidden, RESPONSE: self.gen_topk_logprobs,
+                RESPONSE_HIDDEN: self.gen_hidden}
+        out = {name for name, t in held.items() if t is not None}
+        if self.topk_logprobs is not None and self.topk_ids is not None and bool((self.topk_ids >= 0).any()):
+            out.add(API_IDS)
+        return frozenset(out)
+
+    @property
+    def n_vision_states(self) -> int:
+        return 0 if self.vision is None else int(self.vision.shape[1])
+
+    def read_hidden(self, layer: int) -> torch.Tensor:
+        if self.hidden is None:
+            raise LogitleakError(NO_HIDDEN)
+        return self.hidden[:, check_layer(layer, self.n_layers)].to(torch.float32)
+
+    def read_logits(self) -> torch.Tensor | None:
+        return None if self.logits is None else self.logits.to(torch.float32)
+
+    def read_api_topk(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.topk_logprobs is None:
+            return None
+        lp = self.topk_logprobs.float()
+        ids = self.topk_ids.long() if self.topk_ids is not None else torch.full(lp.shape, -1, dtype=torch.long)
+        return lp, ids
+
+    def read_extra(self, name: str) -> np.ndarray:
+        kind, _, idx = name.partition(".")
+        src = {"vision": self.vision, "projector": self.projector, "image": self.image_hidden}.get(kind)
+        if src is None:
+            raise LogitleakError(f"This capture holds no {name!r} states; vision levels need a vision-language model "
+                                 "whose family declares its vision tower.")
+        x = src[:, int(idx)] if idx else src
+        return np.ascontiguousarray(x.float().numpy(), dtype=np.float32)
+
+    def read_response_hidden(self, layer: int) -> torch.Tensor:
+        if self.gen_hidden is None:
+            raise LogitleakError("This capture holds no hidden states for the response (a black-box capture); "
+                                 "response_residual needs a local model.")
+        return self.gen_hidden[:, :, int(layer)].float()
+
+    def read_response_topk(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.gen_topk_logprobs is None:
+            raise LogitleakError(NO_RESPONSE)
+        return self.gen_topk_logprobs.float(), self.gen_topk_ids.long()
+
+    def read_response_mask(self) -> torch.Tensor:
+        if self.gen_mask is None:
+            raise LogitleakError(NO_RESPONSE)
+        return torch.as_tensor(self.gen_mask).bool()
+
+    def read_response_tokens(self) -> torch.Tensor:
+        if self.gen_tokens is None:
+            raise LogitleakError(NO_RESPONSE)
+        return torch.as_tensor(self.gen_tokens).long()

@@ -1,0 +1,240 @@
+"""The activation store: captures streamed to disk as safetensors shards, resumable.
+
+Layout, one directory per (model fingerprint, probe-set fingerprint, capture settings)::
+
+    root/<model_fp>/<probeset_fp>/<settings_fp>/
+        manifest.json             what was captured, how, and which shards are finished
+        shard-00000.safetensors   hidden.0 .. hidden.L: (n, D) float16;  logits: (n, V) float32
+                                  (VLMs) vision.0 .. vision.Lv: (n, Dv); projector: (n, Dp);
+                                  image.0 .. image.L: (n, D) residual pooled over image tokens
+
+Each shard covers samples ``[i * shard_size, (i + 1) * shard_size)`` and is written to a temp
+file, then renamed; the manifest is rewritten (atomically) after every shard with the shard's
+SHA-256 and size. A shard whose bytes do not match its checksum (truncated, deleted, flipped
+bits) or a damaged manifest is never used: extraction recomputes it, and opening it names it. An interrupted
+extraction resumes at the first missing shard with the same batches, so it yields the same
+arrays as an uninterrupted run. Memory stays bounded by one shard: the probe set is read in
+chunks and the stored arrays are read back lazily, one layer at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from logitleak.capture.forward import Capture, capture_meta, iter_capture
+from logitleak.capture.stored import MANIFEST, StoredCapture, _read_manifest  # noqa: F401 (re-exported)
+from logitleak.errors import LogitleakError
+from logitleak.integrity import file_record, matches
+from logitleak.progress import PhaseBar
+from logitleak.results import atomic_write
+
+if TYPE_CHECKING:
+    from logitleak.data.probeset import ProbeSet
+    from logitleak.models.adapter import ModelAdapter
+
+STORE_VERSION = 1
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1, default=str)))
+
+
+def _shard_name(i: int) -> str:
+    return f"shard-{i:05d}.safetensors"
+
+
+def _extra_keys(adapter, probeset, vision_pool, generate: int | None = None) -> list[str]:
+    """Names of the extra tensors a capture of ``probeset`` stores (empty for a first-token text
+    capture): the vision-to-language states, or with ``generate`` the response's ``gen.*`` arrays."""
+    from logitleak.capture.forward import wants_vision
+
+    if generate:
+        return ([f"gen.hidden.{layer}" for layer in range(adapter.n_layers + 1)]
+                + [f"gen.{x}" for x in ("topk_logprobs", "topk_ids", "tokens", "mask")])
+    if not wants_vision(adapter, probeset.has_images, vision_pool):
+        return []
+    keys = [f"vision.{j}" for j in range(adapter.n_vision_layers + 1)]
+    if adapter.projector is not None:
+        keys.append("projector")
+    if adapter.image_token_id is not None:
+        keys += [f"image.{layer}" for layer in range(adapter.n_layers + 1)]
+    return keys
+
+
+def _extra_of(part: Capture, key: str, adapter) -> torch.Tensor:
+    """One extra tensor of a batch capture, with a clear error when the pass did not produce it."""
+    name, _, idx = key.partition(".")
+    if name == "gen":  # gen.hidden.<layer> (B, G, D), gen.topk_logprobs / topk_ids (B, G, K), gen.tokens / mask (B, G)
+        field, _, layer = idx.partition(".")
+        src = getattr(part, f"gen_{field}")
+        if src is None:
+            raise LogitleakError(f"The capture pass of {adapter.name!r} produced no response; extract with generate=N.")
+        src = src[:, :, int(layer)] if layer else src
+        return src.to(torch.uint8) if field == "mask" else src
+    src = {"vision": part.vision, "projector": part.projector, "image": part.image_hidden}[name]
+    if src is None:
+        raise LogitleakError(f"The capture pass of {adapter.name!r} produced no {name!r} states (e.g. a prompt without "
+                             "image tokens); extract with vision_pool=None.")
+    return src if not idx else src[:, int(idx)]
+
+
+class ActivationStore:
+    """Captures on disk under ``root``, keyed by model, probe set and capture settings."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path_for(self, adapter: ModelAdapter, probeset: ProbeSet | str, settings: Mapping) -> Path:
+        """The directory of one capture: model fingerprint / probe-set fingerprint / settings hash."""
+        sfp = hashlib.sha256(json.dumps(dict(settings), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        pfp = probeset if isinstance(probeset, str) else probeset.fingerprint()
+        return self.root / adapter.fingerprint() / pfp / sfp
+
+    def extract(self, adapter: ModelAdapter, probeset: ProbeSet, *, shard_size: int = 1024, batch_size: int = 32,
+                read_position: str | int = "last", hidden_dtype: str = "float16",
+                edit_hooks: Mapping[int, Callable] | None = None, edit_key: str | None = None,
+                logits_transform: Callable | None = None, transform_key: str | None = None,
+                progress: bool = True, on_shard: Callable[[int, Path], None] | None = None,
+                vision_pool: str | None = "mean", generate: int | None = None, gen_k: int = 20) -> StoredCapture:
+        """Capture ``probeset`` into the store (or reuse / resume what is there) and return it.
+
+        ``shard_size`` samples per shard (memory holds one shard). Edits and logit transforms
+        are functions, so they need a name for the key: ``edit_key`` / ``transform_key``.
+        ``on_shard(index, path)`` is called after each shard is safely on disk. ``vision_pool``:
+        how a VLM's vision-tower states are pooled per sample (``None``: not stored).
+        ``generate=N`` stores one greedy generation pass instead (the first token as usual, plus
+        ``gen.*`` arrays for every generated position, top ``gen_k``; see :mod:`logitleak.capture.generation`;
+        no vision states then).
+        """
+        if hidden_dtype not in _DTYPES:
+            raise LogitleakError(f"Hidden dtype {hidden_dtype!r} is not supported; use one of: {', '.join(_DTYPES)}.")
+        if shard_size < 1:
+            raise LogitleakError(f"Shard size {shard_size} must be at least 1.")
+        if edit_hooks and not edit_key:
+            raise LogitleakError("Edit hooks change the capture, so the store needs a name for them; pass edit_key='...'.")
+        if logits_transform is not None and not transform_key:
+            raise LogitleakError("A logits transform changes the capture, so the store needs a name for it; pass "
+                                 "transform_key='...'.")
+        if len(probeset) == 0:
+            raise LogitleakError(f"Probe set {probeset.name!r} is empty; give it at least one sample.")
+        settings = {"read_position": read_position, "hidden_dtype": hidden_dtype, "padding_side": adapter.padding_side,
+                    "edit": edit_key if edit_hooks else None, "transform": transform_key if logits_transform else None,
+                    "version": STORE_VERSION}
+        extras = _extra_keys(adapter, probeset, vision_pool, generate)
+        if extras and not generate:  # only then, so text captures keep their keys
+            settings["vision_pool"] = vision_pool
+        if generate:  # only then, so first-token captures keep their keys
+            settings.update(generate=int(generate), gen_k=int(gen_k))
+        pfp = probeset.fingerprint()
+        path = self.path_for(adapter, pfp, settings)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob(".*.tmp"):  # a temp file left by a killed run: never a finished shard
+            stale.unlink(missing_ok=True)
+        mf_path = path / MANIFEST
+        manifest = _read_manifest(mf_path)
+        recorded: dict[int, dict] = {}
+        if manifest:  # resuming: keep the original sharding and batching so the arrays are identical
+            try:
+                shard_size, batch_size = int(manifest["shard_size"]), int(manifest["batch_size"])
+                # only shards whose bytes match the checksum recorded when they were written are reused
+                recorded = {int(sh["index"]): sh for sh in manifest["shards"] if matches(path / sh["file"], sh)}
+            except (KeyError, TypeError, ValueError):
+                manifest, recorded = None, {}
+            if manifest and manifest.get("complete") and len(recorded) == len(manifest["shards"]):
+                return StoredCapture(path, verify=False)
+        n = len(probeset)
+        n_shards = (n + shard_size - 1) // shard_size
+        manifest = {
+            "version": STORE_VERSION, "n": n, "shard_size": shard_size, "batch_size": batch_size,
+            "n_shards": n_shards, "settings": settings, "probeset_fingerprint": pfp,
+            "meta": {**capture_meta(adapter, probeset, read_position=read_position, edit_hooks=edit_hooks,
+                                    logits_transform=logits_transform),
+                     "hidden_dtype": hidden_dtype, "edit_key": settings["edit"], "transform_key": settings["transform"],
+                     "generate": settings.get("generate"), "gen_k": settings.get("gen_k")},
+            "shards": [], "complete": False, "extra_keys": extras,
+        }
+        done = {i for i in range(n_shards) if i in recorded and self._shard_ok(path, i, shard_size, n, adapter, extras)}
+        bar = PhaseBar(progress, "extract", n, completed=sum(min(shard_size, n - i * shard_size) for i in done))
+        try:
+            for i in range(n_shards):
+                start, stop = i * shard_size, min((i + 1) * shard_size, n)
+                if i not in done:
+                    self._write_shard(path, i, adapter, probeset, start, stop, batch_size=batch_size,
+                                      read_position=read_position, hidden_dtype=_DTYPES[hidden_dtype],
+                                      edit_hooks=edit_hooks, logits_transform=logits_transform, extras=extras,
+                                      vision_pool=vision_pool, generate=generate, gen_k=gen_k, on_batch=bar.advance)
+                checksum = recorded[i] if i in done else file_record(path / _shard_name(i))
+                manifest["shards"].append({"index": i, "file": _shard_name(i), "start": start, "stop": stop,
+                                           "sha256": checksum["sha256"], "size": checksum["size"]})
+                if i not in done:
+                    _write_json(mf_path, manifest)
+                    if on_shard is not None:
+                        on_shard(i, path / _shard_name(i))
+            manifest["complete"] = True
+            _write_json(mf_path, manifest)
+        finally:
+            bar.close()
+        return StoredCapture(path, verify=False)
+
+    @staticmethod
+    def _shard_ok(path: Path, i: int, shard_size: int, n: int, adapter: ModelAdapter, extras: list[str] = ()) -> bool:
+        """A finished shard: present, readable, covering the right samples with the right shapes."""
+        from safetensors import safe_open
+
+        f = path / _shard_name(i)
+        if not f.is_file():
+            return False
+        start, stop = i * shard_size, min((i + 1) * shard_size, n)
+        try:
+            with safe_open(str(f), framework="numpy") as fh:
+                md = fh.metadata() or {}
+                keys = set(fh.keys())
+                if int(md.get("start", -1)) != start or int(md.get("stop", -1)) != stop:
+                    return False
+                want = {f"hidden.{layer}" for layer in range(adapter.n_layers + 1)} | {"logits"} | set(extras)
+                if keys != want:
+                    return False
+                return tuple(fh.get_slice("logits").get_shape()) == (stop - start, adapter.vocab_size)
+        except Exception:  # noqa: BLE001 - unreadable means unfinished: it is recomputed
+            return False
+
+    @staticmethod
+    def _write_shard(path: Path, i: int, adapter, probeset, start: int, stop: int, *, batch_size, read_position,
+                     hidden_dtype, edit_hooks, logits_transform, extras=(), vision_pool="mean",
+                     generate=None, gen_k=20, on_batch=None) -> None:
+        from safetensors.torch import save_file
+
+        L, D, V = adapter.n_layers, adapter.d_model, adapter.vocab_size
+        hidden = torch.empty((stop - start, L + 1, D), dtype=hidden_dtype)
+        logits = torch.empty((stop - start, V), dtype=torch.float32)
+        extra_parts: dict[str, list[torch.Tensor]] = {k: [] for k in extras}
+        for part in iter_capture(adapter, probeset, batch_size=batch_size, read_position=read_position,
+                                 edit_hooks=edit_hooks, logits_transform=logits_transform, hidden_dtype=hidden_dtype,
+                                 progress=False, start=start, stop=stop,
+                                 vision_pool=vision_pool if extras and not generate else None, generate=generate,
+                                 gen_k=gen_k, on_batch=on_batch):
+            a, b = part.meta["start"] - start, part.meta["stop"] - start
+            hidden[a:b] = part.hidden
+            logits[a:b] = part.logits
+            for key in extras:
+                extra_parts[key].append(_extra_of(part, key, adapter))
+        tensors = {f"hidden.{layer}": hidden[:, layer].contiguous() for layer in range(L + 1)}
+        tensors["logits"] = logits
+        for key, parts in extra_parts.items():
+            tensors[key] = torch.cat(parts, dim=0).contiguous()
+        meta = {"start": str(start), "stop": str(stop), "index": str(i)}
+        atomic_write(path / _shard_name(i), lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+    def open(self, adapter: ModelAdapter, probeset: ProbeSet, **settings) -> StoredCapture:
+        """A finished stored capture for these settings (same defaults as :meth:`extract`)."""
+        full = {"read_position": settings.get("read_position", "last"),
+                "hidden_dtype": settings.get("hidden_dtype", "float16"), "padding_side": adapter.padding_side,
+                "edit": settings.get("edit_key"), "transform": settings.get("transform_key"), "version": STORE_VERSION}
+        return StoredCapture(self.path_for(adapter, probeset, full))

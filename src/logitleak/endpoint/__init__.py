@@ -1,0 +1,1 @@
+"""The black-box audit of an OpenAI-compatible endpoint: the client, its cache, the answers it reads."""

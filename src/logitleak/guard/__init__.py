@@ -1,0 +1,1 @@
+"""``logitleak guard``: the defending proxy in front of any OpenAI-compatible upstream."""

@@ -1,0 +1,1 @@
+"""``logitleak serve``: an OpenAI-compatible server for a local model."""
