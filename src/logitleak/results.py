@@ -1,5 +1,6 @@
-"""The results table shared by `probe`, `audit` and `defend`: one row per
-(level, layer, k, attribute, probe family); keys a row does not use are null."""
+"""The results table shared by `probe`, `audit` and `defend`.
+
+One row per (level, layer, k, attribute, probe family); keys a row does not use are null."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Turn every error a user can cause into one sentence on stderr and exit code 2; bugs keep a traceback.
+"""How a failed command ends: a user's error in one sentence on stderr and exit code 2, a bug in a traceback.
 
 The one place the ``logitleak`` command decides how a failure ends:
 

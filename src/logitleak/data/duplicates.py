@@ -1,4 +1,6 @@
-"""Duplicates are a leak in the measurement: the same input twice, or one image under several prompts,
+"""Duplicate inputs in a probe set: dropped, refused, or grouped so they never straddle a split.
+
+Duplicates are a leak in the measurement: the same input twice, or one image under several prompts,
 must never sit on both sides of a train/test split.
 
 * Rows with the same input (identical image bytes and the same prompt) and the same labels are one

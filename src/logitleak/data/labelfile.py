@@ -1,5 +1,7 @@
-"""Reading a user's label file (CSV, JSONL/JSON records, parquet) into a table of strings, or one sentence
-saying what is wrong with it: empty, not UTF-8, malformed, or with empty cells (named by row)."""
+"""A user's label file (CSV, JSONL/JSON records, parquet) read into a table of strings.
+
+Or one sentence saying what is wrong with it: empty, not UTF-8, malformed, or with empty cells
+(named by row)."""
 
 from __future__ import annotations
 

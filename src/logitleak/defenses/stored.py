@@ -1,4 +1,4 @@
-"""Output-side defences applied to a stored capture's logits, shard by shard, each defence stored under its own key.
+"""Output-side defences applied to a stored capture's logits, shard by shard, stored per defence.
 
 Layout, beside the activation store::
 

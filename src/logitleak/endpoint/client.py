@@ -1,6 +1,7 @@
-"""Querying an OpenAI-compatible endpoint through the official ``openai`` client: retries with
-exponential backoff, a patience window for a server that is restarting, a request budget, and
-errors that say what to do.
+"""Queries to an OpenAI-compatible endpoint through the official ``openai`` client.
+
+Retries with exponential backoff, a patience window for a server that is restarting, a request
+budget, and errors that say what to do.
 
 Every HTTP attempt counts against the budget (the ``openai`` client's own retries are off so the
 count is exact): a retry costs what a first try costs.

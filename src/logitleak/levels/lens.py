@@ -1,5 +1,6 @@
-"""Tuned lens (Belrose et al. 2023): per-layer affine translators into the final layer's space,
-read out through the model's own final norm and unembedding.
+"""The tuned lens (Belrose et al. 2023): per-layer translators into the final layer's space.
+
+Translators are read out through the model's own final norm and unembedding.
 
 Each translator is residual, ``h -> h + A h + b`` with ``A = 0, b = 0`` at the start, so the
 untrained lens *is* the logit lens and weight decay pulls it back toward it. Translators are

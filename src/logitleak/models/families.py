@@ -1,5 +1,7 @@
-"""Declarative per-family component mapping: where the decoder blocks, the final norm and the
-unembedding of each supported architecture live, and the quirks the readout must reproduce.
+"""Declarative per-family component mapping: where each supported architecture keeps its parts.
+
+Where the decoder blocks, the final norm and the unembedding of each supported architecture
+live, and the quirks the readout must reproduce.
 
 A family is data, not code: attribute paths relative to the top-level model, looked up by the
 config's ``model_type``. Anything not in the table is found by a generic search by common names

@@ -1,5 +1,7 @@
-"""Open any Hugging Face VLM or causal LM from a local directory (or the local HF cache; never
-a download) as a :class:`~logitleak.models.adapter.ModelAdapter`."""
+"""Any Hugging Face VLM or causal LM opened from a local directory as a ModelAdapter.
+
+A local directory or the local HF cache, never a download; the result is a
+:class:`~logitleak.models.adapter.ModelAdapter`."""
 
 from __future__ import annotations
 
