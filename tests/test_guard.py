@@ -20,7 +20,9 @@ from logitleak.data.shapes import make_shapes
 from logitleak.defenses.spec import parse_single_defense
 from logitleak.errors import LogitleakError
 from logitleak.guard.app import create_guard_app
-from logitleak.guard.defender import ResponseDefender, UndefendedLogprobs
+from logitleak.guard.allowlist import UndefendedLogprobs
+from logitleak.guard.defender import ResponseDefender
+from logitleak.guard.document import defend_document
 from logitleak.serve.app import RunningServer, create_app, free_port
 from logitleak.serve.engine import Engine
 
@@ -79,19 +81,19 @@ def chat_body(*entries):
 def test_defender_rounds_truncates_and_redacts():
     values = [-0.123, -1.456, -2.789, -3.01]
     body = chat_body(chat_entry(values), chat_entry(values, chosen=2))
-    ResponseDefender(parse_single_defense("round:1+topk:2")).body(body, b"req")
+    defend_document(body, ResponseDefender(parse_single_defense("round:1+topk:2")), b"req")
     first, second = body["choices"][0]["logprobs"]["content"]
     assert [a["logprob"] for a in first["top_logprobs"]] == [-0.1, -1.5]
     assert [a["token"] for a in first["top_logprobs"]] == ["t0", "t1"]
     assert first["top_logprobs"][1]["bytes"] == list(b"t1")
     assert first["logprob"] == -0.1 and second["logprob"] == -2.8  # the generated token: the same transform
     body = chat_body(chat_entry(values))
-    ResponseDefender(parse_single_defense("values_only")).body(body, b"req")
+    defend_document(body, ResponseDefender(parse_single_defense("values_only")), b"req")
     entry = body["choices"][0]["logprobs"]["content"][0]
     assert {a["token"] for a in entry["top_logprobs"]} == {"<hidden>"} and all(a["bytes"] is None for a in entry["top_logprobs"])
     assert [a["logprob"] for a in entry["top_logprobs"]] == values and entry["token"] == "t0"
     body = chat_body(chat_entry(values))
-    ResponseDefender(parse_single_defense("ranks_only")).body(body, b"req")
+    defend_document(body, ResponseDefender(parse_single_defense("ranks_only")), b"req")
     entry = body["choices"][0]["logprobs"]["content"][0]
     assert [a["token"] for a in entry["top_logprobs"]] == ["t0", "t1", "t2", "t3"]
     assert {a["logprob"] for a in entry["top_logprobs"]} == {-9999.0} and entry["logprob"] == -9999.0
@@ -103,7 +105,7 @@ def test_defender_noise_is_seeded_by_the_request_and_keeps_order():
 
     def noisy(key: bytes):
         body = chat_body(chat_entry(values, chosen=1))
-        d.body(body, key)
+        defend_document(body, d, key)
         return body["choices"][0]["logprobs"]["content"][0]
 
     a, b, c = noisy(b"one"), noisy(b"one"), noisy(b"two")
@@ -117,12 +119,12 @@ def test_defender_legacy_completions_and_unknown_shapes():
     body = {"object": "text_completion", "choices": [{"index": 0, "text": "ab", "logprobs": {
         "tokens": ["a", "b"], "token_logprobs": [-0.26, -1.04], "text_offset": [0, 1],
         "top_logprobs": [{"a": -0.26, "c": -1.81}, {"b": -1.04, "d": -1.2}]}}]}
-    ResponseDefender(parse_single_defense("round:1")).body(body, b"r")
+    defend_document(body, ResponseDefender(parse_single_defense("round:1")), b"r")
     lp = body["choices"][0]["logprobs"]
     assert lp["token_logprobs"] == [-0.3, -1.0] and lp["top_logprobs"] == [{"a": -0.3, "c": -1.8}, {"b": -1.0, "d": -1.2}]
     assert lp["tokens"] == ["a", "b"] and lp["text_offset"] == [0, 1]
     with pytest.raises(UndefendedLogprobs):
-        ResponseDefender(parse_single_defense("round:1")).body({"choices": [{"logprobs": {"probs": [0.1]}}]}, b"r")
+        defend_document({"choices": [{"logprobs": {"probs": [0.1]}}]}, ResponseDefender(parse_single_defense("round:1")), b"r")
     with pytest.raises(LogitleakError, match="full distribution"):
         ResponseDefender(parse_single_defense("temperature:2"))
 
@@ -290,14 +292,14 @@ def test_each_choice_and_each_stream_chunk_gets_its_own_noise():
     values = [-0.5, -0.9, -1.2]
     d = ResponseDefender(parse_single_defense("gauss:1"), secret=2)
     body = {"choices": [{"index": i, "logprobs": {"content": [chat_entry(values)]}} for i in range(2)]}
-    d.body(body, b"req")
+    defend_document(body, d, b"req")
     a, b = (c["logprobs"]["content"][0]["top_logprobs"] for c in body["choices"])
     assert [t["logprob"] for t in a] != [t["logprob"] for t in b]
     offsets: dict[int, int] = {}
     seen = []
     for _ in range(2):  # the same chunk twice in one stream: the token position changes the seed
         c = {"choices": [{"index": 0, "logprobs": {"content": [chat_entry(values)]}}]}
-        d.body(c, b"req", offsets)
+        defend_document(c, d, b"req", offsets)
         seen.append([t["logprob"] for t in c["choices"][0]["logprobs"]["content"][0]["top_logprobs"]])
     assert seen[0] != seen[1] and offsets == {0: 2}
 
@@ -354,7 +356,7 @@ class RecordingUpstream:
     """A raw ASGI upstream that records every request it gets and answers with fixed bytes,
     setting a cookie and repeating a header (what a proxy must neither keep nor collapse)."""
 
-    BODY = b'{"id": "x",   "choices": [{"index": 0, "message": {"content": "hi"}}]}'  # odd spacing on purpose
+    BODY = b'{"id": "x",   "choices": [{"index": 0, "message": {"content": "hi"}}]}'  # odd spacing: not what comes out
 
     def __init__(self):
         self.seen: list[dict] = []
@@ -380,8 +382,9 @@ def test_guard_forwards_requests_exactly_and_keeps_no_cookies_between_users():
         first = httpx.post(g.url + "/chat/completions", content=b"{}", headers={"x-user": "one"})
         second = httpx.post(g.url + "/chat/completions", content=b"{}", headers={"x-user": "two"})
         odd = httpx.get(g.url.replace("/v1", "") + "/v1/files/a%2Fb%20c?q=%41&x=1", headers={"x-user": "three"})
-    # nothing to defend in the response: its bytes come back as the upstream sent them
-    assert first.content == second.content == odd.content == RecordingUpstream.BODY
+    # the body is parsed and written anew (never the upstream's bytes), its content unchanged
+    assert first.content == second.content == odd.content != RecordingUpstream.BODY
+    assert json.loads(first.content) == json.loads(RecordingUpstream.BODY)
     # repeated response headers are all passed on, and the cookie reaches the client that got it...
     assert first.headers.get_list("x-upstream") == ["a", "b"] and "session=user-one" in first.headers["set-cookie"]
     # ...but is never replayed by the guard on another user's request

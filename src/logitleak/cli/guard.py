@@ -21,6 +21,13 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (loopback by default)."),
         port: int = typer.Option(8001, "--port", help="TCP port."),
         timeout: float = typer.Option(600.0, "--timeout", min=1.0, help="Seconds to wait for the upstream per request."),
+        passthrough: Optional[list[str]] = typer.Option(
+            None, "--passthrough", metavar="ROUTE",
+            help="A request path relayed unread, for a route the owner knows returns no log-probabilities "
+                 "(e.g. /metrics, /openapi.json); repeat for several. Generation routes are always defended."),
+        max_upstream_mb: float = typer.Option(64.0, "--max-upstream-mb", min=0.001,
+                                              help="The most an upstream response may hold once decompressed (MB); "
+                                                   "a larger one is refused."),
         quiet: bool = typer.Option(False, "--quiet", help="No access log."),
     ) -> None:
         """Proxy an OpenAI-compatible endpoint, applying an output-side defence to every response's logprobs."""
@@ -31,18 +38,21 @@ def register(app: typer.Typer) -> None:
         from logitleak.defenses.spec import parse_single_defense
         from logitleak.guard.app import check_upstream, create_guard_app
         from logitleak.guard.defender import check_guard_defense
+        from logitleak.guard.routes import check_passthrough
         from logitleak.wire.accesslog import uvicorn_log_config
 
         check_listen(host, port)
         base = check_upstream(upstream)
         parsed = parse_single_defense(defense)
         check_guard_defense(parsed)
+        unread = check_passthrough(passthrough or ())
         console = Console(stderr=True)
         if not is_loopback(host):
             console.print(f"[yellow]warning:[/yellow] listening on {host}, reachable beyond this machine.")
         if not parsed.output_side:
             console.print("[yellow]warning:[/yellow] no --defense given: the guard passes logprobs through unchanged.")
         console.print(f"Guarding {base} at http://{host}:{port}/v1 (defence: {parsed.label()}). Ctrl-C stops it.")
-        app_ = create_guard_app(base, parsed, timeout_s=timeout)
+        app_ = create_guard_app(base, parsed, timeout_s=timeout, passthrough=unread,
+                                max_upstream_bytes=int(max_upstream_mb * 2**20))
         uvicorn.run(app_, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet,
                     log_config=uvicorn_log_config())

@@ -2,24 +2,26 @@
 
 Every request is forwarded to the upstream (vLLM, llama.cpp's server, a hosted API, ``logitleak
 serve``) unchanged: method, path, query, body and headers (API keys included; hop-by-hop
-headers aside). Responses come back unchanged too, except that on ``/v1/chat/completions`` and
-``/v1/completions`` the log-probabilities of every generated token (``logprobs`` and
-``top_logprobs``, JSON and server-sent-event streams alike) go through the output-side defence
-(:class:`~logitleak.guard.defender.ResponseDefender`). A successful response that
-carries log-probabilities the guard cannot rewrite (an unknown shape, or another route) is
-refused with a 502, never passed on undefended. Nothing is logged about headers or bodies.
+headers aside). Every response, on every route and whatever its status, is parsed (JSON, or
+server-sent events per :mod:`logitleak.guard.sse`), defended and re-serialised
+(:mod:`logitleak.guard.document`): the upstream's bytes never reach the client. A body holding a
+number the guard neither defends nor allows is refused with an error naming the field (a 502,
+or the upstream's own status when that is an error). Routes the owner names with
+``--passthrough`` are relayed unread. Upstream bodies are read up to a cap on their
+decompressed size; large ones are defended in a worker process (:mod:`logitleak.guard.offload`),
+so they never stall the event loop. Nothing is logged about headers or bodies.
 
-Per request the guard does no setup: one aiohttp connection pool (keep-alive, no cookie jar, no
-headers of its own) reaches the upstream, a bare Starlette route serves the client, and a body
-with no log-probabilities in it goes back as the bytes that came (``benchmarks/bench_guard.py``
-measures what it adds).
+One aiohttp connection pool (keep-alive, no cookie jar, no headers of its own) reaches the
+upstream and a bare Starlette route serves the client (``benchmarks/bench_guard.py`` measures
+what the guard adds).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import re
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from urllib.parse import quote, urlsplit
 
@@ -31,18 +33,28 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from logitleak.defenses.spec import Defense
-from logitleak.errors import LogitleakError
-from logitleak.guard.defender import ResponseDefender, UndefendedLogprobs
+from logitleak.errors import LogitleakError, first_line
+from logitleak.guard.allowlist import UndefendedLogprobs
+from logitleak.guard.defender import ResponseDefender
+from logitleak.guard.document import dumps_strict
+from logitleak.guard.offload import INLINE_BYTES, Offload
+from logitleak.guard.routes import check_passthrough
+from logitleak.guard.sse import EventStreamParser, format_event
 from logitleak.wire.accesslog import redact_logger
 from logitleak.wire.bodies import error_response, read_body
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
-DEFENDED_ROUTES = ("/chat/completions", "/completions")
+MAX_UPSTREAM_BYTES = 64 * 1024 * 1024
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                         "trailers", "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding",
                         "content-encoding"})
+EVENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 log = logging.getLogger("logitleak.guard")
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
+
+
+class TooLarge(Exception):
+    """An upstream body over the guard's cap."""
 
 
 def check_upstream(url: str) -> str:
@@ -92,17 +104,23 @@ def _stream(events, status: int, headers: list[tuple[str, str]]) -> StreamingRes
 
 
 def create_guard_app(upstream: str, defense: Defense, *, secret: int | None = None, timeout_s: float = 600.0,
-                     max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
+                     max_body_bytes: int = MAX_BODY_BYTES, max_upstream_bytes: int = MAX_UPSTREAM_BYTES,
+                     passthrough: Iterable[str] = (), inline_bytes: int = INLINE_BYTES,
+                     workers: int | None = None) -> Starlette:
     """The guard in front of ``upstream`` (an API base URL such as ``http://127.0.0.1:8000/v1``).
 
     Requests to ``/v1/<rest>`` go to ``<upstream>/<rest>``; any other path goes to the upstream's
-    origin unchanged. ``secret`` seeds the defence's noise (random by default).
+    origin unchanged. ``secret`` seeds the defence's noise (random by default); ``passthrough``:
+    exact request paths relayed unread; ``max_upstream_bytes``: the most an upstream body may
+    hold once decompressed; bodies over ``inline_bytes`` are defended by ``workers`` processes.
     """
     base = check_upstream(upstream)
+    unread = check_passthrough(passthrough)
     for name in ("aiohttp.client", "httpx"):  # never a URL with a key in it in a log of this process
         redact_logger(name)
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(base))
     defender = ResponseDefender(defense, secret=secret)
+    offload = Offload(defender, inline_bytes=inline_bytes, workers=workers)
     state: dict = {}
 
     @asynccontextmanager
@@ -115,13 +133,15 @@ def create_guard_app(upstream: str, defense: Defense, *, secret: int | None = No
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=timeout_s),
             cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
-        yield
-        await state["session"].close()
+        try:
+            yield
+        finally:
+            await state["session"].close()
+            offload.close()
 
     def target(scope: dict) -> yarl.URL:
         """The upstream URL of a request, its path and query passed on exactly as the client encoded them."""
-        raw = scope.get("raw_path")
-        path = raw.decode("latin-1") if raw else quote(scope["path"])
+        path = _raw_path(scope)
         url = base + path[3:] if path == "/v1" or path.startswith("/v1/") else origin + path
         query = scope.get("query_string", b"")
         return yarl.URL(url + ("?" + query.decode("latin-1") if query else ""), encoded=True)
@@ -130,8 +150,6 @@ def create_guard_app(upstream: str, defense: Defense, *, secret: int | None = No
         body = await read_body(request, max_body_bytes, type="guard_error")
         if isinstance(body, JSONResponse):
             return body
-        route = request.url.path
-        defended = request.method == "POST" and route.rstrip("/").endswith(DEFENDED_ROUTES)
         headers = _forwarded(request.headers.raw) + [("Accept-Encoding", "identity")]
         session: aiohttp.ClientSession = state["session"]
         try:
@@ -143,35 +161,33 @@ def create_guard_app(upstream: str, defense: Defense, *, secret: int | None = No
             return _error(502, f"The guard could not reach the upstream at {origin} ({type(err).__name__}); "
                                "check that it is running.", "upstream_unreachable")
         out_headers = _forwarded(resp.raw_headers)
-        if "text/event-stream" in resp.headers.get("content-type", ""):
-            if not defended or not defender.active:
-                return _stream(_raw(resp), resp.status, out_headers)
-            return _stream(_sse(resp, defender, body), resp.status, out_headers)
+        route = request.url.path
+        if not defender.active or _raw_path(request.scope) in unread:
+            return _stream(_raw(resp), resp.status, out_headers)
+        if "text/event-stream" in resp.headers.get("content-type", "").lower():
+            return _stream(_sse(resp, offload, body, max_upstream_bytes), resp.status, out_headers)
         try:
-            data = await resp.read()
+            data = await _read_capped(resp, max_upstream_bytes)
+        except TooLarge:
+            return _error(502, f"The upstream's response on {route} is over {_mb(max_upstream_bytes)} once "
+                               "decompressed, more than the guard reads; raise --max-upstream-mb if such responses "
+                               "are expected.", "upstream_too_large")
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return _error(502, "The upstream's response broke off.", "upstream_broken")
         finally:
             resp.release()
-        if not 200 <= resp.status < 300 or not data or not defender.active:
-            return _reply(data, resp.status, out_headers)
-        if not defended:
-            if b"logprob" in data:
-                return _error(502, f"The upstream returned log-probabilities on {route}, which the guard cannot "
-                                   "defend; use /v1/chat/completions or /v1/completions.", "undefended_logprobs")
-            return _reply(data, resp.status, out_headers)
-        if b"logprob" not in data:  # nothing to defend: the bytes go back as they came
+        if not data:  # nothing to read, nothing to defend (a 204, a HEAD, vLLM's /health)
             return _reply(data, resp.status, out_headers)
         try:
-            obj = json.loads(data)
-            defender.body(obj, body)
+            out, _ = await offload.defend(data, body)
         except Exception as err:  # noqa: BLE001 - whatever the upstream sent, fail closed
-            if not isinstance(err, (ValueError, RecursionError, UndefendedLogprobs)):
+            if not isinstance(err, UndefendedLogprobs):
                 log.exception("the guard could not rewrite a response")
-            return _error(502, f"The upstream's response could not be read ({_short(err)}); the guard does not pass "
-                               "on log-probabilities it cannot defend.", "undefended_logprobs")
-        return _reply(json.dumps(obj, separators=(",", ":")).encode(), resp.status, out_headers,
-                      media_type="application/json")
+            status = resp.status if resp.status >= 400 else 502
+            return _error(status, f"The guard cannot defend the upstream's response on {route} (HTTP "
+                                  f"{resp.status}): {first_line(err)}; it passes on only the log-probabilities it "
+                                  "defended and the numbers it allows.", "undefended_logprobs")
+        return _reply(out, resp.status, out_headers, media_type="application/json")
 
     # A bare Starlette app with one catch-all route: a proxy needs no parameter parsing, response
     # models or API docs, and each middleware layer would cost on every request.
@@ -180,9 +196,25 @@ def create_guard_app(upstream: str, defense: Defense, *, secret: int | None = No
     return app
 
 
-def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
+def _raw_path(scope: dict) -> str:
+    raw = scope.get("raw_path")
+    return raw.decode("latin-1") if raw else quote(scope["path"])
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:g} MB"
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The whole (decompressed) body, or :class:`TooLarge` as soon as it is over ``cap`` bytes."""
+    if resp.content_length is not None and resp.content_length > cap:
+        raise TooLarge
+    buf = bytearray()
+    async for chunk in resp.content.iter_any():
+        buf += chunk
+        if len(buf) > cap:
+            raise TooLarge
+    return bytes(buf)
 
 
 async def _raw(resp: aiohttp.ClientResponse):
@@ -195,29 +227,48 @@ async def _raw(resp: aiohttp.ClientResponse):
         resp.release()
 
 
-async def _sse(resp: aiohttp.ClientResponse, defender: ResponseDefender, request_key: bytes):
-    """Server-sent events with every ``data:`` chunk's logprobs defended; a chunk that cannot be
-    defended ends the stream with an error event instead."""
-    offsets: dict[int, int] = {}
+def _error_event(message: str) -> bytes:
+    return format_event(dumps_strict({"error": {"message": message, "type": "guard_error"}}))
+
+
+async def _events(resp: aiohttp.ClientResponse, cap: int):
+    """The upstream stream's events as the parser completes them (:class:`TooLarge` past ``cap`` bytes);
+    an event the stream did not finish is discarded, as a browser would."""
+    parser, total = EventStreamParser(), 0
+    async for chunk in resp.content.iter_any():
+        total += len(chunk)
+        if total > cap:
+            raise TooLarge
+        for ev in parser.feed(chunk):
+            yield ev
+    for ev in parser.close():
+        yield ev
+
+
+async def _sse(resp: aiohttp.ClientResponse, offload: Offload, request_key: bytes, cap: int):
+    """Server-sent events parsed, each event's JSON defended and written anew; an event the guard
+    cannot defend, or a stream over ``cap`` bytes, ends the stream with an error event instead."""
+    offsets: dict = {}
     try:
-        async for raw in resp.content:
-            line = raw.decode("utf-8").rstrip("\r\n")
-            if line.startswith("data:"):
-                payload = line[5:].strip()
-                if payload and payload != "[DONE]":
-                    try:
-                        obj = json.loads(payload)
-                        defender.body(obj, request_key, offsets)
-                    except Exception as err:  # noqa: BLE001 - fail closed
-                        if "logprob" in payload:
-                            msg = {"error": {"message": f"The guard could not defend a stream chunk ({_short(err)}); "
-                                                        "the stream was stopped.", "type": "guard_error"}}
-                            yield f"data: {json.dumps(msg)}\n\n"
-                            return
-                    else:
-                        line = "data: " + json.dumps(obj, separators=(",", ":"))
-            yield line + "\n"
-    except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError):
-        yield 'data: {"error": {"message": "The upstream stream broke off.", "type": "guard_error"}}\n\n'
+        async for ev in _events(resp, cap):
+            try:
+                if ev.event is not None and not EVENT_NAME.fullmatch(ev.event):
+                    raise UndefendedLogprobs("an event type is not a name")
+                out = ev.data.strip()
+                if out not in ("", "[DONE]"):
+                    out, offsets = await offload.defend(ev.data, request_key, offsets)
+            except Exception as err:  # noqa: BLE001 - fail closed
+                if not isinstance(err, UndefendedLogprobs):
+                    log.exception("the guard could not rewrite a stream event")
+                yield _error_event(f"The guard could not defend a stream event ({first_line(err)}); the stream "
+                                   "was stopped.")
+                return
+            if out:
+                yield format_event(out, ev.event)
+    except TooLarge:
+        yield _error_event(f"The upstream's stream is over {_mb(cap)}, more than the guard reads; the stream was "
+                           "stopped.")
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        yield _error_event("The upstream stream broke off.")
     finally:
         resp.release()

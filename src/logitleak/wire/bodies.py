@@ -13,8 +13,9 @@ HIDDEN_LOGPROB = -9999.0
 
 
 def wire_logprob(value: float) -> float:
-    """A defended value on the wire: a redacted (nan) one as OpenAI's "negligible" -9999.0."""
-    return HIDDEN_LOGPROB if value != value else float(value)
+    """A defended value on the wire: a redacted (nan) one, or a zero probability's -inf, as OpenAI's
+    "negligible" -9999.0 (strict JSON has neither)."""
+    return HIDDEN_LOGPROB if value != value or value == float("-inf") else float(value)
 
 
 class RequestError(Exception):
