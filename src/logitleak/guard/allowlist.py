@@ -109,10 +109,11 @@ def _fits(kind: str | None, value) -> bool:
         and _FITS[kind](value)
 
 
-def check_number(value, path: Path) -> None:
-    """Refuse ``value`` (a number at ``path``) unless it is finite and allowed there as what it is.
-    The message names the field, never the value (which may be the very number refused)."""
-    kind = allowed_kind(pattern_of(path))
+def check_number(value, path: Path, pattern: tuple[str, ...] | None = None) -> None:
+    """Refuse ``value`` (a number at ``path``; ``pattern``: that path generalised, when known)
+    unless it is finite and allowed there as what it is. The message names the field, never the
+    value (which may be the very number refused)."""
+    kind = allowed_kind(pattern_of(path) if pattern is None else pattern)
     if _fits(kind, value):
         return
     where = render_path(path)
@@ -122,16 +123,17 @@ def check_number(value, path: Path) -> None:
     raise UndefendedLogprobs(f"the field {where} holds {what} that the guard neither defends nor allows")
 
 
-def check_numbers(value, path: Path) -> None:
-    """Walk ``value`` (found at ``path``) and refuse the first number the allowlist does not cover."""
-    stack = [(value, path)]
+def check_numbers(value, path: Path, pattern: tuple[str, ...] | None = None) -> None:
+    """Walk ``value`` (found at ``path``, generalised ``pattern``) and refuse the first number the
+    allowlist does not cover."""
+    stack = [(value, path, pattern_of(path) if pattern is None else pattern)]
     while stack:
-        node, at = stack.pop()
+        node, at, pat = stack.pop()
         if isinstance(node, dict):
-            stack.extend((v, at + (k,)) for k, v in node.items())
+            stack.extend((v, at + (k,), pat + (k,)) for k, v in node.items())
         elif isinstance(node, list):
-            kind = allowed_kind(pattern_of(at) + ("[]",))
+            kind = allowed_kind(pat + ("[]",))
             if kind is None or not all(_fits(kind, v) for v in node):  # a list of allowed numbers: one look-up
-                stack.extend((v, at + (i,)) for i, v in enumerate(node))
+                stack.extend((v, at + (i,), pat + ("[]",)) for i, v in enumerate(node))
         elif is_number(node):
-            check_number(node, at)
+            check_number(node, at, pat)

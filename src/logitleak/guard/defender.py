@@ -21,7 +21,7 @@ import torch
 from logitleak.defenses.output import ApiView, content_seed, defend_view
 from logitleak.defenses.spec import Defense
 from logitleak.errors import LogitleakError
-from logitleak.guard.allowlist import UndefendedLogprobs, check_numbers, is_number, render_path
+from logitleak.guard.allowlist import UndefendedLogprobs, check_numbers, is_number, pattern_of, render_path
 from logitleak.wire.bodies import HIDDEN_TOKEN, wire_logprob
 
 LEGACY_FIELDS = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
@@ -64,11 +64,12 @@ def _token(value, path: tuple):
     return value
 
 
-def _check_rest(obj: dict, known: tuple[str, ...], path: tuple) -> None:
-    """Every field of ``obj`` the defender does not rewrite holds no number the allowlist refuses."""
+def _check_rest(obj: dict, known: tuple[str, ...], path: tuple, pattern: tuple[str, ...] | None = None) -> None:
+    """Every field of ``obj`` (at ``path``; ``pattern``: generalised, when known) the defender does
+    not rewrite holds no number the allowlist refuses."""
     for k, v in obj.items():
         if k not in known:
-            check_numbers(v, path + (k,))
+            check_numbers(v, path + (k,), None if pattern is None else pattern + (k,))
 
 
 def _dict(value, path: tuple, what: str) -> dict:
@@ -133,6 +134,8 @@ class ResponseDefender:
         """``[{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]`` rewritten in place."""
         _list(entries, path, "a list of logprobs entries")
         rows, chosen = [], []
+        entry_pattern = pattern_of(path) + ("[]",)
+        item_pattern = entry_pattern + ("top_logprobs", "[]")
         for i, e in enumerate(entries):
             at = path + (i,)
             _dict(e, at, "a logprobs entry")
@@ -141,9 +144,9 @@ class ResponseDefender:
             for j, a in enumerate(top):
                 aj = at + ("top_logprobs", j)
                 _dict(a, aj, "a top_logprobs item")
-                _check_rest(a, ("token", "logprob"), aj)
+                _check_rest(a, ("token", "logprob"), aj, item_pattern)
                 row.append((_token(a.get("token"), aj + ("token",)), _logprob(a.get("logprob"), aj + ("logprob",))))
-            _check_rest(e, ("token", "logprob", "top_logprobs"), at)
+            _check_rest(e, ("token", "logprob", "top_logprobs"), at, entry_pattern)
             rows.append(row)
             chosen.append((_token(e.get("token"), at + ("token",)), _logprob(e.get("logprob"), at + ("logprob",))))
         for e, (listed, value) in zip(entries, self._defend(rows, chosen, seed)):
