@@ -261,3 +261,9 @@ def test_values_the_guard_knows_come_back_defended_in_every_format(guard, canned
     body = r.json()
     assert r.status_code == 200 and set(values(body["choices"][0]["logprobs"])) <= {ROUNDED, round(MARKER - 1, 1), 97, 98}
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4} and body["created"] == 1
+
+
+def test_an_upstream_that_closes_mid_body_is_a_502(guard, canned):
+    r = call(guard, canned, "cut", 200, "application/json", json.dumps(chat()).encode()[:40],
+             headers=[("content-length", "4000")])
+    assert r.status_code == 502 and "broke off" in r.json()["error"]["message"] and DIGITS not in r.content

@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 from guard_upstreams import DIGITS, MARKER, canned, chat, entry, guard, sse  # noqa: F401 - fixtures
 
 from logitleak.defenses.spec import parse_single_defense
@@ -93,3 +94,29 @@ def test_clients_that_go_away_mid_stream_leave_no_connection_behind(guard, canne
 def test_a_client_body_over_32_mb_gets_a_413(guard):
     r = httpx.post(guard.url + "/chat/completions", content=b"x" * (33 * 2**20), timeout=120)
     assert r.status_code == 413 and "request_too_large" in r.text
+
+
+def test_a_worker_that_dies_fails_its_body_closed_and_the_next_gets_a_new_pool():
+    import asyncio
+    import signal
+
+    from logitleak.guard.offload import Offload
+
+    off = Offload(ResponseDefender(parse_single_defense("round:1"), secret=1), inline_bytes=10, workers=1)
+    body = big_body(20)
+
+    async def run():
+        first, _ = await off.defend(body, b"{}")
+        for pid in list(off._pool._processes):
+            os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        with pytest.raises(Exception) as err:
+            await off.defend(body, b"{}")
+        again, _ = await off.defend(body, b"{}")
+        return first, again, err.value
+
+    try:
+        first, again, err = asyncio.run(run())
+    finally:
+        off.close()
+    assert type(err).__name__ == "BrokenProcessPool" and first == again and DIGITS not in again

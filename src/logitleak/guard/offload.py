@@ -12,6 +12,7 @@ import asyncio
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from logitleak.guard.defender import ResponseDefender
 from logitleak.guard.document import defend_json
@@ -35,7 +36,11 @@ class Offload:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, defend_json, data, self.defender, request_key, offsets)
+        try:
+            return await loop.run_in_executor(self._pool, defend_json, data, self.defender, request_key, offsets)
+        except BrokenProcessPool:  # a worker died (out of memory, killed): this body fails, the next gets a new pool
+            self._pool = None
+            raise
 
     def close(self) -> None:
         if self._pool is not None:
