@@ -64,14 +64,13 @@ CANNED = {"id": "chatcmpl-canned", "object": "chat.completion", "created": 0, "m
           "usage": {"prompt_tokens": 80, "completion_tokens": 1, "total_tokens": 81}}
 
 
-def serve_canned(port: int) -> None:
-    """A minimal OpenAI-shaped upstream: every POST gets ``CANNED``, ``/models`` lists model ``m``."""
-    import json
+MODELS = b'{"object": "list", "data": [{"id": "m", "object": "model"}]}'
 
+
+def serve_bodies(port: int, pick) -> None:
+    """A minimal OpenAI-shaped upstream on ``port``: ``/models`` lists model ``m``, any other request
+    gets ``pick(scope)`` (bytes, sent as JSON with its length)."""
     import uvicorn
-
-    chat = json.dumps(CANNED).encode()
-    models = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
@@ -79,12 +78,20 @@ def serve_canned(port: int) -> None:
         more = True
         while more:
             more = (await receive()).get("more_body", False)
-        body = models if scope["path"].endswith("/models") else chat
+        body = MODELS if scope["path"].endswith("/models") else pick(scope)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def serve_canned(port: int) -> None:
+    """Every POST gets ``CANNED``."""
+    import json
+
+    chat = json.dumps(CANNED).encode()
+    serve_bodies(port, lambda scope: chat)
 
 
 def main() -> None:
