@@ -80,6 +80,25 @@ def test_llamacpp_native_completion_probabilities_are_defended(guard, canned):
     assert r.status_code == 200 and r.json()["completion_probabilities"][0] == {
         "id": 5, "token": "a", "bytes": [97], "logprob": ROUNDED,
         "top_logprobs": [{"id": 5, "token": "a", "bytes": [97], "logprob": ROUNDED}]}
+    # llama.cpp's server as its README documents /completion (no such server is built here to record)
+    full = {"index": 0, "content": " Paris", "tokens": [], "id_slot": 0, "stop": True, "model": "smollm2",
+            "tokens_predicted": 1, "tokens_evaluated": 7, "tokens_cached": 7, "truncated": False, "stop_type": "limit",
+            "stopping_word": "", "has_new_line": False,
+            "generation_settings": {"n_predict": 1, "seed": 4294967295, "temperature": 0.8, "dynatemp_range": 0.0,
+                                    "top_k": 40, "top_p": 0.95, "min_p": 0.05, "samplers": ["top_k", "top_p"],
+                                    "logit_bias": [], "n_probs": 2, "lora": [{"id": 0, "scale": 1.0}]},
+            "timings": {"prompt_n": 7, "prompt_ms": 12.5, "prompt_per_token_ms": 1.8, "prompt_per_second": 560.0,
+                        "predicted_n": 1, "predicted_ms": 3.2, "predicted_per_token_ms": 3.2,
+                        "predicted_per_second": 312.5},
+            "completion_probabilities": [{"id": 12, "token": " Paris", "bytes": [32, 80, 97, 114, 105, 115],
+                                          "logprob": MARKER, "top_logprobs": [
+                                              {"id": 12, "token": " Paris", "bytes": [32, 80], "logprob": MARKER},
+                                              {"id": 99, "token": " Lyon", "bytes": [32, 76], "logprob": MARKER - 2}]}]}
+    r = call(guard, canned, "native-full", 200, "application/json", json.dumps(full).encode(), "/completion")
+    assert r.status_code == 200 and DIGITS not in r.content
+    got = r.json()
+    assert got["timings"] == full["timings"] and got["generation_settings"] == full["generation_settings"]
+    assert [a["logprob"] for a in got["completion_probabilities"][0]["top_logprobs"]] == [ROUNDED, round(MARKER - 2, 1)]
     top_probs = {"completion_probabilities": [{"id": 5, "token": "a", "prob": 0.123456789,
                                                "top_probs": [{"id": 5, "token": "a", "prob": 0.123456789}]}]}
     r = call(guard, canned, "native-top-probs", 200, "application/json", json.dumps(top_probs).encode(), "/completion")
