@@ -19,7 +19,7 @@ def main() -> None:
     from logitleak.data import make_shapes
     from logitleak.levels.features import build_features
     from logitleak.models.loading import load_model
-    from logitleak.models.organism import ensure_organism
+    from logitleak.models.organism_train import ensure_organism
     from logitleak.probing.sweep import evaluate_sweep
 
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 600

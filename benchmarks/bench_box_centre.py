@@ -24,7 +24,7 @@ from logitleak.capture.forward import capture
 from logitleak.data import make_shapes
 from logitleak.levels.features import build_features
 from logitleak.models.loading import load_model
-from logitleak.models.organism import ensure_organism
+from logitleak.models.organism_train import ensure_organism
 from logitleak.probing.sweep import evaluate_sweep
 
 

@@ -115,7 +115,7 @@ def main() -> int:
         path = args.organism
         if path is None:
             try:
-                from logitleak.models.organism import ensure_organism
+                from logitleak.models.organism_train import ensure_organism
             except ImportError:
                 print("[organism] not available (logitleak.models.organism missing); skipped")
             else:

@@ -32,7 +32,7 @@ def random_llava(out: Path) -> Path:
     import torch
     from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
 
-    from logitleak.models.organism import ensure_organism
+    from logitleak.models.organism_train import ensure_organism
 
     org = ensure_organism(seed=0, progress=False)
     cfg = LlavaConfig.from_pretrained(org)

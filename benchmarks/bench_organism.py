@@ -25,7 +25,7 @@ def main() -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
 
-    from logitleak.models.organism import train_organism
+    from logitleak.models.organism_train import train_organism
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "organism"

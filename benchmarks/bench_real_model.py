@@ -29,7 +29,7 @@ import torch
 from logitleak.audit import run_audit
 from logitleak.capture.store import StoredCapture
 from logitleak.config import make_config
-from logitleak.endpoint.capture import alternatives, token_key
+from logitleak.endpoint.responses import alternatives, token_key
 from logitleak.models import gguf as g
 from logitleak.serve.app import free_port
 

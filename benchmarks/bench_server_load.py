@@ -99,7 +99,7 @@ def main() -> None:
 
     model = args.model
     if model == "organism":
-        from logitleak.models.organism import ensure_organism
+        from logitleak.models.organism_train import ensure_organism
 
         model = str(ensure_organism(seed=0, progress=True))
     from logitleak.models.organism import IMAGE_SIZE

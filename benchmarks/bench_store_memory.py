@@ -79,7 +79,7 @@ def model_dir(tiny: bool, work: Path, organism: str | None = None) -> tuple[Path
         return Path(organism), "organism"
     if not tiny:
         try:
-            from logitleak.models.organism import ensure_organism
+            from logitleak.models.organism_train import ensure_organism
         except ImportError:
             pass
         else:

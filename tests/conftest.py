@@ -7,7 +7,7 @@ import torch
 
 @pytest.fixture(scope="session")
 def organism_dir():
-    from logitleak.models.organism import ensure_organism
+    from logitleak.models.organism_train import ensure_organism
 
     return ensure_organism(seed=0, progress=False)
 

@@ -26,7 +26,8 @@ from servers import organism_server, serve_command, start_process
 from logitleak.config import make_config
 from logitleak.data.probeset import ProbeSet
 from logitleak.data.shapes import make_shapes
-from logitleak.endpoint.capture import RESPONSES_FILE, VOCAB_FILE, blackbox_capture
+from logitleak.endpoint.cache import RESPONSES_FILE
+from logitleak.endpoint.capture import VOCAB_FILE, blackbox_capture
 from logitleak.endpoint.client import RetryPolicy
 from logitleak.errors import LogitleakError
 from logitleak.serve.app import RunningServer, free_port

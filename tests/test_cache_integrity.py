@@ -11,9 +11,8 @@ from tiny_models import probeset_for, tiny_model_dir
 
 from logitleak.capture.store import ActivationStore, StoredCapture
 from logitleak.errors import LogitleakError
-from logitleak.integrity import CHECKSUMS_FILE, Checksums, verified
+from logitleak.integrity import CHECKSUMS_FILE, Checksums, atomic_directory, atomic_write, verified, write_json
 from logitleak.models.loading import load_model
-from logitleak.results import atomic_write
 
 N, SHARD, BATCH = 10, 4, 2
 
@@ -48,6 +47,44 @@ def test_checksums_catch_every_change(tmp_path):
     unrecorded = tmp_path / "c.bin"
     unrecorded.write_bytes(b"never recorded")
     assert not verified(unrecorded)
+
+
+def test_one_writer_keeps_the_old_bytes_when_writing_fails(tmp_path):
+    f = tmp_path / "a.json"
+    write_json(f, {"x": 1})
+
+    def half_then_fail(tmp):
+        open(tmp, "w").write('{"x": ')
+        raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError, match="disk gone"):
+        atomic_write(f, half_then_fail)
+    assert json.loads(f.read_text()) == {"x": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]  # no temp file left behind
+
+
+def test_write_json_values(tmp_path):
+    pd = pytest.importorskip("pandas")
+    f = tmp_path / "v.json"
+    write_json(f, {"np": np.float32(0.5), "i": np.int64(3), "na": pd.NA, "path": tmp_path}, indent=None)
+    assert json.loads(f.read_text()) == {"np": 0.5, "i": 3, "na": None, "path": str(tmp_path)}
+    assert "\n" not in f.read_text()
+
+
+def test_atomic_directory_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "model"
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+    assert (target / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "a.txt").write_text("two")
+            raise RuntimeError("interrupted")
+    assert (target / "a.txt").read_text() == "one"  # the old directory, untouched
+    with atomic_directory(target) as tmp:
+        (tmp / "b.txt").write_text("three")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp or old directory left
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +161,7 @@ def test_old_manifest_without_checksums_is_not_trusted(adapter, probeset, clean_
 
 
 def test_damaged_endpoint_response_lines_are_asked_again(tmp_path):
-    from logitleak.endpoint.capture import ResponseCache
+    from logitleak.endpoint.cache import ResponseCache
 
     cache = ResponseCache(tmp_path)
     cache.append({"index": 0, "key": "k0", "first": [[-0.25, 3]], "n_tokens": 1})

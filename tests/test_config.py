@@ -49,7 +49,7 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_defaults_cover_every_level():
-    from logitleak.results import LEVELS
+    from logitleak.levels.table import LEVELS
 
     assert AuditConfig().levels == list(LEVELS)
 

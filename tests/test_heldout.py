@@ -66,8 +66,6 @@ def test_heldout_pvalue_is_students_t_over_samples_or_group_sums():
     assert np.isnan(heldout_gain_pvalue(np.array([0.1, np.nan])))
     assert heldout_gain_pvalue(np.zeros(10)) == 1.0
     assert heldout_gain_pvalue(-np.abs(g)) > 0.999
-    # the name other probes use (regression: Gaussian log-likelihood gains) is exported from metrics
-    assert M.heldout_gain_pvalue is heldout_gain_pvalue
 
 
 # --------------------------------------------------------------------------------------------

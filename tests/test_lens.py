@@ -14,9 +14,9 @@ from tiny_models import probeset_for, tiny_model_dir
 
 from logitleak.capture.forward import capture
 from logitleak.errors import LogitleakError
-from logitleak.levels.features import Readout
 from logitleak.levels.lens import TunedLens, _split, fit_tuned_lens, heldout_kl
 from logitleak.models.loading import load_model
+from logitleak.models.readout import Readout
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from logitleak.levels.features import (
     tuned_lens,
 )
 from logitleak.levels.lens import TunedLens
+from logitleak.levels.table import API_LEVELS, LEVELS
 from logitleak.models.loading import load_model
-from logitleak.results import API_LEVELS, LEVELS
 
 N, L, D, V = 12, 3, 8, 20
 KS = [1, 2, 5]
@@ -200,7 +200,8 @@ def test_readout_is_standalone_and_exact(family):
 
 @pytest.mark.parametrize("softcap", [None, 30.0])
 def test_large_vocabulary_logits_level_is_an_isometry_in_d_features(softcap):
-    from logitleak.levels.features import LOGITS_FULL_MAX, Readout, logits_features
+    from logitleak.levels.features import LOGITS_FULL_MAX, logits_features
+    from logitleak.models.readout import Readout
 
     g = torch.Generator().manual_seed(0)
     V, D, N = LOGITS_FULL_MAX + 904, 24, 50

@@ -18,7 +18,8 @@ from servers import start_process
 
 from logitleak.config import make_config
 from logitleak.data.personas import make_personas
-from logitleak.endpoint.capture import RESPONSES_FILE, blackbox_capture
+from logitleak.endpoint.cache import RESPONSES_FILE
+from logitleak.endpoint.capture import blackbox_capture
 from logitleak.endpoint.client import RetryPolicy
 from logitleak.errors import LogitleakError
 from logitleak.models import gguf as g

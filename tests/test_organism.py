@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from logitleak.data.shapes import ATTRIBUTES, QUESTIONS, make_shapes
 from logitleak.errors import LogitleakError
 from logitleak.models import organism as org
+from logitleak.models import organism_data as D
 from logitleak.models import organism_train as T
 
 
@@ -109,12 +110,12 @@ def test_training_inputs_equal_the_standard_processor_path(built):
     attr_idx = np.array([attrs.index(a) for a in ps.asked])
     para_idx = np.array([QUESTIONS[a].index(p) for a, p in zip(ps.asked, ps.prompts)])
     labels = torch.tensor([[ATTRIBUTES[a].index(row[a]) for a in attrs] for _, row in ps.attributes.iterrows()])
-    prompts = T._Prompts(processor, org.IMAGE_SIZE)
+    prompts = D.Prompts(processor, org.IMAGE_SIZE)
     ids, mask, answers = prompts.batch(attr_idx, para_idx, labels)
     assert torch.equal(ids[:, :-1], inputs["input_ids"]) and torch.equal(mask[:, :-1], inputs["attention_mask"])
     assert answers.tolist() == processor.tokenizer.convert_tokens_to_ids(ps.answers)
     pixels = torch.from_numpy(np.stack([np.asarray(im) for im in ps.images])).permute(0, 3, 1, 2)
-    norm = T._Normalizer(processor.image_processor)
+    norm = D.Normalizer(processor.image_processor)
     assert torch.allclose(norm(pixels), inputs["pixel_values"], atol=1e-6)
     # the training forward (cached vision features scattered into the embeddings) is the LLaVA forward
     with torch.no_grad():
@@ -233,18 +234,18 @@ def test_organism_dir_honours_xdg_cache_home(tmp_path, monkeypatch):
 def test_ensure_organism_trains_once_then_uses_the_cache(quick_run, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = []
-    real = org.train_organism
+    real = T.train_organism
 
     def quick_train(out, seed=0, progress=True, **kw):
         calls.append(seed)
         return real(out, seed, quick=True, progress=False)
 
-    monkeypatch.setattr(org, "train_organism", quick_train)
-    path = org.ensure_organism(0, progress=False)
+    monkeypatch.setattr(T, "train_organism", quick_train)
+    path = T.ensure_organism(0, progress=False)
     assert path == org.organism_dir(0) and org.is_complete(path) and calls == [0]
-    assert org.ensure_organism(0, progress=False) == path and calls == [0]
+    assert T.ensure_organism(0, progress=False) == path and calls == [0]
     (path / "metrics.json").unlink()  # incomplete -> trained again
-    assert org.ensure_organism(0, progress=False) == path and org.is_complete(path) and calls == [0, 0]
+    assert T.ensure_organism(0, progress=False) == path and org.is_complete(path) and calls == [0, 0]
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -10,8 +10,9 @@ import pytest
 import torch
 from tiny_models import VLM_FAMILIES, probeset_for, tiny_model_dir
 
-from logitleak.capture.forward import capture, pool_per_sample
+from logitleak.capture.forward import capture
 from logitleak.capture.store import ActivationStore
+from logitleak.capture.vision import pool_per_sample
 from logitleak.errors import LogitleakError
 from logitleak.levels.features import available_levels, build_features
 from logitleak.models.loading import load_model

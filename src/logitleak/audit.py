@@ -17,10 +17,11 @@ from logitleak.config import AuditConfig
 from logitleak.data.loading import load_probe_set
 from logitleak.data.probeset import ProbeSet
 from logitleak.errors import LogitleakError
+from logitleak.integrity import atomic_write, write_json
 from logitleak.levels.table import DECODER_LAYER_LEVELS, ENDPOINT_LEVELS, RESPONSE_LEVELS, TRANSITION_LEVELS
 from logitleak.levels.table import TUNED_LENS_LEVELS as LENS_LEVELS
-from logitleak.results import atomic_write, write_json, write_results
-from logitleak.timing import Timer as _Timer  # noqa: F401 - the audit's phase timer (also imported as _Timer)
+from logitleak.results import write_results
+from logitleak.timing import Timer
 
 IDENTITY_KEYS = ("model", "data", "labels", "task", "question", "attributes", "samples", "seed", "endpoint", "served_model",
                  "generate")
@@ -243,7 +244,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     """Run one audit end to end and write results, run.json and report.html into ``cfg.out``."""
     from logitleak.models.devices import check_device
 
-    timer = _Timer()
+    timer = Timer()
     if cfg.device is not None:  # (None: resolved when the model loads, without importing torch here)
         check_device(cfg.device)
     out = prepare_out_dir(cfg)

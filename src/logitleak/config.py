@@ -15,6 +15,8 @@ from logitleak.levels.table import API_LEVELS, LEVELS
 
 DEFAULT_KS: tuple[int, ...] = (1, 2, 5, 10, 20)
 MAX_SAMPLES = 10_000_000
+MAX_GENERATE = 512
+"""The most tokens ``--generate`` reads (the generate pass refuses more)."""
 DTYPES = ("auto", "float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16")
 _DEVICE = re.compile(r"^(cpu|cuda|mps|xpu|meta|hpu|npu)(:\d+)?$")
 
@@ -101,8 +103,6 @@ class AuditConfig(_Strict):
     @classmethod
     def _generate_positive(cls, v: int | None) -> int | None:
         if v is not None:
-            from logitleak.capture.generation import MAX_GENERATE
-
             if isinstance(v, bool) or v < 1 or v > MAX_GENERATE:
                 raise ValueError(f"generate={v} is not a number of generated tokens; pass a whole number from 1 to "
                                  f"{MAX_GENERATE} (e.g. --generate 8), or leave it out to read only the first token")

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from logitleak.audit import audit_identity, package_versions, prepare_out_dir, probe_with_resume, resolve_model_path
-from logitleak.capture.forward import Capture
+from logitleak.capture.source import Capture
 from logitleak.config import AuditConfig
 from logitleak.data.loading import load_probe_set
 from logitleak.data.probeset import ProbeSet
@@ -29,7 +29,8 @@ from logitleak.defenses.erasure import eraser_hook, erasers_key, fit_erasers_fro
 from logitleak.defenses.output import check_defense
 from logitleak.defenses.spec import Defense
 from logitleak.errors import LogitleakError
-from logitleak.results import write_json, write_results
+from logitleak.integrity import write_json
+from logitleak.results import write_results
 from logitleak.timing import Timer
 
 TRADEOFF_COLUMNS = ("defense", "strength", "layer", "attribute", "level", "k", "probe", "task_relevant",

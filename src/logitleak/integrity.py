@@ -1,6 +1,8 @@
-"""Checksums for cached files: recorded when a file is written, verified before it is used.
+"""Files a reader can trust: written whole (temp file + rename), checksummed, verified before use.
 
-A cache directory keeps ``checksums.json`` (``{file name: {"sha256", "size"}}``), written atomically
+Every file logitleak writes goes through :func:`atomic_write` (a JSON document through
+:func:`write_json`, a directory through :func:`atomic_directory`), so a reader sees the old
+bytes or the new ones, never half of them. A cache directory keeps ``checksums.json`` (``{file name: {"sha256", "size"}}``), written atomically
 after each recorded file. :meth:`Checksums.verify` is true only for a file whose bytes are exactly
 what was recorded, so a truncated, deleted, replaced or bit-flipped file (or a damaged or missing
 ``checksums.json``) is never trusted: callers recompute it, or stop with one sentence naming it.
@@ -11,11 +13,83 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CHECKSUMS_FILE = "checksums.json"
 _VERSION = 1
+
+
+def atomic_write(path: str | Path, write: Callable[[str], object], checksum: bool = False) -> None:
+    """Write ``path`` through ``write(tmp_path)``, flush it to disk, then rename: readers never see a
+    half-written file. ``checksum``: also record its SHA-256 in the directory's ``checksums.json``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    if checksum:
+        record_checksum(path)
+
+
+def json_value(v):
+    """A JSON-ready value: NaN and missing values as null, numpy scalars as Python, anything else as text."""
+    if v is None or v is getattr(sys.modules.get("pandas"), "NA", None):  # pd.NA (only if pandas is in use)
+        return None
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if hasattr(v, "item"):
+        return json_value(v.item())
+    if isinstance(v, (str, int, float, bool, list, tuple, dict)):
+        return v
+    return str(v)
+
+
+def write_json(path: str | Path, obj, checksum: bool = False, indent: int | None = 2) -> None:
+    """Write JSON atomically, NaN as null; ``checksum`` as in :func:`atomic_write`."""
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=indent, default=json_value)),
+                 checksum=checksum)
+
+
+@contextmanager
+def atomic_directory(target: str | Path) -> Iterator[Path]:
+    """A fresh temporary directory beside ``target`` that replaces ``target`` when the block ends
+    without an error (and is removed when it does not): a reader sees the old directory or the new.
+    The directory and its files follow the umask (some writers create 0600 files)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            if f.is_file():
+                os.chmod(f, 0o666 & ~umask)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+            os.replace(target, old / "previous")
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -65,8 +139,6 @@ class Checksums:
 
     def record(self, path: str | Path) -> None:
         """Remember the current bytes of ``path`` (a file in this directory)."""
-        from logitleak.results import atomic_write
-
         p = Path(path)
         files = self._load()
         files[p.name] = file_record(p)

@@ -1,199 +1,23 @@
-"""One forward pass -> Capture: everything every representational level needs."""
+"""The capture pass over a probe set: one forward (or generate) pass per batch -> Capture."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import torch
 
-from logitleak.capture.source import MemoryReads
-from logitleak.capture.vision import VISION_POOLS, HookSet, _VisionRecorder, image_counts, pool_per_sample  # noqa: F401
+from logitleak.capture.generation import capture_generate, check_generate
+from logitleak.capture.hooks import EditHook, Recorder, check_edit_hooks, read_positions
+from logitleak.capture.source import Capture, concat_captures
+from logitleak.capture.vision import VisionRecorder, image_counts
 from logitleak.errors import LogitleakError
 from logitleak.progress import PhaseBar
 
 if TYPE_CHECKING:
     from logitleak.data.probeset import ProbeSet
     from logitleak.models.adapter import ModelAdapter
-
-
-@dataclass
-class Capture(MemoryReads):
-    """What one pass (or one black-box query) yields for N samples, at the read position.
-
-    - ``hidden``: ``(N, L+1, D)`` raw residual stream: index 0 the embedding output, index l the
-      output of decoder block l (before the final norm, for every l including the last).
-      ``None`` for a black-box capture.
-    - ``logits``: ``(N, V)`` float32 final logits. ``None`` for a black-box capture.
-    - ``topk_logprobs`` / ``topk_ids``: ``(N, K)`` what an API returned (sorted descending,
-      ids mapped per run, ``-1`` / ``nan`` where fewer than K alternatives came back). ``None``
-      for a white-box capture, whose top-k is derived from ``logits``.
-    - the vision-to-language transition (VLMs whose family declares its vision tower; ``None``
-      otherwise), from the same pass: ``vision`` ``(N, Lv+1, Dv)`` the vision tower's states
-      (index 0 its embedding output, index j block j's output) pooled over each sample's image
-      tokens; ``projector`` ``(N, Dp)`` the projector's output pooled the same way;
-      ``image_hidden`` ``(N, L+1, D)`` the decoder's residual stream averaged over the positions
-      of the image tokens.
-    - ``gen_*``: the whole response (``--generate N``, :mod:`logitleak.capture.generation`): ``gen_hidden``
-      ``(N, G, L+1, D)`` (white-box only), ``gen_topk_logprobs`` / ``gen_topk_ids`` ``(N, G, K)``,
-      ``gen_tokens`` ``(N, G)`` and ``gen_mask`` ``(N, G)`` (positions before the response ended).
-      ``None`` when only the first token was read.
-
-    Levels read it through :class:`~logitleak.capture.source.CaptureSource` (``contents``,
-    ``read_*``), the interface a stored capture has too.
-    """
-
-    hidden: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    topk_logprobs: torch.Tensor | None = None
-    topk_ids: torch.Tensor | None = None
-    meta: dict = field(default_factory=dict)
-    vision: torch.Tensor | None = None
-    projector: torch.Tensor | None = None
-    image_hidden: torch.Tensor | None = None
-    gen_hidden: torch.Tensor | None = None
-    gen_topk_logprobs: torch.Tensor | None = None
-    gen_topk_ids: torch.Tensor | None = None
-    gen_tokens: torch.Tensor | None = None
-    gen_mask: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        for t in (self.logits, self.hidden, self.topk_logprobs):
-            if t is not None:
-                return t.shape[0]
-        return 0
-
-    @property
-    def n_layers(self) -> int:
-        """Number of decoder blocks (``hidden`` holds ``n_layers + 1`` states)."""
-        return 0 if self.hidden is None else self.hidden.shape[1] - 1
-
-
-EditHook = Callable[[torch.Tensor], torch.Tensor]
-GEN_FIELDS = ("gen_hidden", "gen_topk_logprobs", "gen_topk_ids", "gen_tokens", "gen_mask")
-
-
-def concat_captures(parts: Sequence[Capture]) -> Capture:
-    """Captures of consecutive batches -> one capture (meta of the first, without batch bounds)."""
-    if not parts:
-        return Capture()
-
-    def cat(name):
-        ts = [getattr(p, name) for p in parts]
-        return None if any(t is None for t in ts) else torch.cat(ts, dim=0)
-
-    meta = {k: v for k, v in parts[0].meta.items() if k not in ("start", "stop")}
-    return Capture(hidden=cat("hidden"), logits=cat("logits"), topk_logprobs=cat("topk_logprobs"),
-                   topk_ids=cat("topk_ids"), meta=meta, vision=cat("vision"), projector=cat("projector"),
-                   image_hidden=cat("image_hidden"),
-                   **{f: cat(f) for f in GEN_FIELDS})
-
-
-def read_positions(attention_mask: torch.Tensor, read_position: str | int = "last") -> torch.Tensor:
-    """Index of the read token in each row: the last attended token (where the first answer token
-    is predicted), whatever side the batch is padded on; an int ``-j`` reads ``j - 1`` tokens
-    before it (``-1`` is the last)."""
-    mask = attention_mask.long()
-    t = mask.shape[1]
-    last = t - 1 - torch.flip(mask, dims=[1]).argmax(dim=1)
-    if read_position == "last" or read_position == -1:
-        return last
-    if isinstance(read_position, int) and not isinstance(read_position, bool) and read_position < 0:
-        first = mask.argmax(dim=1)
-        pos = last + 1 + read_position
-        if bool((pos < first).any()):
-            raise LogitleakError(f"Read position {read_position} falls before the start of a prompt; use a position "
-                                 "closer to the end (e.g. -1 for the last token).")
-        return pos
-    raise LogitleakError(f"Read position {read_position!r} is not valid; use 'last' or a negative integer such as -1.")
-
-
-def _output_tensor(output):
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _replace_output(output, new: torch.Tensor):
-    if isinstance(output, tuple):
-        return (new,) + tuple(output[1:])
-    if isinstance(output, list):
-        return [new] + list(output[1:])
-    return new
-
-
-class _Recorder(HookSet):
-    """Forward hooks on the decoder blocks: optional edits (``edit_hooks``), then a gather of every
-    block's output — and of block 0's input (the embedding output) — at the read positions."""
-
-    def __init__(self, layers, edit_hooks: Mapping[int, EditHook] | None) -> None:
-        self.layers = layers
-        self.edit_hooks = dict(edit_hooks or {})
-        self.pos: torch.Tensor | None = None
-        self.seq_len: int | None = None
-        self.states: list[torch.Tensor | None] = [None] * (len(layers) + 1)
-        self.image_mask: torch.Tensor | None = None   # (B, T) float: image-token positions, or None
-        self.image_states: list[torch.Tensor | None] = [None] * (len(layers) + 1)
-        self.handles: list = []
-
-    def _image_pool(self, idx: int, h: torch.Tensor) -> None:
-        if self.image_mask is not None:
-            m = self.image_mask.to(h.device, torch.float32)
-            self.image_states[idx] = (h.float() * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp_min(1.0)
-
-    def _gather(self, h: torch.Tensor) -> torch.Tensor:
-        if h.dim() != 3 or h.shape[1] != self.seq_len:
-            raise LogitleakError(f"A decoder block returned states of shape {tuple(h.shape)} for a batch of "
-                                 f"{self.seq_len} tokens; the architecture rewrites its sequence inside the model, "
-                                 "which logitleak cannot read at the prompt's last token.")
-        return h[torch.arange(h.shape[0], device=h.device), self.pos.to(h.device)]
-
-    def stacked(self, hidden_dtype: torch.dtype, where: str) -> torch.Tensor:
-        """``(B, L+1, D)`` the recorded states on the CPU; one sentence naming any layer that did not
-        run (``where``: e.g. "did not run in the forward pass")."""
-        if any(s is None for s in self.states):
-            missing = [i for i, s in enumerate(self.states) if s is None]
-            raise LogitleakError(f"Decoder layers {missing} {where}; pass mapping={{'layers': ...}} naming the blocks "
-                                 "the model actually uses.")
-        return torch.stack(self.states, dim=1).to(device="cpu", dtype=hidden_dtype)
-
-    def _register(self) -> None:
-        def pre_hook(module, args, kwargs):
-            h = args[0] if args else kwargs.get("hidden_states")
-            self.states[0] = self._gather(h)
-            self._image_pool(0, h)
-
-        def make_edit(fn):
-            def hook(module, args, output):
-                h = _output_tensor(output)
-                new = fn(h)
-                if not isinstance(new, torch.Tensor) or new.shape != h.shape:
-                    raise LogitleakError("An edit hook must return a tensor of the same shape as the block output "
-                                         f"{tuple(h.shape)}; got {getattr(new, 'shape', type(new).__name__)}.")
-                return _replace_output(output, new.to(h.dtype))
-            return hook
-
-        def make_rec(idx):
-            def hook(module, args, output):
-                h = _output_tensor(output)
-                self.states[idx] = self._gather(h)
-                self._image_pool(idx, h)
-            return hook
-
-        self.handles.append(self.layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
-        for i, layer in enumerate(self.layers):
-            fn = self.edit_hooks.get(i + 1)
-            if fn is not None:  # before any other hook, so every reader sees the edited state
-                self.handles.append(layer.register_forward_hook(make_edit(fn), prepend=True))
-            self.handles.append(layer.register_forward_hook(make_rec(i + 1)))
-
-
-def _check_edit_hooks(edit_hooks, n_layers: int) -> None:
-    for layer, fn in (edit_hooks or {}).items():
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= n_layers:
-            raise LogitleakError(f"Edit hook layer {layer!r} does not exist: block outputs are layers 1..{n_layers}.")
-        if not callable(fn):
-            raise LogitleakError(f"Edit hook for layer {layer} is not callable; pass a function (B, T, D) -> (B, T, D).")
 
 
 def check_compatible(adapter: ModelAdapter, probeset: ProbeSet) -> None:
@@ -203,7 +27,7 @@ def check_compatible(adapter: ModelAdapter, probeset: ProbeSet) -> None:
                              "model; use a text probe set or a vision-language model.")
 
 
-def _forward_batch(adapter: ModelAdapter, rec: _Recorder, inputs: Mapping[str, torch.Tensor], read_position,
+def _forward_batch(adapter: ModelAdapter, rec: Recorder, inputs: Mapping[str, torch.Tensor], read_position,
                    logits_transform, hidden_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     pos = read_positions(inputs["attention_mask"], read_position)
     rec.pos, rec.seq_len = pos, inputs["attention_mask"].shape[1]
@@ -236,12 +60,12 @@ def capture_inputs(adapter: ModelAdapter, inputs: Mapping[str, torch.Tensor], *,
     ``hidden`` ``(B, L+1, D)`` and ``logits`` ``(B, V)`` at the read positions, and for a VLM
     batch with images the vision tower / projector / image-position states of the same pass
     (``vision_pool``: ``"mean"`` over image tokens, ``"cls"`` the first token, ``None`` none)."""
-    _check_edit_hooks(edit_hooks, adapter.n_layers)
+    check_edit_hooks(edit_hooks, adapter.n_layers)
     has_images = any(k in inputs for k in ("pixel_values", "pixel_values_videos"))
     vis = wants_vision(adapter, has_images, vision_pool)
     batch = int(inputs["attention_mask"].shape[0])
-    vrec = _VisionRecorder(adapter.vision_layers, adapter.projector, vision_pool or "mean") if vis else None
-    with torch.inference_mode(), _Recorder(adapter.layers, edit_hooks) as rec, (vrec or contextlib.nullcontext()):
+    vrec = VisionRecorder(adapter.vision_layers, adapter.projector, vision_pool or "mean") if vis else None
+    with torch.inference_mode(), Recorder(adapter.layers, edit_hooks) as rec, (vrec or contextlib.nullcontext()):
         tid = adapter.image_token_id if vis else None
         if tid is not None and "input_ids" in inputs:
             mask = inputs["input_ids"] == tid
@@ -280,14 +104,12 @@ def iter_capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int =
     if batch_size < 1:
         raise LogitleakError(f"Batch size {batch_size} must be at least 1.")
     if generate is not None:
-        from logitleak.capture.generation import check_generate
-
         check_generate(generate)
         if logits_transform is not None or read_position not in ("last", -1):
             raise LogitleakError("Generation reads the last prompt token and the response as the model produced them; "
                                  "drop the logits transform / read position, or generate=None.")
     check_compatible(adapter, probeset)
-    _check_edit_hooks(edit_hooks, adapter.n_layers)
+    check_edit_hooks(edit_hooks, adapter.n_layers)
     stop = len(probeset) if stop is None else min(stop, len(probeset))
     meta = capture_meta(adapter, probeset, read_position=read_position, edit_hooks=edit_hooks,
                         logits_transform=logits_transform)
@@ -301,8 +123,6 @@ def iter_capture(adapter: ModelAdapter, probeset: ProbeSet, *, batch_size: int =
             messages = None if probeset.messages is None else probeset.messages[b0:b1]
             # Hooks and inference mode live only inside one batch, never across a ``yield``.
             if generate is not None:
-                from logitleak.capture.generation import capture_generate
-
                 side = adapter.padding_side
                 adapter.set_padding_side("left")  # generation continues every row from the last column
                 try:

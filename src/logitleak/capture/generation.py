@@ -22,10 +22,10 @@ from collections.abc import Mapping
 
 import torch
 
-from logitleak.capture.forward import Capture, EditHook, _check_edit_hooks, _output_tensor, _Recorder, read_positions
+from logitleak.capture.hooks import EditHook, Recorder, check_edit_hooks, output_tensor, read_positions
+from logitleak.capture.source import Capture
+from logitleak.config import MAX_GENERATE
 from logitleak.errors import LogitleakError
-
-MAX_GENERATE = 512
 
 
 def check_generate(n: int) -> int:
@@ -62,7 +62,7 @@ def response_mask(tokens: torch.Tensor, n_steps: int, eos_ids: set[int]) -> torc
     return steps & ~ended_before & ~is_eos
 
 
-class _StepRecorder(_Recorder):
+class _StepRecorder(Recorder):
     """The capture hooks, re-aimed at each generation step: the read position of the prompt at
     step 0, the one new token afterwards."""
 
@@ -88,7 +88,7 @@ def capture_generate(adapter, inputs: Mapping[str, torch.Tensor], *, n_new: int,
     from transformers import GenerationConfig
 
     check_generate(n_new)
-    _check_edit_hooks(edit_hooks, adapter.n_layers)
+    check_edit_hooks(edit_hooks, adapter.n_layers)
     mask = inputs["attention_mask"]
     if not bool((mask[:, -1] == 1).all()):
         raise LogitleakError("Generation needs left-padded inputs (every prompt ending in the last column); build them "
@@ -109,7 +109,7 @@ def capture_generate(adapter, inputs: Mapping[str, torch.Tensor], *, n_new: int,
         rec.start_step(seq, b)
 
     def model_post(module, args, kwargs, output):
-        logits = output.logits if hasattr(output, "logits") else _output_tensor(output)
+        logits = output.logits if hasattr(output, "logits") else output_tensor(output)
         rec.end_step(logits[:, -1], hidden_dtype)
 
     with torch.inference_mode(), rec:

@@ -1,6 +1,6 @@
-"""The one read interface of a capture, in memory or on disk: what every level function reads.
+"""What a capture holds and the one interface every level function reads it through.
 
-:class:`~logitleak.capture.forward.Capture` (tensors in memory) and
+:class:`Capture` (tensors in memory, what a pass yields) and
 :class:`~logitleak.capture.stored.StoredCapture` (shards on disk, read lazily) both implement
 :class:`CaptureSource`, so :mod:`logitleak.levels.features`, :mod:`logitleak.levels.transition`,
 :mod:`logitleak.levels.response`, the tuned lens and the utility measures never ask which one
@@ -11,6 +11,8 @@ once per call (from disk for a stored capture), so a caller that needs an array 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -87,7 +89,7 @@ def check_layer(layer, n_layers: int) -> int:
 
 
 class MemoryReads:
-    """:class:`CaptureSource` over the tensor fields of :class:`~logitleak.capture.forward.Capture`."""
+    """:class:`CaptureSource` over the tensor fields of :class:`~logitleak.capture.source.Capture`."""
 
     @property
     def contents(self) -> frozenset[str]:
@@ -147,3 +149,74 @@ class MemoryReads:
         if self.gen_tokens is None:
             raise LogitleakError(NO_RESPONSE)
         return torch.as_tensor(self.gen_tokens).long()
+
+
+@dataclass
+class Capture(MemoryReads):
+    """What one pass (or one black-box query) yields for N samples, at the read position.
+
+    - ``hidden``: ``(N, L+1, D)`` raw residual stream: index 0 the embedding output, index l the
+      output of decoder block l (before the final norm, for every l including the last).
+      ``None`` for a black-box capture.
+    - ``logits``: ``(N, V)`` float32 final logits. ``None`` for a black-box capture.
+    - ``topk_logprobs`` / ``topk_ids``: ``(N, K)`` what an API returned (sorted descending,
+      ids mapped per run, ``-1`` / ``nan`` where fewer than K alternatives came back). ``None``
+      for a white-box capture, whose top-k is derived from ``logits``.
+    - the vision-to-language transition (VLMs whose family declares its vision tower; ``None``
+      otherwise), from the same pass: ``vision`` ``(N, Lv+1, Dv)`` the vision tower's states
+      (index 0 its embedding output, index j block j's output) pooled over each sample's image
+      tokens; ``projector`` ``(N, Dp)`` the projector's output pooled the same way;
+      ``image_hidden`` ``(N, L+1, D)`` the decoder's residual stream averaged over the positions
+      of the image tokens.
+    - ``gen_*``: the whole response (``--generate N``, :mod:`logitleak.capture.generation`): ``gen_hidden``
+      ``(N, G, L+1, D)`` (white-box only), ``gen_topk_logprobs`` / ``gen_topk_ids`` ``(N, G, K)``,
+      ``gen_tokens`` ``(N, G)`` and ``gen_mask`` ``(N, G)`` (positions before the response ended).
+      ``None`` when only the first token was read.
+
+    Levels read it through :class:`~logitleak.capture.source.CaptureSource` (``contents``,
+    ``read_*``), the interface a stored capture has too.
+    """
+
+    hidden: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    topk_logprobs: torch.Tensor | None = None
+    topk_ids: torch.Tensor | None = None
+    meta: dict = field(default_factory=dict)
+    vision: torch.Tensor | None = None
+    projector: torch.Tensor | None = None
+    image_hidden: torch.Tensor | None = None
+    gen_hidden: torch.Tensor | None = None
+    gen_topk_logprobs: torch.Tensor | None = None
+    gen_topk_ids: torch.Tensor | None = None
+    gen_tokens: torch.Tensor | None = None
+    gen_mask: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        for t in (self.logits, self.hidden, self.topk_logprobs):
+            if t is not None:
+                return t.shape[0]
+        return 0
+
+    @property
+    def n_layers(self) -> int:
+        """Number of decoder blocks (``hidden`` holds ``n_layers + 1`` states)."""
+        return 0 if self.hidden is None else self.hidden.shape[1] - 1
+
+
+GEN_FIELDS = ("gen_hidden", "gen_topk_logprobs", "gen_topk_ids", "gen_tokens", "gen_mask")
+
+
+def concat_captures(parts: Sequence[Capture]) -> Capture:
+    """Captures of consecutive batches -> one capture (meta of the first, without batch bounds)."""
+    if not parts:
+        return Capture()
+
+    def cat(name):
+        ts = [getattr(p, name) for p in parts]
+        return None if any(t is None for t in ts) else torch.cat(ts, dim=0)
+
+    meta = {k: v for k, v in parts[0].meta.items() if k not in ("start", "stop")}
+    return Capture(hidden=cat("hidden"), logits=cat("logits"), topk_logprobs=cat("topk_logprobs"),
+                   topk_ids=cat("topk_ids"), meta=meta, vision=cat("vision"), projector=cat("projector"),
+                   image_hidden=cat("image_hidden"),
+                   **{f: cat(f) for f in GEN_FIELDS})

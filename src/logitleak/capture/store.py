@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from logitleak.capture.forward import Capture, capture_meta, iter_capture
-from logitleak.capture.stored import MANIFEST, StoredCapture, _read_manifest  # noqa: F401 (re-exported)
+from logitleak.capture.forward import capture_meta, iter_capture, wants_vision
+from logitleak.capture.source import Capture
+from logitleak.capture.stored import MANIFEST, StoredCapture, read_manifest
 from logitleak.errors import LogitleakError
-from logitleak.integrity import file_record, matches
+from logitleak.integrity import atomic_write, file_record, matches, write_json
 from logitleak.progress import PhaseBar
-from logitleak.results import atomic_write
 
 if TYPE_CHECKING:
     from logitleak.data.probeset import ProbeSet
@@ -42,10 +42,6 @@ STORE_VERSION = 1
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def _write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1, default=str)))
-
-
 def _shard_name(i: int) -> str:
     return f"shard-{i:05d}.safetensors"
 
@@ -53,8 +49,6 @@ def _shard_name(i: int) -> str:
 def _extra_keys(adapter, probeset, vision_pool, generate: int | None = None) -> list[str]:
     """Names of the extra tensors a capture of ``probeset`` stores (empty for a first-token text
     capture): the vision-to-language states, or with ``generate`` the response's ``gen.*`` arrays."""
-    from logitleak.capture.forward import wants_vision
-
     if generate:
         return ([f"gen.hidden.{layer}" for layer in range(adapter.n_layers + 1)]
                 + [f"gen.{x}" for x in ("topk_logprobs", "topk_ids", "tokens", "mask")])
@@ -138,7 +132,7 @@ class ActivationStore:
         for stale in path.glob(".*.tmp"):  # a temp file left by a killed run: never a finished shard
             stale.unlink(missing_ok=True)
         mf_path = path / MANIFEST
-        manifest = _read_manifest(mf_path)
+        manifest = read_manifest(mf_path)
         recorded: dict[int, dict] = {}
         if manifest:  # resuming: keep the original sharding and batching so the arrays are identical
             try:
@@ -174,11 +168,11 @@ class ActivationStore:
                 manifest["shards"].append({"index": i, "file": _shard_name(i), "start": start, "stop": stop,
                                            "sha256": checksum["sha256"], "size": checksum["size"]})
                 if i not in done:
-                    _write_json(mf_path, manifest)
+                    write_json(mf_path, manifest, indent=1)
                     if on_shard is not None:
                         on_shard(i, path / _shard_name(i))
             manifest["complete"] = True
-            _write_json(mf_path, manifest)
+            write_json(mf_path, manifest, indent=1)
         finally:
             bar.close()
         return StoredCapture(path, verify=False)

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from logitleak.capture.forward import Capture
-from logitleak.capture.source import NO_RESPONSE, check_layer
+from logitleak.capture.source import NO_RESPONSE, Capture, check_layer
 from logitleak.errors import LogitleakError
 from logitleak.integrity import matches
 from logitleak.levels.table import HIDDEN, IMAGE_HIDDEN, LOGITS, PROJECTOR, RESPONSE, RESPONSE_HIDDEN, VISION
@@ -17,7 +16,7 @@ from logitleak.levels.table import HIDDEN, IMAGE_HIDDEN, LOGITS, PROJECTOR, RESP
 MANIFEST = "manifest.json"
 
 
-def _read_manifest(path: Path) -> dict | None:
+def read_manifest(path: Path) -> dict | None:
     """The manifest, or ``None`` when it is missing or damaged (then no shard is trusted)."""
     try:
         manifest = json.loads(path.read_text())
@@ -41,7 +40,7 @@ class StoredCapture:
         mf = self.path / MANIFEST
         if not mf.is_file():
             raise LogitleakError(f"No stored capture at {str(self.path)!r} (manifest.json missing); extract it first.")
-        self.manifest = _read_manifest(mf)
+        self.manifest = read_manifest(mf)
         if self.manifest is None:
             raise LogitleakError(f"The manifest {mf} of a stored capture is damaged; rerun the extraction (the same "
                                  "command) to recompute the capture.")

@@ -6,12 +6,8 @@ from collections.abc import Mapping
 
 import torch
 
+from logitleak.capture.hooks import HookSet, output_tensor
 from logitleak.errors import LogitleakError
-
-
-def _output_tensor(output):
-    return output[0] if isinstance(output, (tuple, list)) else output
-
 
 VISION_POOLS = ("mean", "cls")
 
@@ -46,30 +42,7 @@ def pool_per_sample(h: torch.Tensor, batch: int, counts: torch.Tensor | None = N
     return h[:, 0] if mode == "cls" else h.mean(1)
 
 
-class HookSet:
-    """Hooks registered by ``_register()`` on entry, all removed on exit (also when registering fails)."""
-
-    handles: list
-
-    def _register(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self):
-        try:
-            self._register()
-        except Exception:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-        return False
-
-
-class _VisionRecorder(HookSet):
+class VisionRecorder(HookSet):
     """Forward hooks on the vision tower's blocks (and block 0's input) and on the projector: each
     output pooled per sample as soon as it is produced, so memory holds one vector per sample."""
 
@@ -88,7 +61,7 @@ class _VisionRecorder(HookSet):
         self.proj = None
 
     def _pool(self, h, mode=None):
-        return pool_per_sample(_output_tensor(h), self.batch, self.counts, mode or self.mode)
+        return pool_per_sample(output_tensor(h), self.batch, self.counts, mode or self.mode)
 
     def _register(self) -> None:
         def pre_hook(module, args, kwargs):

@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from logitleak.audit import run_audit
-        from logitleak.models.organism import ensure_organism
+        from logitleak.models.organism_train import ensure_organism
 
         console = Console()
         model_dir = ensure_organism(seed=0, progress=not quiet)

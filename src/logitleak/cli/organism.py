@@ -60,7 +60,8 @@ def train(
     steps: str = typer.Option(None, "--steps", help="Number of question-answering steps (default: the full plan)."),
 ) -> None:
     """Train the organism from scratch, print its held-out accuracy per question, write metrics.json."""
-    from logitleak.models.organism import organism_dir, train_organism
+    from logitleak.models.organism import organism_dir
+    from logitleak.models.organism_train import train_organism
 
     seed_value = _parse_seed(seed)
     steps_value = _parse_steps(steps)
@@ -80,7 +81,8 @@ def path(
     ensure: bool = typer.Option(False, "--ensure", help="Train the organism first when it is not cached."),
 ) -> None:
     """Print the cache directory of the organism for SEED (training it first with --ensure)."""
-    from logitleak.models.organism import ensure_organism, organism_dir
+    from logitleak.models.organism import organism_dir
+    from logitleak.models.organism_train import ensure_organism
 
     seed_value = _parse_seed(seed)
     typer.echo(str(ensure_organism(seed_value) if ensure else organism_dir(seed_value)))

@@ -122,7 +122,7 @@ def probe(
 
 def _mlp_levels(spec: str, feats) -> set[str] | None:
     """``--mlp-levels`` -> the level names the MLP runs on (None: all)."""
-    from logitleak.results import API_LEVELS
+    from logitleak.levels.table import API_LEVELS
 
     names = [x.strip() for x in spec.split(",") if x.strip()]
     if names == ["all"]:

@@ -27,7 +27,7 @@ import torch
 
 from logitleak.defenses.output import ApiView, apply_output_defense
 from logitleak.defenses.spec import Defense
-from logitleak.results import atomic_write
+from logitleak.integrity import atomic_write
 
 VIEW_VERSION = 1
 

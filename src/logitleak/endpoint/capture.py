@@ -4,7 +4,7 @@ For every probe sample, one chat request (the image as a PNG data URL, then the 
 ``logprobs=True, top_logprobs=max(k), max_tokens=1`` (``N`` with ``--generate N``),
 ``temperature=0``) is sent through the
 official ``openai`` client; the top-k log-probabilities of the first answer token fill a
-:class:`~logitleak.capture.forward.Capture` (``topk_logprobs`` sorted descending, ``topk_ids`` mapped per
+:class:`~logitleak.capture.source.Capture` (``topk_logprobs`` sorted descending, ``topk_ids`` mapped per
 run), which the rest of the audit consumes unchanged.
 
 The cache (``cache_dir``):
@@ -35,14 +35,11 @@ from pathlib import Path
 
 import torch
 
-from logitleak.capture.forward import Capture
+from logitleak.capture.source import Capture
 from logitleak.config import AuditConfig
 from logitleak.data.probeset import ProbeSet
-from logitleak.endpoint.cache import (  # noqa: F401 (re-exported)
-    RESPONSES_FILE,
+from logitleak.endpoint.cache import (
     ResponseCache,
-    _atomic_json,
-    image_data_url,
     request_key,
     request_messages,
     request_settings,
@@ -56,8 +53,9 @@ from logitleak.endpoint.client import (
     SampleFailed,
     Stopped,
 )
-from logitleak.endpoint.responses import alternatives, first_token_entry, response_arrays, token_key  # noqa: F401
+from logitleak.endpoint.responses import alternatives, first_token_entry, response_arrays, token_key
 from logitleak.errors import LogitleakError, first_line
+from logitleak.integrity import write_json
 from logitleak.progress import PhaseBar
 
 MAX_API_TOP_LOGPROBS = 20
@@ -259,7 +257,7 @@ def _build_capture(cfg: AuditConfig, probeset: ProbeSet, done: dict[int, dict], 
     if extra_tokens and not cfg.generate:
         problems.append(f"{extra_tokens} responses carried more than max_tokens=1 tokens; only the first was used.")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_json(vocab_path, vocab)
+    write_json(vocab_path, vocab, indent=None)
     tokens = [None] * len(vocab)
     for key, idx in vocab.items():
         if 0 <= idx < len(tokens):

@@ -1,10 +1,10 @@
 """The representational levels as pure functions of a capture (no second pass through the model).
 
 A *capture* here is anything with the :class:`~logitleak.capture.source.CaptureSource`
-interface: a :class:`~logitleak.capture.forward.Capture` in memory or a
+interface: a :class:`~logitleak.capture.source.Capture` in memory or a
 :class:`~logitleak.capture.stored.StoredCapture` on disk (read lazily, one layer at a time; its
 full logits are read at most once per :func:`build_features` call). The lens levels need a
-:class:`~logitleak.levels.readout.Readout`: the model's final norm and unembedding, held on their own.
+:class:`~logitleak.models.readout.Readout`: the model's final norm and unembedding, held on their own.
 
 Level names and what each needs come from :mod:`logitleak.levels.table`. :func:`build_features` returns
 ``{(level, layer | None, k | None): (N, F) float32 array}``.
@@ -28,9 +28,8 @@ import torch
 from logitleak.capture.source import CaptureSource, check_layer
 from logitleak.errors import LogitleakError
 from logitleak.levels import transition as T
-from logitleak.levels.readout import Readout  # noqa: F401 (importable from here as before)
 from logitleak.levels.response import response_features
-from logitleak.levels.table import (  # noqa: F401 (the table's views, importable from here as before)
+from logitleak.levels.table import (
     ANSWER_LEVELS,
     ANSWERS,
     BY_NAME,
@@ -46,6 +45,7 @@ from logitleak.levels.table import (  # noqa: F401 (the table's views, importabl
     TUNED_LENS_LEVELS,
     computable,
 )
+from logitleak.models.readout import Readout
 
 LENS_LEVELS = TUNED_LENS_LEVELS
 ROW_CHUNK = 2048  # rows of (N, V) lens logits computed at once: bounds memory for large vocabularies

@@ -5,7 +5,7 @@ Translators are read out through the model's own final norm and unembedding.
 Each translator is residual, ``h -> h + A h + b`` with ``A = 0, b = 0`` at the start, so the
 untrained lens *is* the logit lens and weight decay pulls it back toward it. Translators are
 fitted to minimise ``KL(final distribution || lens distribution)`` on captured hidden states
-(a :class:`~logitleak.capture.forward.Capture` or a stored capture): the readout is only norm +
+(a :class:`~logitleak.capture.source.Capture` or a stored capture): the readout is only norm +
 unembedding, so no second pass through the model is needed.
 
 Saved as ``translators.safetensors`` + ``config.json`` holding a hash of the readout (unembedding
@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from logitleak.errors import LogitleakError
-from logitleak.levels.features import Readout, hidden_at, n_layers_of
+from logitleak.levels.features import hidden_at, n_layers_of
+from logitleak.models.readout import Readout
 from logitleak.progress import PhaseBar
 
 LENS_VERSION = 2
@@ -86,7 +87,7 @@ class TunedLens:
         """Write ``translators.safetensors`` and ``config.json`` (atomically) into ``directory``."""
         from safetensors.torch import save_file
 
-        from logitleak.results import atomic_write, write_json
+        from logitleak.integrity import atomic_write, write_json
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)

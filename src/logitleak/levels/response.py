@@ -22,11 +22,10 @@ import numpy as np
 import torch
 
 from logitleak.errors import LogitleakError
-from logitleak.levels.table import (  # noqa: F401 (the table's views, importable from here as before)
+from logitleak.levels.table import (
     RESPONSE,
     RESPONSE_API_LEVELS,
     RESPONSE_HIDDEN,
-    RESPONSE_LAYER_LEVELS,
     RESPONSE_LEVELS,
 )
 

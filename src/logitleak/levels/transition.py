@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from logitleak.errors import LogitleakError
-from logitleak.levels.table import FOLD_LEVELS, IMAGE_HIDDEN, PROJECTOR, TRANSITION_LEVELS, VISION  # noqa: F401 (the table's views, importable from here as before)
+from logitleak.levels.table import IMAGE_HIDDEN, PROJECTOR, VISION
 
 DEFAULT_PCA_DIMS: tuple[int, ...] = (1, 4, 16, 64)
 

@@ -18,7 +18,8 @@ from torch import nn
 
 from logitleak.errors import LogitleakError
 from logitleak.models.families import Components, resolve_components
-from logitleak.models.inputs import InputBuilder, _chat_template_of
+from logitleak.models.inputs import InputBuilder, chat_template_of
+from logitleak.models.readout import Readout
 
 
 class ModelAdapter(InputBuilder):
@@ -133,7 +134,7 @@ class ModelAdapter(InputBuilder):
 
     @property
     def chat_template(self) -> str | None:
-        return _chat_template_of(self.processor) or _chat_template_of(self.tokenizer)
+        return chat_template_of(self.processor) or chat_template_of(self.tokenizer)
 
     @property
     def image_token_id(self) -> int | None:
@@ -211,10 +212,8 @@ class ModelAdapter(InputBuilder):
         return ids
 
     # ------------------------------------------------------------------ readout
-    def readout(self):
+    def readout(self) -> Readout:
         """The final norm + unembedding (+ soft-cap / scale) as a standalone :class:`Readout`."""
-        from logitleak.levels.features import Readout
-
         return Readout.from_adapter(self)
 
     def fingerprint(self) -> str:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from logitleak.errors import LogitleakError, first_line
-from logitleak.integrity import file_sha256
+from logitleak.integrity import atomic_directory, file_sha256, write_json
+from logitleak.models.quiet import quiet_transformers
 from logitleak.progress import PhaseBar
 
 SOURCE_FILE = "logitleak_gguf.json"
@@ -122,24 +121,14 @@ def convert_gguf(path: str | Path, *, out_root: str | Path | None = None, progre
     src = read_source(target)
     if src is not None and src.get("sha256") == sha and (target / "config.json").is_file():
         if src.get("file") != str(gguf_file.resolve()):  # the same bytes at another path: name the file audited now
-            from logitleak.results import write_json
-
             write_json(target / SOURCE_FILE, {**src, "file": str(gguf_file.resolve())})
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{sha[:16]}-"))
-    try:
+    with atomic_directory(target) as tmp:
         with PhaseBar(progress, f"converting {gguf_file.name} (once)", 1) as bar:
             _convert(gguf_file, tmp, progress=progress)
             bar.advance()
         (tmp / SOURCE_FILE).write_text(json.dumps({"file": str(gguf_file.resolve()), "sha256": sha,
                                                    "architecture": arch, "version": CONVERT_VERSION}, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -147,10 +136,8 @@ def _convert(gguf_file: Path, out: Path, progress: bool) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from logitleak.models.loading import _quiet_transformers
-
     folder, name = str(gguf_file.parent), gguf_file.name
-    with _quiet_transformers():
+    with quiet_transformers():
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)

@@ -10,7 +10,8 @@ import torch
 from logitleak.errors import LogitleakError, first_line
 
 
-def _chat_template_of(obj) -> str | None:
+def chat_template_of(obj) -> str | None:
+    """The chat template a processor or tokenizer carries (its default one when it has several), or ``None``."""
     tmpl = getattr(obj, "chat_template", None)
     if isinstance(tmpl, dict):  # several named templates: the default one
         tmpl = tmpl.get("default") or next(iter(tmpl.values()), None)
@@ -56,7 +57,7 @@ class InputBuilder:
         image part as the family's image prefix)."""
         messages = [dict(m) for m in messages]
         if self.chat_template is not None:
-            if self.processor is not None and hasattr(self.processor, "apply_chat_template") and _chat_template_of(self.processor):
+            if self.processor is not None and hasattr(self.processor, "apply_chat_template") and chat_template_of(self.processor):
                 parts = [{**m, "content": _as_parts(m.get("content"))} for m in messages]
                 return self.processor.apply_chat_template(parts, add_generation_prompt=True, tokenize=False)
             flat = [{**m, "content": self._flatten(m.get("content"), self.image_token or "", " " if self.image_token else "")}

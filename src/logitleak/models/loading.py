@@ -5,7 +5,6 @@ A local directory or the local HF cache, never a download; the result is a
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,6 +13,8 @@ import torch
 from logitleak.errors import LogitleakError, first_line
 from logitleak.models.adapter import ModelAdapter
 from logitleak.models.families import read_mapping
+from logitleak.models.gguf import read_source
+from logitleak.models.quiet import quiet_transformers
 from logitleak.models.safety import check_model_source
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -48,31 +49,6 @@ def _model_class(config):
     return None
 
 
-class _quiet_transformers:
-    """Silence transformers' info/progress chatter while loading."""
-
-    def __enter__(self):
-        self.logger = logging.getLogger("transformers")
-        self.level = self.logger.level
-        self.logger.setLevel(logging.ERROR)
-        try:
-            from transformers.utils import logging as hf_logging
-
-            self.bar = hf_logging.is_progress_bar_enabled()
-            hf_logging.disable_progress_bar()
-        except Exception:  # noqa: BLE001
-            self.bar = None
-        return self
-
-    def __exit__(self, *exc):
-        self.logger.setLevel(self.level)
-        if self.bar:
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.enable_progress_bar()
-        return False
-
-
 def load_model(path_or_name: str | Path, *, device: str | None = None, dtype: str | torch.dtype | None = None,
                mapping: Mapping | str | Path | None = None, padding_side: str | None = None,
                allow_pickle: bool = False) -> ModelAdapter:
@@ -96,7 +72,7 @@ def load_model(path_or_name: str | Path, *, device: str | None = None, dtype: st
     torch_dtype = _resolve_dtype(dtype, device)
     user_mapping = read_mapping(mapping, local if local.is_dir() else None)
 
-    with _quiet_transformers():
+    with quiet_transformers():
         try:
             config = AutoConfig.from_pretrained(src, local_files_only=True, trust_remote_code=False)
         except OSError:
@@ -143,8 +119,6 @@ def load_model(path_or_name: str | Path, *, device: str | None = None, dtype: st
                                      "save it beside the weights with tokenizer.save_pretrained(model_dir).") from None
     if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
-    from logitleak.models.gguf import read_source
-
     gguf_source = read_source(local) if local.is_dir() else None
     adapter = ModelAdapter(model, tokenizer=tokenizer, processor=processor, mapping=user_mapping,
                            name=gguf_source["file"] if gguf_source else src, padding_side=padding_side)

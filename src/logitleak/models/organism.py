@@ -23,6 +23,7 @@ position (``logits[:, -1]``), one word: the value of the attribute asked.
 
 from __future__ import annotations
 
+import importlib.util
 import operator
 import os
 import re
@@ -128,10 +129,10 @@ def build_processor(image_size: int = IMAGE_SIZE) -> LlavaProcessor:
     from transformers import LlavaProcessor
 
     _check_image_size(image_size)
-    try:  # the torchvision backend when installed; else the PIL one (same numbers for our square images)
-        import torchvision  # noqa: F401
+    # the torchvision backend when installed; else the PIL one (same numbers for our square images)
+    if importlib.util.find_spec("torchvision") is not None:
         from transformers import CLIPImageProcessor as ImageProcessor
-    except ImportError:
+    else:
         from transformers import CLIPImageProcessorPil as ImageProcessor
     image_processor = ImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
@@ -182,7 +183,7 @@ def build_organism(seed: int = 0, image_size: int = IMAGE_SIZE) -> tuple[LlavaFo
     import torch
     from transformers import LlavaForConditionalGeneration
 
-    _check_seed(seed)
+    check_seed(seed)
     processor = build_processor(image_size)
     config = organism_config(image_size, processor.tokenizer)
     with _fork_rng():
@@ -201,7 +202,7 @@ def _fork_rng():
     return torch.random.fork_rng(devices=[])
 
 
-def _check_seed(seed: Any) -> None:
+def check_seed(seed: Any) -> None:
     try:
         if isinstance(seed, bool):
             raise TypeError
@@ -235,7 +236,7 @@ def organism_inputs(model: LlavaForConditionalGeneration, processor: LlavaProces
 
 def organism_dir(seed: int = 0) -> Path:
     """Where the organism trained from ``seed`` is cached: ``$XDG_CACHE_HOME/logitleak/organism-seed{seed}-v1``."""
-    _check_seed(seed)
+    check_seed(seed)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "logitleak" / f"organism-seed{int(seed)}-{ORGANISM_VERSION}"
 
@@ -245,22 +246,3 @@ def is_complete(path: str | Path) -> bool:
     p = Path(path)
     return p.is_dir() and all((p / f).is_file() for f in
                               ("metrics.json", "config.json", "model.safetensors", "tokenizer.json"))
-
-
-def train_organism(out_dir: str | Path, seed: int = 0, *, steps: int | None = None, quick: bool = False,
-                   progress: bool = True) -> dict:
-    """Train the organism from scratch, save it to ``out_dir`` and return its metrics.
-
-    See :func:`logitleak.models.organism_train.train_organism`.
-    """
-    from logitleak.models.organism_train import train_organism as _train
-
-    return _train(out_dir, seed, steps=steps, quick=quick, progress=progress)
-
-
-def ensure_organism(seed: int = 0, progress: bool = True) -> Path:
-    """The cached organism directory for ``seed``, training it first when missing or incomplete."""
-    path = organism_dir(seed)
-    if not is_complete(path):
-        train_organism(path, seed, progress=progress)
-    return path

@@ -9,7 +9,7 @@ from logitleak.data.shapes import ATTRIBUTES, QUESTIONS, render_shapes, sample_a
 from logitleak.models import organism as org
 
 
-class _Pool:
+class Pool:
     """Training images (uint8, channels first) and their attribute indices, drawn from one seed."""
 
     def __init__(self, n: int, seed: int, image_size: int, noise: float):
@@ -26,7 +26,7 @@ class _Pool:
         return self.pixels.shape[0]
 
 
-class _Normalizer:
+class Normalizer:
     """The CLIP image processor's arithmetic (rescale 1/255, then mean/std), batched."""
 
     def __init__(self, image_processor):
@@ -39,7 +39,7 @@ class _Normalizer:
         return (x - self.mean) / self.std
 
 
-class _Prompts:
+class Prompts:
     """Token ids of every (attribute, paraphrase) prompt through the chat template + processor."""
 
     def __init__(self, processor, image_size: int):

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -33,8 +30,10 @@ from torch import nn
 
 from logitleak.data.shapes import ATTRIBUTES, make_shapes
 from logitleak.errors import LogitleakError
+from logitleak.integrity import atomic_directory
 from logitleak.models import organism as org
-from logitleak.models.organism_data import _Normalizer, _Pool, _Prompts  # noqa: F401 (tests read them here)
+from logitleak.models.organism_data import Normalizer, Pool, Prompts
+from logitleak.models.quiet import quiet_transformers
 from logitleak.progress import make_progress
 
 
@@ -106,7 +105,7 @@ def _patch_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return feats[:, 1:] if model.config.vision_feature_select_strategy == "default" else feats
 
 
-def _train_vision(model, pool: _Pool, norm: _Normalizer, plan: TrainPlan, gen: torch.Generator, bar) -> None:
+def _train_vision(model, pool: Pool, norm: Normalizer, plan: TrainPlan, gen: torch.Generator, bar) -> None:
     width = model.config.vision_config.hidden_size
     heads = nn.ModuleList([nn.Sequential(nn.LayerNorm(width), nn.Linear(width, len(v))) for v in ATTRIBUTES.values()])
     vt = model.model.vision_tower
@@ -136,14 +135,14 @@ def _train_vision(model, pool: _Pool, norm: _Normalizer, plan: TrainPlan, gen: t
 
 
 @torch.no_grad()
-def _cache_features(model, pool: _Pool, norm: _Normalizer, n: int, batch: int = 256) -> torch.Tensor:
+def _cache_features(model, pool: Pool, norm: Normalizer, n: int, batch: int = 256) -> torch.Tensor:
     out = []
     for i in range(0, min(n, len(pool)), batch):
         out.append(_patch_tokens(model, norm(pool.pixels[i:min(i + batch, n)])))
     return torch.cat(out)
 
 
-def _train_vqa(model, pool: _Pool, feats: torch.Tensor, prompts: _Prompts, plan: TrainPlan,
+def _train_vqa(model, pool: Pool, feats: torch.Tensor, prompts: Prompts, plan: TrainPlan,
                rng: np.random.Generator, gen: torch.Generator, bar) -> None:
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
@@ -283,7 +282,7 @@ def train_organism(out_dir: str | Path, seed: int = 0, *, steps: int | None = No
     Returns the metrics: ``heldout_accuracy`` (attribute -> accuracy), ``train_seconds``,
     ``seed``, ``steps``, ``image_size`` and the training plan.
     """
-    org._check_seed(seed)
+    org.check_seed(seed)
     seed = int(seed)
     out = _check_out_dir(out_dir)
     plan = plan or (TrainPlan.quick() if quick else TrainPlan.full())
@@ -299,9 +298,9 @@ def train_organism(out_dir: str | Path, seed: int = 0, *, steps: int | None = No
         gen = torch.Generator().manual_seed(seed)
         rng = np.random.default_rng([seed, 0x0A])
         model, processor = org.build_organism(seed, plan.image_size)
-        pool = _Pool(plan.pool_images, seed, plan.image_size, plan.noise)
-        norm = _Normalizer(processor.image_processor)
-        prompts = _Prompts(processor, plan.image_size)
+        pool = Pool(plan.pool_images, seed, plan.image_size, plan.noise)
+        norm = Normalizer(processor.image_processor)
+        prompts = Prompts(processor, plan.image_size)
         prepared()
         attn = model.config._attn_implementation
         model.set_attn_implementation("eager")  # with bf16 on CPU, far faster than SDPA's backward
@@ -328,45 +327,21 @@ def train_organism(out_dir: str | Path, seed: int = 0, *, steps: int | None = No
         "version": org.ORGANISM_VERSION,
     }
     metrics = json.loads(json.dumps(metrics))  # exactly what metrics.json will hold (tuples -> lists)
-    with _quiet_hf_progress():  # a one-shard save needs no bar of its own
+    with quiet_transformers():  # a one-shard save needs no bar of its own
         _save_atomically(model, processor, metrics, out)
     return metrics
 
 
-@contextmanager
-def _quiet_hf_progress():
-    """Silence transformers' own progress bars (e.g. 'Writing model shards') for a while."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    if was_enabled:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
 def _save_atomically(model, processor, metrics: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    try:
+    with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        for f in tmp.iterdir():  # some writers create 0600 files; follow the umask like everything else
-            os.chmod(f, 0o666 & ~umask)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-            os.replace(out, old / "previous")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+
+def ensure_organism(seed: int = 0, progress: bool = True) -> Path:
+    """The cached organism directory for ``seed``, training it first when missing or incomplete."""
+    path = org.organism_dir(seed)
+    if not org.is_complete(path):
+        train_organism(path, seed, progress=progress)
+    return path

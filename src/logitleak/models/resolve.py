@@ -15,7 +15,7 @@ BUILT_IN = ("organism", "smollm2")
 def resolve_model(model: str, *, progress: bool = True) -> Path:
     """The local model directory ``load_model`` opens for this ``--model`` value."""
     if model == "organism":
-        from logitleak.models.organism import ensure_organism
+        from logitleak.models.organism_train import ensure_organism
 
         return ensure_organism(seed=0, progress=progress)
     from logitleak.models import gguf

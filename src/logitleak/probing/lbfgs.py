@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 
-def _lbfgs(obj, theta: torch.Tensor, *, max_iter: int, gtol: float, ftol: float,
+def minimize_lbfgs(obj, theta: torch.Tensor, *, max_iter: int, gtol: float, ftol: float,
            history: int, max_ls: int = 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Minimise every problem independently: per-problem two-loop recursion, per-problem
     backtracking (Armijo, quadratic interpolation) line search, per-problem convergence.

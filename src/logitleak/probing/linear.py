@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from logitleak.probing.lbfgs import _lbfgs
+from logitleak.probing.lbfgs import minimize_lbfgs
 from logitleak.probing.tensors import (
     LOG_PROB_FLOOR,
-    _as_tensor,
-    _label_index,
-    _log_softmax,
+    as_tensor,
+    label_index,
+    log_softmax,
     masked_standardisation,
     present_classes,
 )
@@ -125,7 +125,7 @@ class LinearFit:
     def log_proba(self, X: torch.Tensor) -> torch.Tensor:
         """Log-probabilities ``(F, n, P, K)`` for every row of ``X`` (F, n, d); inactive classes
         get the floor value."""
-        return _log_softmax(self.logits(X)).clamp_min(LOG_PROB_FLOOR)
+        return log_softmax(self.logits(X)).clamp_min(LOG_PROB_FLOOR)
 
     def subset(self, idx) -> LinearFit:
         """The problems ``idx`` (an index over P) only."""
@@ -166,28 +166,28 @@ def fit_linear_batched(
     """
     dev, dt = X.device, X.dtype
     F = X.shape[0]
-    y = _as_tensor(y, dev, torch.int64)
-    fit_mask = _as_tensor(fit_mask, dev, torch.bool)
+    y = as_tensor(y, dev, torch.int64)
+    fit_mask = as_tensor(fit_mask, dev, torch.bool)
     K = int(n_classes if n_classes is not None else int(y.max()) + 1)
     if class_mask is None:
         class_mask = present_classes(y, fit_mask, K)
-    class_mask = _as_tensor(class_mask, dev, torch.bool)
+    class_mask = as_tensor(class_mask, dev, torch.bool)
     P = y.shape[0]
     d = X.shape[2]
-    C_t = _as_tensor(C, dev, torch.float64)
+    C_t = as_tensor(C, dev, torch.float64)
     C_t = C_t.expand(F, P).clone() if C_t.ndim < 2 else C_t.clone()
     n_fit = fit_mask.sum(1)
     lam = _l2_strength(C_t, n_fit.unsqueeze(0), class_mask).to(dt)
     mu, sd = masked_standardisation(X, fit_mask)
     w = (fit_mask.to(dt) / n_fit.clamp_min(1).to(dt).unsqueeze(1)).T.contiguous()   # (n, P)
-    y_idx = _label_index(y, class_mask)                                                 # (n, P, 1)
+    y_idx = label_index(y, class_mask)                                                 # (n, P, 1)
     obj = _LinearObjective(X, y_idx, w, lam, mu, sd, class_mask)
     theta = torch.zeros(F, P, (d + 1) * K, device=dev, dtype=dt)
     if init is not None:
         theta[..., : d * K] = init.W.masked_fill(~class_mask[None, :, None, :], 0.0).reshape(F, P, d * K)
         theta[..., d * K:] = init.b.masked_fill(~class_mask, 0.0)
     ftol = 4 * torch.finfo(dt).eps
-    theta, n_iter, converged = _lbfgs(obj, theta.reshape(F * P, -1), max_iter=max_iter, gtol=tol, ftol=ftol,
+    theta, n_iter, converged = minimize_lbfgs(obj, theta.reshape(F * P, -1), max_iter=max_iter, gtol=tol, ftol=ftol,
                                       history=history)
     theta = theta.reshape(F, P, -1)
     W, b = theta[..., : d * K].reshape(F, P, d, K), theta[..., d * K:]
@@ -211,10 +211,10 @@ def fit_linear_grid_batched(
     then refit on ``fit_mask`` with the chosen ``C`` (warm-started). Ties go to the smaller C."""
     dev = X.device
     F = X.shape[0]
-    y = _as_tensor(y, dev, torch.int64)
-    fit_mask = _as_tensor(fit_mask, dev, torch.bool)
-    inner_fit_mask = _as_tensor(inner_fit_mask, dev, torch.bool)
-    inner_val_mask = _as_tensor(inner_val_mask, dev, torch.bool)
+    y = as_tensor(y, dev, torch.int64)
+    fit_mask = as_tensor(fit_mask, dev, torch.bool)
+    inner_fit_mask = as_tensor(inner_fit_mask, dev, torch.bool)
+    inner_val_mask = as_tensor(inner_val_mask, dev, torch.bool)
     P = y.shape[0]
     K = int(n_classes if n_classes is not None else int(y.max()) + 1)
     Cs = sorted(float(c) for c in Cs)
@@ -226,7 +226,7 @@ def fit_linear_grid_batched(
                               C=torch.tensor(Cs, dtype=torch.float64, device=dev).repeat(P),
                               n_classes=K, **kwargs)
     logp = grid.log_proba(X)                                        # (F, n, P*G, K)
-    y_idx = _label_index(yg, grid.class_mask).unsqueeze(0).expand(F, -1, -1, -1)
+    y_idx = label_index(yg, grid.class_mask).unsqueeze(0).expand(F, -1, -1, -1)
     nll = -torch.gather(logp, -1, y_idx).squeeze(-1)                # (F, n, P*G)
     vm = inner_val_mask.repeat_interleave(G, 0).T.to(logp.dtype)    # (n, P*G)
     val = (nll * vm).sum(1) / vm.sum(0).clamp_min(1.0)

@@ -4,7 +4,7 @@ Everything here is plain numpy on out-of-fold predictions: accuracy and its rela
 held-out cross-entropy in bits, the train-fold class-prior baseline, predictive V-information
 (Xu et al. 2020) ``H(Y) - CE``, permutation p-values, bootstrap intervals, and the label
 relabellings used by permutation tests and control tasks (Hewitt & Liang 2019). The default
-p-value, :func:`heldout_gain_pvalue`, lives in :mod:`logitleak.probing.heldout` and is re-exported here.
+p-value, :func:`~logitleak.probing.heldout.heldout_gain_pvalue`, lives in :mod:`logitleak.probing.heldout`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from logitleak.probing.heldout import centred_gains, forward_chain, heldout_gain_pvalue  # noqa: F401  (re-exported)
 
 LN2 = math.log(2.0)
 PROB_FLOOR = 1e-9

@@ -11,15 +11,15 @@ import torch
 
 from logitleak.probing.tensors import (
     LOG_PROB_FLOOR,
-    _active_block,
-    _as_tensor,
-    _compose,
-    _label_index,
-    _log_softmax,
-    _put,
-    _take,
+    active_block,
+    as_tensor,
+    compose_index,
+    label_index,
+    log_softmax,
     masked_standardisation,
     present_classes,
+    put_block,
+    take_block,
 )
 
 
@@ -42,7 +42,7 @@ class MLPFit:
         return _mlp_logits(X, self.W1, self.b1, self.W2, self.b2, self.mu, self.sd, ~self.class_mask)
 
     def log_proba(self, X: torch.Tensor) -> torch.Tensor:
-        return _log_softmax(self.logits(X)).clamp_min(LOG_PROB_FLOOR)
+        return log_softmax(self.logits(X)).clamp_min(LOG_PROB_FLOOR)
 
 
 def _mlp_logits(X, W1, b1, W2, b2, mu, sd, neg_mask):
@@ -110,14 +110,14 @@ def fit_mlp_batched(
     """
     dev, dt = X.device, X.dtype
     F, n, d = X.shape
-    y = _as_tensor(y, dev, torch.int64)
-    fit_mask = _as_tensor(fit_mask, dev, torch.bool)
-    val_mask = _as_tensor(val_mask, dev, torch.bool)
+    y = as_tensor(y, dev, torch.int64)
+    fit_mask = as_tensor(fit_mask, dev, torch.bool)
+    val_mask = as_tensor(val_mask, dev, torch.bool)
     P = y.shape[0]
     K = int(n_classes if n_classes is not None else int(y.max()) + 1)
     if class_mask is None:
         class_mask = present_classes(y, fit_mask, K)
-    class_mask = _as_tensor(class_mask, dev, torch.bool)
+    class_mask = as_tensor(class_mask, dev, torch.bool)
     neg_all = ~class_mask
     mu_all, sd_all = masked_standardisation(X, fit_mask)
     h = int(hidden)
@@ -129,7 +129,7 @@ def fit_mlp_batched(
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     w_fit_all = (fit_mask.to(dt) / fit_mask.sum(1).clamp_min(1).to(dt).unsqueeze(1)).T.unsqueeze(0)   # (1, n, P)
     w_val_all = (val_mask.to(dt) / val_mask.sum(1).clamp_min(1).to(dt).unsqueeze(1)).T.unsqueeze(0)
-    y_idx_all = _label_index(y, class_mask).unsqueeze(0)                                           # (1, n, P, 1)
+    y_idx_all = label_index(y, class_mask).unsqueeze(0)                                           # (1, n, P, 1)
     best_val = torch.full((F, P), float("inf"), device=dev, dtype=dt)
     best_epoch = torch.zeros(F, P, dtype=torch.int64, device=dev)
     since = torch.zeros(F, P, dtype=torch.int64, device=dev)
@@ -137,28 +137,28 @@ def fit_mlp_batched(
     fi = pi = None                     # current block (None = all)
 
     def block():
-        return (_take(X, fi, None), _take(mu_all, fi, pi), _take(sd_all, fi, pi), _take(neg_all, pi, None),
-                _take(w_fit_all, None, pi, 0, 2), _take(w_val_all, None, pi, 0, 2), _take(y_idx_all, None, pi, 0, 2))
+        return (take_block(X, fi, None), take_block(mu_all, fi, pi), take_block(sd_all, fi, pi), take_block(neg_all, pi, None),
+                take_block(w_fit_all, None, pi, 0, 2), take_block(w_val_all, None, pi, 0, 2), take_block(y_idx_all, None, pi, 0, 2))
 
     Xb, mu, sd, neg, w_fit, w_val, y_idx = block()
     for epoch in range(max_epochs):
         leaves = [p.requires_grad_() for p in params]
         Z = _mlp_logits(Xb, *leaves, mu, sd, neg)
-        nll = -torch.gather(_log_softmax(Z), -1, y_idx.expand(Xb.shape[0], -1, -1, -1)).squeeze(-1)  # (Fb, n, Pb)
+        nll = -torch.gather(log_softmax(Z), -1, y_idx.expand(Xb.shape[0], -1, -1, -1)).squeeze(-1)  # (Fb, n, Pb)
         with torch.no_grad():
             val = (nll * w_val).sum(1)
-            st_b = _take(stopped, fi, pi)               # a stopped problem is frozen for good
-            improved = (val < _take(best_val, fi, pi) - min_delta) & ~st_b
+            st_b = take_block(stopped, fi, pi)               # a stopped problem is frozen for good
+            improved = (val < take_block(best_val, fi, pi) - min_delta) & ~st_b
             if bool(improved.any()):
                 for b_, p_ in zip(best, params):
-                    cur = _take(b_, fi, pi)
-                    _put(b_, fi, pi, torch.where(improved.reshape(*improved.shape, *([1] * (p_.ndim - 2))), p_, cur))
-                _put(best_val, fi, pi, torch.where(improved, val, _take(best_val, fi, pi)))
-                _put(best_epoch, fi, pi, torch.where(improved, torch.full_like(improved, epoch, dtype=torch.int64),
-                                                     _take(best_epoch, fi, pi)))
-            s_b = torch.where(improved, torch.zeros_like(val, dtype=torch.int64), _take(since, fi, pi) + 1)
-            _put(since, fi, pi, s_b)
-            _put(stopped, fi, pi, st_b | (s_b > patience))
+                    cur = take_block(b_, fi, pi)
+                    put_block(b_, fi, pi, torch.where(improved.reshape(*improved.shape, *([1] * (p_.ndim - 2))), p_, cur))
+                put_block(best_val, fi, pi, torch.where(improved, val, take_block(best_val, fi, pi)))
+                put_block(best_epoch, fi, pi, torch.where(improved, torch.full_like(improved, epoch, dtype=torch.int64),
+                                                     take_block(best_epoch, fi, pi)))
+            s_b = torch.where(improved, torch.zeros_like(val, dtype=torch.int64), take_block(since, fi, pi) + 1)
+            put_block(since, fi, pi, s_b)
+            put_block(stopped, fi, pi, st_b | (s_b > patience))
             if bool(stopped.all()):
                 break
         loss = (nll * w_fit).sum() + 0.5 * alpha * ((leaves[0] ** 2).sum() + (leaves[2] ** 2).sum())
@@ -172,13 +172,13 @@ def fit_mlp_batched(
                 denom = (b_ / (1 - beta2 ** t)).sqrt_().add_(eps)
                 p_.addcdiv_(a_, denom, value=-lr_ / (1 - beta1 ** t))
             # drop stopped problems from the computation once that saves enough
-            act_b = ~_take(stopped, fi, pi)
-            si, sj = _active_block(act_b, shrink=0.7)
+            act_b = ~take_block(stopped, fi, pi)
+            si, sj = active_block(act_b, shrink=0.7)
             if si is not None or sj is not None:
-                params = [_take(p_, si, sj) for p_ in params]
-                m1 = [_take(a_, si, sj) for a_ in m1]
-                m2 = [_take(b_, si, sj) for b_ in m2]
-                fi, pi = _compose(fi, si), _compose(pi, sj)
+                params = [take_block(p_, si, sj) for p_ in params]
+                m1 = [take_block(a_, si, sj) for a_ in m1]
+                m2 = [take_block(b_, si, sj) for b_ in m2]
+                fi, pi = compose_index(fi, si), compose_index(pi, sj)
                 Xb, mu, sd, neg, w_fit, w_val, y_idx = block()
     return MLPFit(*best, mu_all, sd_all, class_mask, best_epoch, best_val, stopped)
 

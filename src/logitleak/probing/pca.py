@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from logitleak.errors import LogitleakError
-from logitleak.levels.transition import FOLD_LEVELS
+from logitleak.levels.table import FOLD_LEVELS
 from logitleak.probing import metrics as M
 from logitleak.results import to_frame
 
@@ -75,14 +75,14 @@ def _projections(features: Mapping, fits) -> dict:
 
 def _class_plan(name, values, groups, splits, block, fwd, n_permutations, n_bootstrap, seed, n_folds):
     from logitleak.probing.plans import AttributePlan
-    from logitleak.probing.splits import _check_attribute, _rng, encode_labels
+    from logitleak.probing.splits import check_attribute, encode_labels, seeded_rng
 
     train, test, fit, val = splits
     classes, codes = encode_labels(name, values)
-    _check_attribute(name, classes, codes, groups, n_folds, None)
+    check_attribute(name, classes, codes, groups, n_folds, None)
     K = len(classes)
-    variants = [codes, M.control_labels(codes, _rng(seed, name, "control"), groups)]
-    rng = _rng(seed, name, "permutations")
+    variants = [codes, M.control_labels(codes, seeded_rng(seed, name, "control"), groups)]
+    rng = seeded_rng(seed, name, "permutations")
     variants += [M.permute_labels(codes, rng, groups) for _ in range(n_permutations)]
     labels = np.stack(variants)
     V, S, n = len(variants), train.shape[0], train.shape[1]
@@ -92,7 +92,7 @@ def _class_plan(name, values, groups, splits, block, fwd, n_permutations, n_boot
 
     prior = np.stack([M.prior_loss_bits(labels[v], train, test, K) for v in range(V)])
     tested = test.any(0)[None].repeat(V, 0)
-    boot = M.bootstrap_weights(int(tested[0].sum()), n_bootstrap, _rng(seed, name, "bootstrap"),
+    boot = M.bootstrap_weights(int(tested[0].sum()), n_bootstrap, seeded_rng(seed, name, "bootstrap"),
                                None if groups is None else np.asarray(groups)[tested[0]])
     seq = [np.concatenate([f[i] for f in fwd]) if fwd else np.zeros((0, n), bool) for i in range(4)]
     source = {b: ("cv", S - 1) if b == S - 1 else ("seq", b - 1) for b in range(1, S)}
@@ -195,10 +195,10 @@ def evaluate_fold_levels(features: Mapping, labels: Mapping[str, np.ndarray], *,
     give. Every fit (cross-validation split or forward-chained block of the held-out test) projects
     on the components of its own training rows."""
     from logitleak.probing.regression import forward_fits, is_numeric_labels, shared_splits
-    from logitleak.probing.splits import _check_features
+    from logitleak.probing.splits import check_features
 
     n = len(next(iter(labels.values())))
-    features = {tuple(k): _check_features(tuple(k), X, n) for k, X in features.items()}
+    features = {tuple(k): check_features(tuple(k), X, n) for k, X in features.items()}
     groups = None if groups is None else np.asarray(groups)
     splits = shared_splits(n, groups, n_folds, seed)
     block, fwd = forward_fits(splits[1], groups, seed)

@@ -9,7 +9,7 @@ import numpy as np
 from logitleak.errors import LogitleakError
 from logitleak.probing import metrics as M
 from logitleak.probing.heldout import forward_chain
-from logitleak.probing.splits import _check_attribute, _rng, cv_splits, encode_labels, stratified_holdout
+from logitleak.probing.splits import check_attribute, cv_splits, encode_labels, seeded_rng, stratified_holdout
 
 # --------------------------------------------------------------------------------------------
 # plans
@@ -61,7 +61,7 @@ def plan_attribute(name: str, values, *, groups: np.ndarray | None = None, n_fol
     """Labels, control task, permutations and every split for one attribute (validates it)."""
     classes, codes = encode_labels(name, values)
     n = len(codes)
-    _check_attribute(name, classes, codes, groups, n_folds, test_size)
+    check_attribute(name, classes, codes, groups, n_folds, test_size)
     K = len(classes)
     if n_permutations and groups is not None:
         stuck = M.unmovable_groups(codes, np.asarray(groups))
@@ -70,8 +70,8 @@ def plan_attribute(name: str, values, *, groups: np.ndarray | None = None, n_fol
                 f"Attribute '{name}': its labels vary within groups and {stuck} groups have a size no other group "
                 f"has, so a label permutation cannot move them and would hide a leak; use the default held-out "
                 f"test (no --permutations) or groups of repeated sizes.")
-    variants = [codes, M.control_labels(codes, _rng(seed, name, "control"), groups)]
-    perm_rng = _rng(seed, name, "permutations")
+    variants = [codes, M.control_labels(codes, seeded_rng(seed, name, "control"), groups)]
+    perm_rng = seeded_rng(seed, name, "permutations")
     variants += [M.permute_labels(codes, perm_rng, groups) for _ in range(n_permutations)]
     labels = np.stack(variants)
     V = len(variants)
@@ -80,7 +80,7 @@ def plan_attribute(name: str, values, *, groups: np.ndarray | None = None, n_fol
     test = np.zeros((V, S, n), bool)
     inner_fit = np.zeros((V, S, n), bool)
     inner_val = np.zeros((V, S, n), bool)
-    inner_rng = _rng(seed, name, "inner")
+    inner_rng = seeded_rng(seed, name, "inner")
     for v in range(V):
         splits = cv_splits(labels[v], groups, n_folds, test_size, seed)
         for s, (tr, te) in enumerate(splits):
@@ -99,7 +99,7 @@ def plan_attribute(name: str, values, *, groups: np.ndarray | None = None, n_fol
     prior_loss = np.stack([M.prior_loss_bits(labels[v], train[v], test[v], K) for v in range(V)])
     majority = M.majority_baseline(codes, train[0], test[0], K)
     t0 = tested[0]
-    boot = M.bootstrap_weights(int(t0.sum()), n_bootstrap, _rng(seed, name, "bootstrap"),
+    boot = M.bootstrap_weights(int(t0.sum()), n_bootstrap, seeded_rng(seed, name, "bootstrap"),
                                None if groups is None else np.asarray(groups)[t0])
     block = np.full(n, -1, dtype=np.int64)
     seq = [], [], [], []
@@ -109,7 +109,7 @@ def plan_attribute(name: str, values, *, groups: np.ndarray | None = None, n_fol
         source[0] = ("cv", 0)
     else:
         fold = np.argmax(test[0], axis=0)              # the fold of every sample (real labels)
-        seq_rng = _rng(seed, name, "forward")
+        seq_rng = seeded_rng(seed, name, "forward")
         for b, (tr, te) in enumerate(forward_chain(fold, S), start=1):
             block[te] = b
             if b == S - 1:                                 # trained on folds 0..S-2: CV split S-1

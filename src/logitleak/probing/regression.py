@@ -32,7 +32,6 @@ once the terms that no assignment of the block's values changes are removed), so
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +41,7 @@ import torch
 
 from logitleak.errors import LogitleakError
 from logitleak.probing import metrics as M
+from logitleak.probing.splits import check_features, seeded_rng
 from logitleak.results import to_frame
 
 ALPHAS: tuple[float, ...] = tuple(10.0 ** np.arange(-5, 3))
@@ -64,11 +64,6 @@ def split_numeric(labels: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
     """``(numeric, categorical)`` label dicts: float arrays are numeric, everything else classes."""
     numeric = {a: v for a, v in labels.items() if is_numeric_labels(v)}
     return numeric, {a: v for a, v in labels.items() if a not in numeric}
-
-
-def _rng(seed: int, *words) -> np.random.Generator:
-    entropy = [int(seed) & 0xFFFFFFFF] + [zlib.crc32(str(w).encode()) for w in words]
-    return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
 def forward_gains(y: np.ndarray, pred: np.ndarray, block: np.ndarray) -> np.ndarray:
@@ -126,7 +121,7 @@ def shared_splits(n: int, groups, n_folds: int, seed: int, val_fraction: float =
     S = len(splits)
     train, test = np.zeros((S, n), bool), np.zeros((S, n), bool)
     fit, val = np.zeros((S, n), bool), np.zeros((S, n), bool)
-    inner = _rng(seed, "regression-inner")
+    inner = seeded_rng(seed, "regression-inner")
     for s, (tr, te) in enumerate(splits):
         if len(tr) < 3 or len(te) == 0:
             raise LogitleakError(f"A regression split came out with {len(tr)} training and {len(te)} test rows; give more "
@@ -149,7 +144,7 @@ def forward_fits(test: np.ndarray, groups, seed: int, val_fraction: float = 0.2)
     S, n = test.shape
     fold = np.argmax(test, axis=0)
     block = np.where(fold >= 1, fold, -1)
-    rng = _rng(seed, "regression-forward")
+    rng = seeded_rng(seed, "regression-forward")
     fits = []
     for b, (tr, te) in enumerate(forward_chain(fold, S), start=1):
         if b == S - 1:
@@ -174,10 +169,10 @@ def plan_regression(name: str, values, *, groups=None, n_permutations: int = 0, 
     if np.ptp(y) == 0:
         raise LogitleakError(f"Numeric attribute '{name}' takes a single value ({y[0]:g}); a probe needs variation, so "
                              "drop this attribute or add samples with other values.")
-    variants = [y, _control_values(y, _rng(seed, name, "control"), groups)]
-    perm = _rng(seed, name, "permutations")
+    variants = [y, _control_values(y, seeded_rng(seed, name, "control"), groups)]
+    perm = seeded_rng(seed, name, "permutations")
     variants += [_group_permutation(y, perm, groups) for _ in range(n_permutations)]
-    boot = M.bootstrap_weights(len(y), n_bootstrap, _rng(seed, name, "bootstrap"), groups)
+    boot = M.bootstrap_weights(len(y), n_bootstrap, seeded_rng(seed, name, "bootstrap"), groups)
     return RegressionPlan(name, np.stack(variants), boot)
 
 
@@ -334,8 +329,6 @@ def evaluate_regression(features: Mapping[tuple, np.ndarray], values: Mapping[st
     docstring). ``features``: ``{(level, layer, k): (n, d)}``; ``values``: ``{attribute: (n,)
     floats}``. Rows in the order feature set, attribute, family."""
     from logitleak.probing.regression_mlp import MLP_KEYS, fit_mlp_regression
-    from logitleak.probing.splits import _check_features
-
     if not values:
         return to_frame([])
     n = len(next(iter(values.values())))
@@ -344,7 +337,7 @@ def evaluate_regression(features: Mapping[tuple, np.ndarray], values: Mapping[st
             raise LogitleakError(f"Numeric attribute '{a}' has {len(v)} values but others have {n}; pass one value per sample.")
     if not features:
         raise LogitleakError("No feature sets were given; pass at least one (level, layer, k) -> array.")
-    features = {tuple(k): _check_features(tuple(k), X, n) for k, X in features.items()}
+    features = {tuple(k): check_features(tuple(k), X, n) for k, X in features.items()}
     groups = None if groups is None else np.asarray(groups)
     if n_permutations < 0 or n_bootstrap < 0:
         raise LogitleakError("n_permutations and n_bootstrap must be zero or positive.")

@@ -14,7 +14,7 @@ from logitleak.errors import LogitleakError
 # inputs
 
 
-def _describe(key) -> str:
+def describe_key(key) -> str:
     level, layer, k = key
     out = f"'{level}'"
     if layer is not None:
@@ -24,7 +24,7 @@ def _describe(key) -> str:
     return out
 
 
-def _is_missing(arr: np.ndarray) -> np.ndarray:
+def is_missing(arr: np.ndarray) -> np.ndarray:
     if arr.dtype.kind == "f":
         return np.isnan(arr)
     if arr.dtype.kind == "O":
@@ -38,7 +38,7 @@ def encode_labels(name: str, values) -> tuple[np.ndarray, np.ndarray]:
     if arr.ndim != 1:
         raise LogitleakError(
             f"Labels of attribute '{name}' must be one-dimensional, got shape {arr.shape}; pass one label per sample.")
-    missing = _is_missing(arr)
+    missing = is_missing(arr)
     if missing.any():
         raise LogitleakError(
             f"Attribute '{name}' has {int(missing.sum())} missing labels; fill them or drop those samples "
@@ -51,26 +51,26 @@ def encode_labels(name: str, values) -> tuple[np.ndarray, np.ndarray]:
     return classes, codes.astype(np.int64)
 
 
-def _check_features(key, X, n: int | None) -> np.ndarray:
+def check_features(key, X, n: int | None) -> np.ndarray:
     X = np.asarray(X)
     if X.ndim == 1:
         X = X[:, None]
     if X.ndim != 2:
         raise LogitleakError(
-            f"Feature set {_describe(key)} has shape {X.shape}; pass a 2-D (samples x features) array per "
+            f"Feature set {describe_key(key)} has shape {X.shape}; pass a 2-D (samples x features) array per "
             f"(level, layer, k).")
     if X.dtype.kind not in "fiub":
-        raise LogitleakError(f"Feature set {_describe(key)} is not numeric (dtype {X.dtype}); pass numbers.")
+        raise LogitleakError(f"Feature set {describe_key(key)} is not numeric (dtype {X.dtype}); pass numbers.")
     if X.shape[1] == 0:
-        raise LogitleakError(f"Feature set {_describe(key)} has no feature columns; drop it or pass its features.")
+        raise LogitleakError(f"Feature set {describe_key(key)} has no feature columns; drop it or pass its features.")
     bad = ~np.isfinite(X) if X.dtype.kind == "f" else np.zeros(X.shape, bool)
     if bad.any():
         raise LogitleakError(
-            f"Feature set {_describe(key)} contains {int(bad.sum())} NaN or infinite values; fill or drop them "
+            f"Feature set {describe_key(key)} contains {int(bad.sum())} NaN or infinite values; fill or drop them "
             f"before probing.")
     if n is not None and len(X) != n:
         raise LogitleakError(
-            f"Feature set {_describe(key)} has {len(X)} rows but the labels have {n}; pass features and labels for "
+            f"Feature set {describe_key(key)} has {len(X)} rows but the labels have {n}; pass features and labels for "
             f"the same samples in the same order.")
     return X
 
@@ -134,7 +134,7 @@ def _label(v) -> str:
     return repr(v.item() if isinstance(v, np.generic) else v)
 
 
-def _check_attribute(name: str, classes, codes, groups, n_folds: int, test_size) -> None:
+def check_attribute(name: str, classes, codes, groups, n_folds: int, test_size) -> None:
     if len(classes) < 2:
         raise LogitleakError(
             f"Attribute '{name}' has a single class ({_label(classes[0])}); a probe needs at least two, so drop this "
@@ -158,7 +158,7 @@ def _check_attribute(name: str, classes, codes, groups, n_folds: int, test_size)
                 f"{what} at least {need}; use fewer folds or merge or drop that class.")
 
 
-def _rng(seed: int, *words) -> np.random.Generator:
+def seeded_rng(seed: int, *words) -> np.random.Generator:
     entropy = [int(seed) & 0xFFFFFFFF] + [zlib.crc32(str(w).encode()) for w in words]
     return np.random.default_rng(np.random.SeedSequence(entropy))
 

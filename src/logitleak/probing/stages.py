@@ -9,6 +9,7 @@ stage's results are the same whichever worker, and however many workers, compute
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -68,8 +69,7 @@ def _new_pool(workers: int) -> ProcessPoolExecutor:
 def _warm_up() -> None:
     import torch
 
-    import logitleak.probing.sweep  # noqa: F401 - the imports are most of a worker's start
-
+    importlib.import_module("logitleak.probing.sweep")  # the imports are most of a worker's start
     torch.set_num_threads(1)
 
 

@@ -38,7 +38,7 @@ from logitleak.probing.estimators import (
 from logitleak.probing.heldout import block_weights, centred_gains
 from logitleak.probing.plans import AttributePlan, plan_attribute
 from logitleak.probing.rows import result_rows
-from logitleak.probing.splits import _check_features, _describe, _is_missing, cv_splits, encode_labels
+from logitleak.probing.splits import check_features, cv_splits, describe_key, encode_labels, is_missing
 from logitleak.progress import make_progress
 from logitleak.results import to_frame
 
@@ -284,14 +284,14 @@ def evaluate_sweep(
         if len(np.asarray(X)) != n:
             attr = next(iter(labels))
             raise LogitleakError(
-                f"Feature set {_describe(key)} has {len(np.asarray(X))} rows but attribute '{attr}' has {n} labels; "
+                f"Feature set {describe_key(key)} has {len(np.asarray(X))} rows but attribute '{attr}' has {n} labels; "
                 f"pass features and labels for the same samples in the same order.")
-        feats[key] = _check_features(key, X, n)
+        feats[key] = check_features(key, X, n)
     if groups is not None:
         groups = np.asarray(groups)
         if groups.shape != (n,):
             raise LogitleakError(f"groups has shape {groups.shape} but there are {n} samples; pass one group id per sample.")
-        if _is_missing(groups).any():
+        if is_missing(groups).any():
             raise LogitleakError("groups contains missing values; give every sample a group id.")
         n_groups = int(len(np.unique(groups)))
         if test_size is None and n_groups < n_folds:
@@ -321,7 +321,7 @@ def evaluate_sweep(
                 f_chunk = int(max(1, min(len(keys), budget // (p_chunk * per_pair + n * d * (itemsize + 16)))))
                 for f0 in range(0, len(keys), f_chunk):
                     kc = keys[f0: f0 + f_chunk]
-                    prog.update(task, description=f"{fam} {_describe(kc[0])}" + (f" (+{len(kc) - 1})" if len(kc) > 1 else ""))
+                    prog.update(task, description=f"{fam} {describe_key(kc[0])}" + (f" (+{len(kc) - 1})" if len(kc) > 1 else ""))
                     X, _, _ = prepare_features([feats[k] for k in kc], dev, dtype)
                     lp, pr, lk, Cc, cv = _fit_bucket(X, b, fam, probe_params[fam], p_chunk, seed, prog, task)
                     del X
@@ -345,6 +345,6 @@ def warn_unconverged(rows: Sequence[Mapping]) -> None:
         first = bad[0]
         warnings.warn(
             f"{len(bad)} result row(s) include probe fits that stopped before converging (first: "
-            f"{_describe((first['level'], first['layer'], first['k']))} {first['attribute']} {first['probe']}, "
+            f"{describe_key((first['level'], first['layer'], first['k']))} {first['attribute']} {first['probe']}, "
             f"{first['converged']:.0%} converged); their scores may be understated: raise the probe's max_iter "
             f"(linear) or max_epochs (mlp). The 'converged' column gives the fraction per row.", stacklevel=3)

@@ -52,7 +52,7 @@ def prepare_features(
     return X, np.stack(shifts), np.stack(scales)
 
 
-def _as_tensor(a, device, dtype=None) -> torch.Tensor:
+def as_tensor(a, device, dtype=None) -> torch.Tensor:
     if isinstance(a, torch.Tensor):
         return a.to(device=device, dtype=dtype) if dtype is not None else a.to(device)
     return torch.as_tensor(np.asarray(a), device=device, dtype=dtype)
@@ -87,7 +87,7 @@ def present_classes(y: torch.Tensor, fit_mask: torch.Tensor, n_classes: int) -> 
     return counts > 0
 
 
-def _label_index(y: torch.Tensor, class_mask: torch.Tensor) -> torch.Tensor:
+def label_index(y: torch.Tensor, class_mask: torch.Tensor) -> torch.Tensor:
     """``(n, P, 1)`` label index for gathering; rows whose label is not an active class (they are
     never trained on) point at the first active class so gathers stay finite."""
     first = class_mask.to(torch.int64).argmax(1)                    # (P,)
@@ -100,7 +100,7 @@ def _label_index(y: torch.Tensor, class_mask: torch.Tensor) -> torch.Tensor:
 # sub-blocks of the (feature set, problem) grid: the problems still running
 
 
-def _take(t: torch.Tensor, fi, pi, d0: int = 0, d1: int = 1) -> torch.Tensor:
+def take_block(t: torch.Tensor, fi, pi, d0: int = 0, d1: int = 1) -> torch.Tensor:
     """Sub-block of ``t`` on rows ``fi`` of dim ``d0`` and ``pi`` of dim ``d1`` (None = all)."""
     if fi is not None:
         t = t.index_select(d0, fi)
@@ -109,7 +109,7 @@ def _take(t: torch.Tensor, fi, pi, d0: int = 0, d1: int = 1) -> torch.Tensor:
     return t
 
 
-def _put(t: torch.Tensor, fi, pi, val: torch.Tensor, d0: int = 0, d1: int = 1) -> None:
+def put_block(t: torch.Tensor, fi, pi, val: torch.Tensor, d0: int = 0, d1: int = 1) -> None:
     """In place: ``t[fi, pi] = val`` on dims ``(d0, d1)``."""
     if fi is None and pi is None:
         t.copy_(val)
@@ -123,14 +123,14 @@ def _put(t: torch.Tensor, fi, pi, val: torch.Tensor, d0: int = 0, d1: int = 1) -
         t.index_copy_(d0, fi, tmp)
 
 
-def _log_softmax(Z: torch.Tensor) -> torch.Tensor:
+def log_softmax(Z: torch.Tensor) -> torch.Tensor:
     """``log_softmax`` over a short last axis (torch's kernel is slow when it has 2-10 entries)."""
     m = Z.amax(-1, keepdim=True)
     Zm = Z - m
     return Zm - Zm.exp().sum(-1, keepdim=True).log()
 
 
-def _active_block(active: torch.Tensor, shrink: float = 0.8):
+def active_block(active: torch.Tensor, shrink: float = 0.8):
     """Rows / columns of the (F, P) grid that hold an active problem, or None (= all) when
     restricting would not save at least ``1 - shrink`` of the work."""
     fi = active.any(1).nonzero().squeeze(1)
@@ -141,7 +141,7 @@ def _active_block(active: torch.Tensor, shrink: float = 0.8):
     return (fi if len(fi) < F else None), (pi if len(pi) < P else None)
 
 
-def _compose(outer, inner):
+def compose_index(outer, inner):
     """Index ``inner`` (into a block) composed with the block's own index ``outer`` (None = all)."""
     if inner is None:
         return outer

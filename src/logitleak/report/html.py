@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from logitleak.decisions import Decisions, decide, finite, num, relevance
+from logitleak.integrity import atomic_write
 from logitleak.report import plots as _plots
 from logitleak.report.verdict import Finding, verdict
 from logitleak.report.wording import fmt_acc, fmt_interval, fmt_num, fmt_p
-from logitleak.results import atomic_write
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
