@@ -30,7 +30,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from logitleak.probing.estimators import fit_linear_batched, prepare_features
-from logitleak.probing.sweep import cv_splits, evaluate_sweep
+from logitleak.probing.splits import cv_splits
+from logitleak.probing.sweep import evaluate_sweep
 
 N, D, FOLDS = 2000, 1024, 5
 CLASSES = (2, 2, 3, 3, 4)          # five attributes

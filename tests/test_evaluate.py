@@ -10,7 +10,9 @@ import pytest
 
 from logitleak.errors import LogitleakError
 from logitleak.probing import metrics as M
-from logitleak.probing.sweep import EXTRA_COLUMNS, cv_splits, evaluate_sweep, plan_attribute
+from logitleak.probing.plans import plan_attribute
+from logitleak.probing.splits import cv_splits
+from logitleak.probing.sweep import EXTRA_COLUMNS, evaluate_sweep
 from logitleak.results import RESULT_COLUMNS
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,7 +10,8 @@ from scipy import stats
 from logitleak.errors import LogitleakError
 from logitleak.probing import metrics as M
 from logitleak.probing.heldout import centred_gains, forward_chain, heldout_gain_pvalue
-from logitleak.probing.sweep import evaluate_sweep, plan_attribute
+from logitleak.probing.plans import plan_attribute
+from logitleak.probing.sweep import evaluate_sweep
 from logitleak.report.verdict import verdict
 
 pytestmark = pytest.mark.usefixtures("one_thread")

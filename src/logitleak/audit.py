@@ -113,8 +113,8 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
                       attributes: list[str], progress: bool = True) -> pd.DataFrame:
     """Probe every feature set, one cached parquet per feature set, so a rerun reuses finished work;
     independent stages run side by side in worker processes (:mod:`logitleak.probing.stages`)."""
+    from logitleak.probing.families import families_for
     from logitleak.probing.stages import run_stages, split_stage, stage_workers
-    from logitleak.probing.sweep import families_for
 
     labels = {a: probeset.labels(a) for a in attributes}
     workers = stage_workers(cfg.probes.workers, cfg.device)

@@ -75,7 +75,8 @@ def probe(
 
     from logitleak.data.features import load_features, load_labels
     from logitleak.models.devices import check_device
-    from logitleak.probing.sweep import PROBE_FAMILIES, evaluate_sweep
+    from logitleak.probing.families import PROBE_FAMILIES
+    from logitleak.probing.sweep import evaluate_sweep
     from logitleak.results import write_results
     from logitleak.userpaths import ensure_out_dir
 

@@ -19,6 +19,7 @@ import torch
 from logitleak.errors import LogitleakError
 from logitleak.levels.table import FOLD_LEVELS
 from logitleak.probing import metrics as M
+from logitleak.probing.families import REGRESSION_MLP_OPTIONS, check_probe_params, control_reuses_c, fit_family
 from logitleak.results import to_frame
 
 
@@ -104,7 +105,6 @@ def _class_rows(keys, proj, fits, name, values, groups, splits, block, fwd, prob
                 n_bootstrap, seed, n_folds) -> list[dict]:
     from logitleak.probing.heldout import block_weights, centred_gains
     from logitleak.probing.rows import result_rows
-    from logitleak.probing.sweep import _fit_family, control_reuses_c
 
     plan = _class_plan(name, values, groups, splits, block, fwd, n_permutations, n_bootstrap, seed, n_folds)
     n, V, S, K = len(plan.codes), plan.n_variants, splits[0].shape[0], plan.n_classes
@@ -126,13 +126,13 @@ def _class_rows(keys, proj, fits, name, values, groups, splits, block, fwd, prob
             if cv and P > 1 and control_reuses_c(fam, fam_params):
                 # the control task reuses the C chosen for the real labels (as in evaluate._fit_order)
                 rest = [v for v in range(P) if v != 1]
-                logp_r, Cs_r, _ = _fit_family(fam, X, y[rest], *(m[rest] for m in masks), K, fam_params, seeds[rest])
-                logp_c, _, _ = _fit_family(fam, X, y[1:2], *(m[1:2] for m in masks), K, fam_params, seeds[1:2],
+                logp_r, Cs_r, _ = fit_family(fam, X, y[rest], *(m[rest] for m in masks), K, fam_params, seeds[rest])
+                logp_c, _, _ = fit_family(fam, X, y[1:2], *(m[1:2] for m in masks), K, fam_params, seeds[1:2],
                                            C_fixed=Cs_r[:, :1])
                 logp = torch.cat([logp_r[:, :, :1], logp_c, logp_r[:, :, 1:]], 2)
                 Cs = torch.cat([Cs_r[:, :1], Cs_r[:, :1], Cs_r[:, 1:]], 1)
             else:
-                logp, Cs, _ = _fit_family(fam, X, y, masks[0], masks[1], masks[2], K, fam_params, seeds)
+                logp, Cs, _ = fit_family(fam, X, y, masks[0], masks[1], masks[2], K, fam_params, seeds)
             yt = torch.as_tensor(y.T.copy()).clamp(0, K - 1)[None, :, :, None]
             lpy = torch.gather(logp, -1, yt.expand(F, -1, -1, -1)).squeeze(-1).float().numpy()   # (F, n, P)
             scored = (plan.block >= 1) & te
@@ -153,7 +153,7 @@ def _class_rows(keys, proj, fits, name, values, groups, splits, block, fwd, prob
 def _numeric_rows(keys, proj, fits, name, values, groups, splits, block, fwd, probes, params, task, n_permutations,
                   n_bootstrap, seed) -> list[dict]:
     from logitleak.probing.regression import fit_ridge_cv, plan_regression, regression_rows
-    from logitleak.probing.regression_mlp import MLP_KEYS, fit_mlp_regression
+    from logitleak.probing.regression_mlp import fit_mlp_regression
 
     train, test = splits[0], splits[1]
     plan = plan_regression(name, values, groups=groups, n_permutations=n_permutations, n_bootstrap=n_bootstrap,
@@ -172,7 +172,7 @@ def _numeric_rows(keys, proj, fits, name, values, groups, splits, block, fwd, pr
             if fam == "linear":
                 p, v, a = fit_ridge_cv(X, Yf, *one)
             else:
-                opts = {k: x for k, x in params.get(fam, {}).items() if k in MLP_KEYS}
+                opts = {k: x for k, x in params.get(fam, {}).items() if k in REGRESSION_MLP_OPTIONS}
                 p, v = fit_mlp_regression(X, Yf, *one, seed=seed, **opts)
                 a = None
             if cv and f_i == S - 1 or not cv:
@@ -204,7 +204,7 @@ def evaluate_fold_levels(features: Mapping, labels: Mapping[str, np.ndarray], *,
     block, fwd = forward_fits(splits[1], groups, seed)
     fits = _fits(splits, block, fwd)
     proj = _projections(features, fits)
-    params = {fam: dict((probe_params or {}).get(fam, {})) for fam in probes}
+    params = check_probe_params(probe_params, probes)
     by_dim: dict[int, list] = {}
     for key in features:
         by_dim.setdefault(key[2], []).append(key)

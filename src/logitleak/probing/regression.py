@@ -41,6 +41,7 @@ import torch
 
 from logitleak.errors import LogitleakError
 from logitleak.probing import metrics as M
+from logitleak.probing.families import REGRESSION_MLP_OPTIONS, check_probe_params
 from logitleak.probing.splits import check_features, seeded_rng
 from logitleak.results import to_frame
 
@@ -328,7 +329,7 @@ def evaluate_regression(features: Mapping[tuple, np.ndarray], values: Mapping[st
     """Probe every feature set for every numeric attribute with every family (see the module
     docstring). ``features``: ``{(level, layer, k): (n, d)}``; ``values``: ``{attribute: (n,)
     floats}``. Rows in the order feature set, attribute, family."""
-    from logitleak.probing.regression_mlp import MLP_KEYS, fit_mlp_regression
+    from logitleak.probing.regression_mlp import fit_mlp_regression
     if not values:
         return to_frame([])
     n = len(next(iter(values.values())))
@@ -350,7 +351,7 @@ def evaluate_regression(features: Mapping[tuple, np.ndarray], values: Mapping[st
     by_dim: dict[int, list] = {}
     for key, X in features.items():
         by_dim.setdefault(np.asarray(X).shape[1], []).append(key)
-    params = {fam: dict((probe_params or {}).get(fam, {})) for fam in probes}
+    params = check_probe_params(probe_params, probes)
     results: dict[tuple, dict] = {}
     for d, keys in by_dim.items():
         per = n * d * 8 * 4 + min(d, n) ** 2 * 8 * 3 + n * Y.shape[1] * 8 * (len(ALPHAS) + 4)
@@ -365,7 +366,7 @@ def evaluate_regression(features: Mapping[tuple, np.ndarray], values: Mapping[st
                     def fit_fn(X_, Y_, tr, te, fi, va):
                         return fit_ridge_cv(X_, Y_, tr, te, fi, va, alphas)
                 elif fam == "mlp":
-                    opts = {k: v for k, v in params[fam].items() if k in MLP_KEYS}
+                    opts = {k: v for k, v in params[fam].items() if k in REGRESSION_MLP_OPTIONS}
 
                     def fit_fn(X_, Y_, tr, te, fi, va):
                         return fit_mlp_regression(X_, Y_, tr, te, fi, va, seed=seed, **opts) + (None,)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-MLP_KEYS = {"hidden", "alpha", "lr", "max_epochs", "patience"}
-
 
 def fit_mlp_regression(X: torch.Tensor, Y: torch.Tensor, train, test, inner_fit, inner_val, *, hidden: int = 32,
                        alpha: float = 1e-3, lr: float = 1e-2, max_epochs: int = 400, patience: int = 30,

@@ -28,25 +28,18 @@ from logitleak.errors import LogitleakError
 from logitleak.probing.batching import Problems, chunk_size, k_buckets, pair_bytes
 from logitleak.probing.batching import memory_budget as _default_budget
 from logitleak.probing.estimators import (
-    DEFAULT_CS,
-    fit_linear_batched,
-    fit_linear_grid_batched,
-    fit_mlp_batched,
     prepare_features,
     resolve_device,
 )
+from logitleak.probing.families import check_families, check_probe_params, control_reuses_c, families_for, fit_family
 from logitleak.probing.heldout import block_weights, centred_gains
-from logitleak.probing.plans import AttributePlan, plan_attribute
+from logitleak.probing.plans import plan_attribute
 from logitleak.probing.rows import result_rows
-from logitleak.probing.splits import check_features, cv_splits, describe_key, encode_labels, is_missing
+from logitleak.probing.splits import check_features, describe_key, is_missing
 from logitleak.progress import make_progress
 from logitleak.results import to_frame
 
-__all__ = ["evaluate_sweep", "cv_splits", "encode_labels", "plan_attribute", "AttributePlan",
-           "PROBE_FAMILIES", "EXTRA_COLUMNS"]
-
 FeatureKey = tuple[str, "int | None", "int | None"]
-PROBE_FAMILIES: tuple[str, ...] = ("linear", "mlp")
 EXTRA_COLUMNS: tuple[str, ...] = (
     "p_test", "p_value_heldout", "p_value_permutation", "label_entropy_bits", "v_info_p_value",
     "control_v_info_bits", "n_permutations", "n_folds", "n_groups", "C", "converged",
@@ -57,42 +50,6 @@ permutations), the plug-in ``H(Y)``, the permutation p-value of the V-informatio
 task's V-information, the design (permutations, folds -- 1 for a held-out split --, groups) and
 the linear probe's median chosen C, and the fraction of the row's fits that converged (L-BFGS met
 its tolerance; the MLP stopped early rather than at its epoch cap)."""
-
-_LINEAR_KEYS = {"C", "Cs", "max_iter", "tol", "history"}
-_MLP_KEYS = {"hidden", "alpha", "lr", "max_epochs", "patience", "min_delta", "lr_scale_dim"}
-
-
-def _fit_family(family: str, X: torch.Tensor, y, train, inner_fit, inner_val, K: int, params: Mapping, seed,
-                C_fixed: torch.Tensor | None = None):
-    """Fit one chunk; returns (log-probabilities (F, n, P, K), chosen C (F, P) or None, converged (F, P)).
-    ``C_fixed`` (F, P): the linear probe's C given per problem instead of chosen on the inner split."""
-    if family == "linear":
-        lin = {k: v for k, v in params.items() if k in _LINEAR_KEYS}
-        C = lin.pop("C", None)
-        Cs = lin.pop("Cs", DEFAULT_CS)
-        if C_fixed is not None or C is not None:
-            fit = fit_linear_batched(X, y, train, C=C_fixed if C_fixed is not None else C, n_classes=K, **lin)
-        else:
-            fit = fit_linear_grid_batched(X, y, train, inner_fit, inner_val, Cs=Cs, n_classes=K, **lin)
-        return fit.log_proba(X), fit.C, fit.converged
-    if family == "mlp":
-        mlp = {k: v for k, v in params.items() if k in _MLP_KEYS}
-        fit = fit_mlp_batched(X, y, inner_fit, inner_val, n_classes=K, seed=seed, **mlp)
-        return fit.log_proba(X), None, fit.converged
-    raise LogitleakError(f"Unknown probe family '{family}'; use one of {', '.join(PROBE_FAMILIES)}.")
-
-
-def families_for(level: str, families: Sequence[str], mlp_levels: Collection[str] | None) -> tuple[str, ...]:
-    """The probe families a level gets: the MLP, the costly family, only on ``mlp_levels`` (None: every level)."""
-    return tuple(f for f in families if f != "mlp" or mlp_levels is None or level in mlp_levels)
-
-
-def control_reuses_c(family: str, params: Mapping) -> bool:
-    """Whether the control task takes the linear probe's C from the real labels' fit of the same
-    fold: the control task is the same probe on other labels (Hewitt & Liang), so when C is chosen
-    on inner splits, the control problem reuses the real labels' choice rather than making its own."""
-    return family == "linear" and params.get("C") is None and len(params.get("Cs", DEFAULT_CS)) > 1
-
 
 def _fit_order(b: Problems, fam: str, params: Mapping, p_chunk: int) -> list[tuple[np.ndarray, bool]]:
     """Chunks of problem indices, each flagged when its linear C is taken from the real labels
@@ -121,7 +78,7 @@ def _fit_bucket(X: torch.Tensor, b: Problems, fam: str, params: Mapping, p_chunk
         C_fixed = None
         if from_real:
             C_fixed = torch.as_tensor(np.stack([Cc[b.attr[j]][:, b.split[j]] for j in idx], 1), device=dev)
-        logp, C, ok = _fit_family(fam, X, y, tr, fi, va, b.K, params, seed=b.seeds(idx, seed), C_fixed=C_fixed)
+        logp, C, ok = fit_family(fam, X, y, tr, fi, va, b.K, params, seed=b.seeds(idx, seed), C_fixed=C_fixed)
         yt = torch.as_tensor(y, device=dev).clamp(0, b.K - 1).T.unsqueeze(0).unsqueeze(-1)
         lpy = torch.gather(logp, -1, yt.expand(F, -1, -1, -1)).squeeze(-1).float().cpu().numpy()
         pred = logp.argmax(-1).cpu().numpy()
@@ -242,10 +199,7 @@ def evaluate_sweep(
                              val_fraction=val_fraction, dtype=dtype, memory_budget=memory_budget)
         both = pd.concat([cat, evaluate_regression(features, numeric, **reg_kw)], ignore_index=True)
         return to_frame(both)
-    probes = tuple(probes)
-    for fam in probes:
-        if fam not in PROBE_FAMILIES:
-            raise LogitleakError(f"Unknown probe family '{fam}'; use one of: {', '.join(PROBE_FAMILIES)}.")
+    probes = check_families(probes)
     if not features:
         raise LogitleakError("No feature sets were given; pass at least one (level, layer, k) -> array.")
     if not labels:
@@ -260,13 +214,7 @@ def evaluate_sweep(
         raise LogitleakError(
             f"Task attribute '{task_attribute}' is not among the label attributes ({', '.join(map(str, labels))}); "
             f"pass one of those or none.")
-    probe_params = {fam: dict((probe_params or {}).get(fam, {})) for fam in probes}
-    for fam, opts in probe_params.items():
-        allowed = _LINEAR_KEYS if fam == "linear" else _MLP_KEYS
-        unknown = sorted(set(opts) - allowed)
-        if unknown:
-            raise LogitleakError(
-                f"Unknown {fam} probe option(s) {', '.join(unknown)}; use some of {', '.join(sorted(allowed))}.")
+    probe_params = check_probe_params(probe_params, probes)
 
     label_n = {a: len(np.asarray(v)) for a, v in labels.items()}
     n = next(iter(label_n.values()))
