@@ -288,7 +288,7 @@ def test_converged_fraction_and_a_warning_when_fits_stop_early():
 
 def test_the_control_task_reuses_the_real_labels_choice_of_c():
     from logitleak.probing.batching import Problems
-    from logitleak.probing.sweep import _fit_order
+    from logitleak.probing.classify import _fit_order
 
     plan = plan_attribute("y", np.random.default_rng(0).integers(0, 3, 200), n_permutations=2)
     b = Problems.build([plan])

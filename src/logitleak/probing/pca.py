@@ -124,7 +124,7 @@ def _class_rows(keys, proj, fits, name, values, groups, splits, block, fwd, prob
             seeds = np.array([seed * 7919 + 31 * f_i + v for v in range(P)], dtype=np.int64)
             fam_params = params.get(fam, {})
             if cv and P > 1 and control_reuses_c(fam, fam_params):
-                # the control task reuses the C chosen for the real labels (as in evaluate._fit_order)
+                # the control task reuses the C chosen for the real labels (as in classify._fit_order)
                 rest = [v for v in range(P) if v != 1]
                 logp_r, Cs_r, _ = fit_family(fam, X, y[rest], *(m[rest] for m in masks), K, fam_params, seeds[rest])
                 logp_c, _, _ = fit_family(fam, X, y[1:2], *(m[1:2] for m in masks), K, fam_params, seeds[1:2],

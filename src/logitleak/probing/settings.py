@@ -1,0 +1,47 @@
+"""The settings one probing sweep runs under, held in one object instead of beside every call's labels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """How to probe: the design (folds or one held-out split, permutations, bootstrap, groups, the
+    task attribute), the probe families and their options, and where to compute (device, dtype,
+    memory budget, progress). See :func:`logitleak.probing.sweep.evaluate_sweep` for each field."""
+
+    groups: np.ndarray | None = None
+    task_attribute: str | None = None
+    probes: Sequence[str] = ("linear", "mlp")
+    n_folds: int = 5
+    n_permutations: int = 0
+    n_bootstrap: int = 1000
+    seed: int = 0
+    device: str | None = None
+    progress: bool = True
+    test_size: float | None = None
+    val_fraction: float = 0.2
+    probe_params: Mapping[str, Mapping] | None = None
+    dtype: torch.dtype = torch.float32
+    memory_budget: int | None = None
+
+    @property
+    def group_array(self) -> np.ndarray | None:
+        """The group ids as an array (``None``: every sample its own group)."""
+        return None if self.groups is None else np.asarray(self.groups)
+
+    @property
+    def n_folds_eff(self) -> int:
+        """Folds of the design: 1 for one held-out split."""
+        return 1 if self.test_size is not None else self.n_folds
+
+    def design(self) -> dict:
+        """The keyword arguments the regression and fold-projected sweeps take (their own signatures)."""
+        keys = ("groups", "task_attribute", "probes", "n_folds", "n_permutations", "n_bootstrap", "seed",
+                "probe_params")
+        return {k: getattr(self, k) for k in keys}
