@@ -63,7 +63,8 @@ def test_the_recordings_cover_the_shapes_the_issue_names():
     names = {f"{p.parent.name}/{p.stem}" for p in FIXTURES}
     assert {"vllm/models", "vllm/chat", "vllm/chat_prompt_logprobs", "vllm/chat_token_ids", "vllm/chat_n2",
             "vllm/chat_stream_usage", "vllm/completions", "vllm/completions_prompt_logprobs",
-            "vllm/completions_stream", "vllm/responses", "vllm/responses_stream", "llamacpp/models"} <= names
+            "vllm/completions_stream", "vllm/responses", "vllm/responses_stream", "llamacpp/models", "llamacpp/chat",
+            "llamacpp/chat_stream", "llamacpp/completions", "llamacpp/completions_stream"} <= names
     card = json.loads(json.loads((FIXTURES[0].parent.parent / "vllm" / "models.json").read_text())["body"])
     assert card["data"][0]["permission"][0]["allow_logprobs"] is True  # what the old guard refused
 
