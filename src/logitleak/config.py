@@ -1,4 +1,8 @@
-"""The audit configuration: one validated object for the CLI, config files and the Python API."""
+"""The audit configuration: one validated object for the CLI, config files and the Python API.
+
+Config files are read within bounds (size, nesting, integer digits, no key given twice) that label
+files share.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,127 @@ MAX_GENERATE = 512
 """The most tokens ``--generate`` reads (the generate pass refuses more)."""
 DTYPES = ("auto", "float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16")
 _DEVICE = re.compile(r"^(cpu|cuda|mps|xpu|meta|hpu|npu)(:\d+)?$")
+
+
+# ----------------------------------------------------------------------------- bounds on structured files
+# A config file or a JSON record is parsed by libraries that recurse on nesting (a RecursionError),
+# convert integers of any length (a ValueError past 4,300 digits, then slow arithmetic), and let the
+# last of two equal keys win silently. These refuse such input in one sentence naming the file, where
+# in it, and the limit (label files read them too: logitleak.data.labelfile).
+
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file is a few dozen keys; anything over 1 MiB is not one."""
+MAX_DEPTH = 16
+"""Nesting of mappings and lists (a config file needs 3)."""
+MAX_INT = 2**63
+"""Integers must lie in (-2**63, 2**63): every count, seed and size fits in 64 bits."""
+MAX_INT_DIGITS = 19
+
+
+def check_size(path: Path, limit: int, what: str) -> None:
+    """Refuse a file larger than ``limit`` bytes before reading it."""
+    size = path.stat().st_size
+    if size > limit:
+        raise LogitleakError(f"{what} {path} is {size:,} bytes, more than the {limit:,} a {what.lower()} may hold; "
+                             "pass the intended file.")
+
+
+def check_tree(value, source: str) -> None:
+    """Refuse nesting deeper than :data:`MAX_DEPTH` and integers outside 64 bits in a parsed value,
+    naming the key path (``probes.folds``) where it is."""
+    stack: list[tuple[object, int, str]] = [(value, 0, "")]
+    while stack:
+        v, depth, where = stack.pop()
+        if depth > MAX_DEPTH:
+            raise LogitleakError(f"{source} nests values deeper than {MAX_DEPTH} levels (at {where or 'the top'}); "
+                                 "write a flat mapping of keys to values.")
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int) and not -MAX_INT < v < MAX_INT:
+            raise LogitleakError(f"{source} holds an integer of {len(str(abs(v)))} digits at {where or 'the top'}; "
+                                 f"integers may have at most {MAX_INT_DIGITS} digits (below 2**63).")
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1, f"{where}.{k}" if where else str(k)) for k, x in v.items())
+        elif isinstance(v, (list, tuple)):
+            stack.extend((x, depth + 1, f"{where}[{i}]") for i, x in enumerate(v))
+
+
+def unique_keys(pairs: Iterable[tuple[str, object]], source: str) -> dict:
+    """A JSON object's ``(key, value)`` pairs as a dict, refusing a key given twice
+    (``json.loads(..., object_pairs_hook=...)``)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise LogitleakError(f"{source} gives the key {key!r} twice in one object; keep one of them.")
+        out[key] = value
+    return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that repeats a key (PyYAML keeps the last one)."""
+
+    source = "The YAML file"
+
+    def construct_mapping(self, node, deep=False):  # noqa: D102 - PyYAML's hook
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise LogitleakError(f"{self.source} uses a {type(key).__name__} as a key on line {line}; keys are "
+                                     "plain names.")
+            if key in seen:
+                raise LogitleakError(f"{self.source} gives the key {key!r} twice (lines {seen[key]} and {line}); "
+                                     "keep one of them.")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _scan_yaml(text: str, source: str) -> None:
+    """Walk the YAML's events (PyYAML parses them without recursion) before anything recursive
+    builds them: refuse deep nesting, aliases, and integer literals too long to be a count."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise LogitleakError(f"{source} nests values deeper than {MAX_DEPTH} levels (line {line}); write a "
+                                     "flat mapping of keys to values.")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            raise LogitleakError(f"{source} uses an alias (*{event.anchor}) on line {line}; config files take no "
+                                 "anchors or aliases, so write the value out.")
+        elif isinstance(event, yaml.ScalarEvent) and event.style is None:
+            digits = sum(c.isdigit() for c in event.value)
+            if digits > MAX_INT_DIGITS and event.value.lstrip("+-").replace("_", "").isdigit():
+                raise LogitleakError(f"{source} holds an integer of {digits} digits on line {line}; integers may have "
+                                     f"at most {MAX_INT_DIGITS} digits (below 2**63).")
+
+
+def load_yaml(text: str, source: str):
+    """Parse YAML text safely and within the bounds above (``source`` names the file in errors)."""
+    _scan_yaml(text, source)
+    loader = type("_Loader", (_UniqueKeyLoader,), {"source": source})
+    return yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def load_toml(text: str, source: str) -> dict:
+    """Parse TOML text within the bounds above; duplicate keys are already an error in TOML."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        if str(err).startswith("Cannot overwrite a value"):
+            where = str(err).partition("(")[2].rstrip(")") or "in the file"
+            raise LogitleakError(f"{source} gives a key twice ({where}); keep one of them.") from None
+        raise
+    except RecursionError:
+        raise LogitleakError(f"{source} nests values deeper than Python can parse; write a flat mapping of keys to "
+                             "values.") from None
+    except ValueError as err:  # Python's own bound on integer literals (4,300 digits)
+        raise LogitleakError(f"{source} holds an integer literal too long to read ({str(err).split(':')[0]}); "
+                             f"integers may have at most {MAX_INT_DIGITS} digits.") from None
 
 
 class _Strict(BaseModel):
@@ -189,31 +314,33 @@ def make_config(values: dict[str, Any], source: str = "configuration",
 
 
 def load_config(path: str | Path, validate: bool = True) -> dict[str, Any]:
-    """Read a YAML or TOML config file into a dict (validated later, after CLI overrides)."""
+    """Read a YAML or TOML config file into a dict (validated later, after CLI overrides), within the
+    bounds above (size, nesting, integer digits, no key given twice)."""
     p = Path(path)
     if p.is_dir():
         raise LogitleakError(f"Config file {p} is a directory; pass a .yaml or .toml file.")
     if not p.is_file():
         raise LogitleakError(f"Config file {p} does not exist; pass an existing .yaml or .toml file.")
+    suffix = p.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise LogitleakError(f"Config file {p} must end in .yaml, .yml or .toml.")
+    check_size(p, MAX_CONFIG_BYTES, "Config file")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise LogitleakError(f"Config file {p} is not UTF-8 text (byte {err.start}); save it as UTF-8.") from None
     except OSError as err:
         raise LogitleakError(f"Config file {p} cannot be read ({err.strerror}); check its permissions.") from None
+    source = f"Config file {p}"
     try:
-        if p.suffix.lower() == ".toml":
-            data = tomllib.loads(text)
-        elif p.suffix.lower() in (".yaml", ".yml"):
-            data = yaml.safe_load(text) or {}
-        else:
-            raise LogitleakError(f"Config file {p} must end in .yaml, .yml or .toml.")
+        data = load_toml(text, source) if suffix == ".toml" else (load_yaml(text, source) or {})
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
-        raise LogitleakError(f"Config file {p} is not valid {p.suffix[1:].upper()}: {str(err).splitlines()[0]}.") from None
+        raise LogitleakError(f"Config file {p} is not valid {suffix[1:].upper()}: {str(err).splitlines()[0]}.") from None
     if not isinstance(data, dict):
         raise LogitleakError(f"Config file {p} must hold a mapping of keys to values at the top level.")
+    check_tree(data, source)
     if validate:
-        make_config(data, source=f"Config file {p}")  # fail early, naming the file
+        make_config(data, source=source)  # fail early, naming the file
     return data
 
 

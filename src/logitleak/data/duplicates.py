@@ -7,7 +7,8 @@ must never sit on both sides of a train/test split.
   sample: the repeats are dropped, so a doubled label file measures exactly what the single one does.
 * The same input with different labels is an error naming the rows (nothing can read a difference
   the input does not have).
-* The same image under different prompts (or a user group) forms one group for the splits.
+* The same image under different prompts (or a user group) forms one group for the splits; for a
+  text set, conversations equal up to case and spacing do.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ class Deduplicated:
     dropped: int
     notes: list[str]
 
+    def sample(self, samples: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, groups)``: ``samples`` of the kept rows drawn without replacement (all when ``None``
+        or more), in file order, with their groups numbered from 0."""
+        n = len(self.keep)
+        pick = np.arange(n)
+        if samples is not None and samples < n:
+            pick = np.sort(np.random.default_rng(seed).choice(n, size=samples, replace=False))
+        return self.keep[pick], pd.factorize(np.asarray(self.groups)[pick])[0]
+
 
 def _union_groups(*labellings: Sequence) -> np.ndarray:
     """Connected components of rows sharing a value in any labelling (``None`` values link nothing)."""
@@ -59,13 +69,19 @@ def _union_groups(*labellings: Sequence) -> np.ndarray:
     return pd.factorize(np.array([find(i) for i in range(n)]))[0]
 
 
+SHARED_IMAGE = ("{n} row(s) of {source} show an image another row shows too; rows sharing an image are kept on one "
+                "side of every split.")
+
+
 def resolve_duplicates(inputs: Sequence[str], images: Sequence[str | None], labels: pd.DataFrame,
-                       groups: Sequence | None, source: str, describe: Sequence[str] | None = None) -> Deduplicated:
+                       groups: Sequence | None, source: str, describe: Sequence[str] | None = None,
+                       shared_note: str = SHARED_IMAGE) -> Deduplicated:
     """Drop repeated identical samples, refuse conflicting labels, group rows sharing an image.
 
     ``inputs[i]``: the identity of row ``i``'s whole input (image digest + prompt); ``images[i]``: its
-    image digest (``None`` for text); ``groups``: the user's group column or ``None``; ``describe[i]``:
-    how to name row ``i`` in a message (e.g. its path).
+    image digest, or whatever part of the input rows must not split across (``None``: nothing);
+    ``groups``: the user's group column or ``None``; ``describe[i]``: how to name row ``i`` in a
+    message (e.g. its path); ``shared_note``: the note for rows sharing ``images`` (``{n}``, ``{source}``).
     """
     n = len(inputs)
     describe = list(describe) if describe is not None else [""] * n
@@ -96,6 +112,5 @@ def resolve_duplicates(inputs: Sequence[str], images: Sequence[str | None], labe
                      "once.")
     shared = len(img) - len({v for v in img if v is not None}) - sum(v is None for v in img)
     if shared:
-        notes.append(f"{shared} row(s) of {source} show an image another row shows too; rows sharing an image are "
-                     "kept on one side of every split.")
+        notes.append(shared_note.format(n=shared, source=source))
     return Deduplicated(keep=keep_arr, groups=merged, dropped=dropped, notes=notes)

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from logitleak.data.duplicates import file_digest, resolve_duplicates
-from logitleak.data.labelfile import LABEL_SUFFIXES, as_strings, check_filled, read_label_table
+from logitleak.data.duplicates import Deduplicated, file_digest, resolve_duplicates
+from logitleak.data.labelfile import LABEL_SUFFIXES, check_filled, label_strings, read_label_table
 from logitleak.data.probeset import IndexedImages, ProbeSet
 from logitleak.errors import LogitleakError, first_line
 
@@ -77,20 +77,15 @@ def _build(name: str, table: pd.DataFrame, images, question: str | dict[str, str
         raise LogitleakError(f"The label file of {name} has no rows; add one row per image.")
     check_filled(table, attr_cols + ([group_column] if group_column else []), f"the label file of {name}")
     prompt = question[task] if isinstance(question, dict) else question
-    notes: list[str] = []
-    base_index = np.arange(len(table))
-    groups_all = pd.factorize(table[group_column])[0] if group_column else np.arange(len(table))
+    user_groups = None if group_column is None else list(table[group_column])
     if image_keys is not None:
-        dedup = resolve_duplicates([f"{k}\x1f{prompt}" for k in image_keys], image_keys, table[attr_cols],
-                                   None if group_column is None else list(table[group_column]),
+        dedup = resolve_duplicates([f"{k}\x1f{prompt}" for k in image_keys], image_keys, table[attr_cols], user_groups,
                                    f"the label file of {name}", describe)
-        base_index, groups_all, notes = dedup.keep, dedup.groups, dedup.notes
-    n = len(base_index)
-    pick = np.arange(n)
-    if samples is not None and samples < n:
-        pick = np.sort(np.random.default_rng(seed).choice(n, size=samples, replace=False))
-    index = base_index[pick]
-    groups = pd.factorize(np.asarray(groups_all)[pick])[0]
+    else:
+        dedup = Deduplicated(keep=np.arange(len(table)), dropped=0, notes=[],
+                             groups=np.arange(len(table)) if user_groups is None else pd.factorize(user_groups)[0])
+    index, groups = dedup.sample(samples, seed)
+    notes = dedup.notes
     imgs = None if images is None else IndexedImages(images, index)
     meta = {"source": name, "question": prompt}
     if notes:
@@ -166,7 +161,7 @@ def load_datasets_dir(path: str | Path, *, question: str | dict[str, str], task:
         ds = ds[split]
     has_images = image_column in ds.column_names
     frame = ds.remove_columns([image_column]).to_pandas() if has_images else ds.to_pandas()
-    table = as_strings(frame)
+    table = label_strings(frame, list(frame.columns), f"the dataset {path}", text_cells=False)
     images = _DatasetImages(ds, image_column) if has_images else None
     keys = _dataset_image_digests(ds, image_column) if has_images else None
     return _build(str(path), table, images, question, task, group_column, attributes, samples, seed, drop=[],

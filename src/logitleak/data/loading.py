@@ -39,9 +39,10 @@ def load_probe_set(cfg: AuditConfig) -> ProbeSet:
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         return load_datasets_dir(path, **common)
     if path.is_file() and not cfg.labels:
-        from logitleak.data.text import has_text_column, load_text_file, read_table
+        from logitleak.data.labelfile import read_records
+        from logitleak.data.text import has_text_column, load_text_file
 
-        columns = [str(c) for c in read_table(path).columns]
+        columns = [str(c) for c in read_records(path).columns]
         if has_text_column(columns) and cfg.path_column not in columns:
             return load_text_file(path, task=cfg.task, group_column=cfg.group_column, attributes=cfg.attributes,
                                   samples=cfg.samples, seed=cfg.seed)

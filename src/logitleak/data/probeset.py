@@ -58,6 +58,8 @@ class ProbeSet:
     - ``messages[i]``: for a chat probe set, the whole conversation (``[{"role", "content"}, ...]``,
       a system turn allowed, ending with the user turn whose reply is read); ``prompts[i]`` is then
       that last user turn. ``None``: every sample is the single user turn ``prompts[i]``.
+    - ``meta['rows'][i]``: the row of the source file sample ``i`` came from (1 = the first data row),
+      where there is one (:meth:`row_name`).
     - ``answer_texts[i]``: the expected answer when it is not the value of the asked attribute
       (an ``answer`` column); ``None``: :attr:`answers` uses the asked attribute's value.
     """
@@ -143,10 +145,23 @@ class ProbeSet:
             asked=[self.asked[i] for i in idx],
             groups=self.groups[idx],
             images=None if self.images is None else IndexedImages(self.images, idx),
-            meta=dict(self.meta),
+            meta=self._subset_meta(idx),
             messages=None if self.messages is None else [self.messages[i] for i in idx],
             answer_texts=None if self.answer_texts is None else [self.answer_texts[i] for i in idx],
         )
+
+    def _subset_meta(self, idx: np.ndarray) -> dict:
+        meta = dict(self.meta)
+        if meta.get("rows") is not None:  # the file rows of the samples, kept aligned
+            meta["rows"] = [meta["rows"][i] for i in idx]
+        return meta
+
+    def row_name(self, i: int) -> str:
+        """How to name sample ``i`` in a message: its row of the source file, or its index."""
+        rows = self.meta.get("rows")
+        if rows is not None:
+            return f"Row {rows[i]} of {self.meta.get('source', self.name)}"
+        return f"Sample {i + 1} of probe set {self.name!r}"
 
     def conversation(self, i: int) -> list[dict]:
         """Sample ``i`` as chat turns (its messages, or one user turn holding its prompt)."""

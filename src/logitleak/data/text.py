@@ -4,11 +4,19 @@ One row per sample (CSV, JSONL/JSON records or parquet):
 
 - ``prompt``: the user's message, or ``messages``: the conversation as chat turns
   (``[{"role": "system"|"user"|"assistant", "content": "..."}, ...]``, a JSON string in CSV,
-  ending with the user turn whose reply is read);
-- ``system`` (optional): a system prompt put in front of the conversation;
+  ending with the user turn whose reply is read); a file with both columns is refused;
+- ``system`` (optional): a system prompt put in front of the conversation (refused on a row whose
+  ``messages`` already hold a system turn);
 - ``answer`` (optional): the expected answer word (default: the task attribute's value);
 - a group column (optional, ``--group-column``): samples sharing it never straddle a split;
 - every other column is an attribute; ``--task`` names the one the question asks about.
+
+Labels are typed by the one rule of :mod:`logitleak.data.labelfile`; a blank or missing label, prompt
+or answer is an error naming the file, column and row when the file loads. Rows are de-duplicated
+as image rows are (:mod:`logitleak.data.duplicates`), by the conversation the model is shown (system
+and every turn): an exact repeat with the same labels is dropped with a note, the same conversation
+with other labels is an error naming both rows, and conversations equal up to case and spacing are
+kept on one side of every split.
 """
 
 from __future__ import annotations
@@ -18,8 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from logitleak.config import unique_keys
+from logitleak.data.duplicates import resolve_duplicates
+from logitleak.data.labelfile import check_filled, label_strings, read_records
 from logitleak.data.probeset import ProbeSet
 from logitleak.errors import LogitleakError
 
@@ -27,29 +37,12 @@ TEXT_COLUMNS = ("prompt", "messages")
 SYSTEM_COLUMN = "system"
 ANSWER_COLUMN = "answer"
 ROLES = ("system", "user", "assistant")
-_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    """The label file as a table; cells stay as parsed (a ``messages`` cell may be a list)."""
-    p = Path(path)
-    if not p.is_file():
-        raise LogitleakError(f"Prompt file {p} does not exist; pass an existing CSV, JSONL or parquet file.")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".csv":
-            return pd.read_csv(p, dtype=str, keep_default_na=False)
-        if suffix in (".jsonl", ".json"):
-            return pd.read_json(p, lines=suffix == ".jsonl", dtype=False)
-        if suffix == ".parquet":
-            return pd.read_parquet(p)
-    except ValueError as err:
-        raise LogitleakError(f"Prompt file {p} cannot be read as {suffix[1:].upper()} ({str(err).splitlines()[0]}); "
-                             "fix the file (one record per line for JSONL).") from None
-    raise LogitleakError(f"Prompt file {p} has an unsupported extension {suffix!r}; use one of {', '.join(_SUFFIXES)}.")
+SHARED_TEXT = ("{n} row(s) of {source} hold a conversation another row holds too, up to case and spacing; such rows "
+               "are kept on one side of every split.")
 
 
 def has_text_column(columns: Sequence[str]) -> bool:
+    """Whether a label file's columns make it a text probe set."""
     return any(c in columns for c in TEXT_COLUMNS)
 
 
@@ -60,8 +53,8 @@ def parse_messages(cell, where: str) -> list[dict]:
     value = cell
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except ValueError:
+            value = json.loads(value, object_pairs_hook=lambda pairs: unique_keys(pairs, f"{where}: the messages cell"))
+        except (ValueError, RecursionError):
             raise LogitleakError(f"{where}: the messages cell is not valid JSON; {fix}.") from None
     if isinstance(value, np.ndarray):
         value = value.tolist()
@@ -79,15 +72,44 @@ def parse_messages(cell, where: str) -> list[dict]:
     return turns
 
 
+def _conversation(row: dict, text_col: str, has_system: bool, where: str) -> list[dict]:
+    """One row's conversation: its turns, with the ``system`` cell (if any) as the first turn."""
+    if text_col == "messages":
+        turns = parse_messages(row["messages"], where)
+    elif isinstance(row["prompt"], str):
+        turns = [{"role": "user", "content": row["prompt"]}]
+    else:
+        raise LogitleakError(f"{where}: the prompt cell holds {json.dumps(row['prompt'])[:40]}, not text; write the "
+                             "prompt as a string.")
+    system = row.get(SYSTEM_COLUMN) if has_system else None
+    if isinstance(system, str) and system.strip():
+        if any(t["role"] == "system" for t in turns):
+            raise LogitleakError(f"{where}: the system cell and a system turn in the messages cell both give a system "
+                                 "prompt; keep one of them.")
+        turns = [{"role": "system", "content": system}] + turns
+    return turns
+
+
+def _rendered(turns: list[dict]) -> str:
+    return json.dumps([[t["role"], t["content"]] for t in turns], ensure_ascii=False)
+
+
+def _normalised(turns: list[dict]) -> str:
+    return json.dumps([[t["role"], " ".join(t["content"].split()).casefold()] for t in turns], ensure_ascii=False)
+
+
 def load_text_file(path: str | Path, *, task: str, group_column: str | None = None,
                    attributes: Sequence[str] | None = None, samples: int | None = None, seed: int = 0) -> ProbeSet:
     """A text probe set (no images) from a label file; see the module docstring for its columns."""
     p = Path(path)
-    table = read_table(p)
+    table = read_records(p)
     cols = [str(c) for c in table.columns]
     if not has_text_column(cols):
         raise LogitleakError(f"Prompt file {p} has no 'prompt' or 'messages' column (columns: {', '.join(cols)}); "
                              "add a 'prompt' column with each user message, or a 'messages' column of chat turns.")
+    if all(c in cols for c in TEXT_COLUMNS):
+        raise LogitleakError(f"Prompt file {p} has both a 'prompt' and a 'messages' column; keep one of them (a "
+                             "one-turn conversation is a prompt).")
     text_col = "messages" if "messages" in cols else "prompt"
     if group_column is not None and group_column not in cols:
         raise LogitleakError(f"Group column {group_column!r} is not in {p}; columns are: {', '.join(cols)}.")
@@ -101,29 +123,26 @@ def load_text_file(path: str | Path, *, task: str, group_column: str | None = No
         attr_cols = [task] + attr_cols
     if len(table) == 0:
         raise LogitleakError(f"Prompt file {p} has no rows; add one row per prompt.")
-    index = np.arange(len(table))
-    if samples is not None and samples < len(table):
-        index = np.sort(np.random.default_rng(seed).choice(len(table), size=samples, replace=False))
-    rows = table.iloc[index].reset_index(drop=True)
-    conversations: list[list[dict]] = []
-    for j, i in enumerate(index):
-        where = f"Row {int(i) + 1} of {p}"
-        if text_col == "messages":
-            turns = parse_messages(rows.at[j, "messages"], where)
-        else:
-            prompt = rows.at[j, "prompt"]
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise LogitleakError(f"{where}: the prompt cell is empty; give every row a prompt.")
-            turns = [{"role": "user", "content": prompt}]
-        system = rows.at[j, SYSTEM_COLUMN] if SYSTEM_COLUMN in cols else None
-        if isinstance(system, str) and system.strip():
-            turns = [{"role": "system", "content": system}] + [t for t in turns if t["role"] != "system"]
-        conversations.append(turns)
-    prompts = [next(t["content"] for t in reversed(c) if t["role"] == "user") for c in conversations]
+    answer = [ANSWER_COLUMN] if ANSWER_COLUMN in cols else []
+    label_cols = attr_cols + answer + ([group_column] if group_column else [])
+    typed = label_strings(table, label_cols, str(p))
+    check_filled(table, [text_col], str(p))
+    check_filled(typed, label_cols, str(p))
+    has_system = SYSTEM_COLUMN in cols
+    records = table.to_dict("records")
+    conversations = [_conversation(r, text_col, has_system, f"Row {i + 1} of {p}") for i, r in enumerate(records)]
+    dedup = resolve_duplicates([_rendered(c) for c in conversations], [_normalised(c) for c in conversations],
+                               typed[attr_cols + answer], None if group_column is None else list(typed[group_column]),
+                               str(p), shared_note=SHARED_TEXT)
+    index, groups = dedup.sample(samples, seed)
+    chosen = [conversations[i] for i in index]
+    prompts = [next(t["content"] for t in reversed(c) if t["role"] == "user") for c in chosen]
     # Plain prompts without a system turn stay prompts: exactly the path an image probe set takes.
-    plain = all(len(c) == 1 for c in conversations)
-    groups = pd.factorize(rows[group_column].astype(str))[0] if group_column else index.copy()
-    answers = rows[ANSWER_COLUMN].astype(str).tolist() if ANSWER_COLUMN in cols else None
-    return ProbeSet(name=str(p), prompts=prompts, attributes=rows[attr_cols].astype(str), asked=[task] * len(rows),
-                    groups=np.asarray(groups), images=None, messages=None if plain else conversations,
-                    answer_texts=answers, meta={"source": str(p), "text_column": text_col})
+    plain = all(len(c) == 1 for c in chosen)
+    meta = {"source": str(p), "text_column": text_col, "rows": [int(i) + 1 for i in index]}
+    if dedup.notes:
+        meta["notes"] = dedup.notes
+    return ProbeSet(name=str(p), prompts=prompts, attributes=typed[attr_cols].iloc[index].reset_index(drop=True),
+                    asked=[task] * len(index), groups=np.asarray(groups), images=None,
+                    messages=None if plain else chosen,
+                    answer_texts=typed[ANSWER_COLUMN].iloc[index].tolist() if answer else None, meta=meta)
