@@ -30,6 +30,7 @@ from logitleak.defenses.output import check_defense
 from logitleak.defenses.spec import Defense
 from logitleak.errors import LogitleakError
 from logitleak.integrity import write_json
+from logitleak.models.tokens import check_k
 from logitleak.results import write_results
 from logitleak.timing import Timer
 
@@ -112,8 +113,7 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
         adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype, allow_pickle=cfg.allow_pickle)
     fit_set, eval_set = split_fit_eval(probeset, cfg.seed, stratify=cfg.task)
     k_api = max(cfg.k)
-    if k_api > adapter.vocab_size:
-        raise LogitleakError(f"k={k_api} is larger than the vocabulary ({adapter.vocab_size}); pass --k values up to {adapter.vocab_size}.")
+    check_k(k_api, adapter.vocab_size, f"--k {k_api}")
     irrelevant = [a for a in attributes if a != cfg.task]
     for d in grid:  # validate the whole grid before any work
         check_defense(d, adapter.vocab_size)

@@ -14,6 +14,7 @@ import torch
 
 from logitleak.defenses.spec import Defense
 from logitleak.errors import LogitleakError
+from logitleak.models.tokens import api_logprobs, api_topk, check_k
 
 
 @dataclass
@@ -38,12 +39,6 @@ class ApiView:
         return self.ids[:, 0]
 
 
-def check_k(k: int, vocab: int, what: str = "top-k") -> None:
-    """The one check that a list of ``k`` alternatives fits a vocabulary of ``vocab`` tokens."""
-    if k > vocab:
-        raise LogitleakError(f"{what} asks for more alternatives than the vocabulary has ({vocab}); use k <= {vocab}.")
-
-
 def check_defense(defense: Defense, vocab: int) -> None:
     """Refuse a defence that cannot apply to a vocabulary of ``vocab`` tokens (``topk:k`` with k > vocab)."""
     for t in defense.output_side:
@@ -54,26 +49,28 @@ def check_defense(defense: Defense, vocab: int) -> None:
 def api_view(logits: torch.Tensor, k: int, temperature: float = 1.0) -> ApiView:
     """Top-k log-probabilities of the final logits, as an API computes them."""
     check_k(k, logits.shape[-1], f"Defence topk:{k}")
-    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
-    values, ids = torch.topk(logprobs, k, dim=-1)
-    return ApiView(values, ids)
+    return ApiView(*api_topk(logits.float(), k, temperature))
 
 
 def apply_output_defense(logits: torch.Tensor, defense: Defense, k: int, seed: int = 0,
-                         extra_ids: torch.Tensor | None = None) -> ApiView:
+                         extra_ids: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> ApiView:
     """Apply a defence's output-side transforms, in order, to what an API with ``top_logprobs=k`` returns.
 
     ``extra_ids`` ``(N, E)``: tokens whose defended log-probability is wanted beside the list (a
-    server's generated token); one in the list gets exactly its listed value.
+    server's generated token); one in the list gets exactly its listed value. ``dtype``: the
+    precision the transforms run in, after the API's log-probabilities (the server's float64,
+    so a rounded value is the short decimal it names).
     """
     check_defense(defense, logits.shape[-1])
     temperature = 1.0
     for t in defense.output_side:
         if t.name == "temperature":
             temperature *= float(t.value)
-    check_k(k, logits.shape[-1], f"Defence topk:{k}")
-    logprobs = torch.log_softmax(logits.to(_at_least_float32(logits)) / temperature, dim=-1)
-    values, ids = torch.topk(logprobs, k, dim=-1)
+    check_k(k, logits.shape[-1], f"Defence topk:{k}", at_least=0)
+    logprobs = api_logprobs(logits, temperature)
+    if dtype is not None:
+        logprobs = logprobs.to(dtype)
+    values, ids = api_topk(logits, k, logprobs=logprobs)
     extra = None if extra_ids is None else logprobs.gather(1, extra_ids.long())
     after = Defense(tuple(t for t in defense.output_side if t.name != "temperature"))
     return defend_view(ApiView(values, ids), after, seed=seed, extra_ids=extra_ids, extra=extra)

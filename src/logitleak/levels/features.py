@@ -46,6 +46,7 @@ from logitleak.levels.table import (
     computable,
 )
 from logitleak.models.readout import Readout
+from logitleak.models.tokens import api_topk, check_k
 
 LENS_LEVELS = TUNED_LENS_LEVELS
 ROW_CHUNK = 2048  # rows of (N, V) lens logits computed at once: bounds memory for large vocabularies
@@ -102,7 +103,7 @@ def tuned_lens(cap: CaptureSource, readout: Readout, lens, layer: int) -> torch.
 
 def topk_values(x: torch.Tensor, k: int) -> np.ndarray:
     """``(N, k)`` the k largest values of each row, sorted descending, without ids."""
-    _check_k(k, x.shape[-1])
+    check_k(k, x.shape[-1], "k", of="the values available")
     return torch.topk(x.float(), k, dim=-1, sorted=True).values.numpy()
 
 
@@ -149,7 +150,7 @@ def logits_features(logits: torch.Tensor, readout: Readout | None) -> np.ndarray
 
 def topk_logprobs(logits: torch.Tensor, k: int) -> np.ndarray:
     """``(N, k)`` top-k log-probabilities (log-softmax of the logits), sorted descending, no ids."""
-    return topk_values(torch.log_softmax(logits.float(), dim=-1), k)
+    return api_topk(logits.float(), k)[0].numpy()
 
 
 def topk_ids_matrix(ids: torch.Tensor, logprobs: torch.Tensor, floor: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -181,13 +182,6 @@ def top1_prob(cap: CaptureSource, logits: torch.Tensor | None = None) -> np.ndar
     return torch.exp(torch.nan_to_num(lp[:, :1], nan=float("-inf"))).numpy()
 
 
-def _check_k(k: int, width: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise LogitleakError(f"k={k!r} is not valid; pass a positive whole number such as 5.")
-    if k > width:
-        raise LogitleakError(f"k={k} is larger than the {width} values available; pass k up to {width}.")
-
-
 def _api_logprobs(cap) -> torch.Tensor:
     return _api_returned(cap)[0]
 
@@ -202,7 +196,7 @@ def _api_returned(cap) -> tuple[torch.Tensor, torch.Tensor]:
 def _api_topk(cap, k: int, returned: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """First k returned (logprobs, ids) of a black-box capture, missing values at the floor."""
     lp, ids = returned if returned is not None else _api_returned(cap)
-    _check_k(k, lp.shape[1])
+    check_k(k, lp.shape[1], "k", of="the endpoint returned")
     return lp[:, :k], ids[:, :k].long()
 
 
@@ -230,7 +224,7 @@ def _lens_features(cap, readout: Readout, layer: int, ks: Sequence[int], answer_
     N = n_samples(cap)
     kmax = max(ks) if (want_topk and ks) else 0
     if kmax:
-        _check_k(kmax, readout.vocab_size)
+        check_k(kmax, readout.vocab_size, "k")
     tops, answers = [], []
     ids = torch.as_tensor(list(answer_ids), dtype=torch.long) if want_answers else None
     if ids is not None and (ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= readout.vocab_size):
@@ -276,7 +270,7 @@ def build_features(cap: CaptureSource, readout: Readout | None, *, levels: Itera
     if unknown:
         raise LogitleakError(f"Unknown level {unknown[0]!r}; choose from: {', '.join(LEVELS)}.")
     for k in ks:
-        _check_k(k, 10**12)
+        check_k(k, 10**12, "k")
     need_k = [lv for lv in levels if lv in K_LEVELS]
     if need_k and not ks:
         raise LogitleakError(f"Level {need_k[0]!r} needs at least one k; pass ks such as [1, 5, 10].")
@@ -329,15 +323,13 @@ def build_features(cap: CaptureSource, readout: Readout | None, *, levels: Itera
         api_levels = [lv for lv in ("topk_ids", "topk_logprobs", "topk_logits") if lv in levels]
         if api_levels:
             kmax = max(ks)
-            _check_k(kmax, logits.shape[-1])
-            logprobs = torch.log_softmax(logits, dim=-1)
-            lp_top = torch.topk(logprobs, kmax, dim=-1, sorted=True)
+            lp_values, lp_ids = api_topk(logits, kmax)
             lg_top = torch.topk(logits, kmax, dim=-1, sorted=True).values if "topk_logits" in levels else None
             for k in ks:
                 if "topk_ids" in levels:
-                    feats[("topk_ids", None, k)] = topk_ids_matrix(lp_top.indices[:, :k], lp_top.values[:, :k])[0]
+                    feats[("topk_ids", None, k)] = topk_ids_matrix(lp_ids[:, :k], lp_values[:, :k])[0]
                 if "topk_logprobs" in levels:
-                    feats[("topk_logprobs", None, k)] = np.ascontiguousarray(lp_top.values[:, :k].numpy())
+                    feats[("topk_logprobs", None, k)] = np.ascontiguousarray(lp_values[:, :k].numpy())
                 if lg_top is not None:
                     feats[("topk_logits", None, k)] = np.ascontiguousarray(lg_top[:, :k].numpy())
     elif "topk_ids" in levels or "topk_logprobs" in levels:
