@@ -4,15 +4,18 @@ their definitions, the store keeps them, and --generate 0 is one sentence."""
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_model_dir
+from tiny_models import probeset_for, tiny_model_dir
 
 from logitleak.capture.forward import Capture, capture
 from logitleak.capture.generation import response_mask
@@ -22,6 +25,9 @@ from logitleak.data.personas import make_personas
 from logitleak.errors import LogitleakError
 from logitleak.levels.features import build_features
 from logitleak.levels.response import response_topk_ids, response_topk_logprobs
+from logitleak.models.tokens import eos_ids
+from logitleak.serve.app import RunningServer, create_app
+from logitleak.serve.engine import Engine
 
 G = 5
 
@@ -151,3 +157,46 @@ def test_generate_zero_is_one_sentence(tmp_path):
                        capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "'generate'" in r.stderr and "--generate 8" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_response_mask_takes_a_limit_per_row():
+    tokens = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 8]])
+    assert response_mask(tokens, torch.tensor([4, 2]), eos_ids=set()).tolist() == [[True] * 4, [True, True, False, False]]
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "paligemma", "idefics3", "gpt2", "llama"])
+def test_server_answers_are_the_generate_capture_by_construction(family, one_thread):
+    """`serve` and a --generate capture run one generate pass: every response position's top-5
+    log-probabilities and ids are the capture's, bit for bit (a batch of one on both sides), the
+    stop token's entry is the one extra entry a response that ended on it carries, and the stop
+    rule (the model's EOS ids, from one place) is the same."""
+    from logitleak.models.loading import load_model
+
+    ad = load_model(tiny_model_dir(family), device="cpu")
+    ps = probeset_for(ad, n=3, seed=2)
+    cap = capture(ad, ps, batch_size=1, progress=False, generate=G, gen_k=5)
+    engine = Engine(ad, threads=1)
+    assert engine.eos_ids == set(eos_ids(ad))
+    with RunningServer(create_app(engine, served_model_name=family)) as srv:
+        for i in range(len(ps)):
+            content: list = [{"type": "text", "text": ps.prompts[i]}]
+            if ps.images is not None:
+                buf = io.BytesIO()
+                ps.images[i].save(buf, format="PNG")
+                url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+                content.insert(0, {"type": "image_url", "image_url": {"url": url}})
+            body = {"model": family, "messages": [{"role": "user", "content": content}], "logprobs": True,
+                    "top_logprobs": 5, "max_tokens": G, "temperature": 0}
+            choice = httpx.post(srv.url + "/chat/completions", json=body, timeout=120).json()["choices"][0]
+            entries = choice["logprobs"]["content"]
+            n = int(cap.gen_mask[i].sum())
+            for j in range(n):
+                values = [t["logprob"] for t in entries[j]["top_logprobs"]]
+                assert values == cap.gen_topk_logprobs[i, j].tolist(), (family, i, j)
+                assert [t["token"] for t in entries[j]["top_logprobs"]] == \
+                    [engine.tokens(int(t))[0] for t in cap.gen_topk_ids[i, j]]
+                assert entries[j]["token"] == engine.tokens(int(cap.gen_tokens[i, j]))[0]
+            if n < G:  # the response ended on an end-of-sequence token: its entry comes last
+                assert choice["finish_reason"] == "stop" and len(entries) == n + 1
+            else:
+                assert choice["finish_reason"] == "length" and len(entries) == G

@@ -2,20 +2,21 @@
 
 Every request goes through a queue to a single worker thread that owns the model: the model is
 never called from two threads at once. The worker micro-batches whatever is waiting (up to
-``max_batch`` requests that can share one ``generate`` call) into one call of transformers' own
-``model.generate`` (``output_logits=True``). Inputs are built by the adapter
+``max_batch`` requests that can share one ``generate`` call) into one call of
+:func:`logitleak.capture.generation.generate`, the pass a ``--generate`` capture runs (the same
+hooks, end-of-sequence ids and stop rule). Inputs are built by the adapter
 (:meth:`~logitleak.models.adapter.ModelAdapter.build_chat_inputs`, left-padded), the same path a
-white-box capture takes, so the first generated token's log-probabilities are the capture's.
+white-box capture takes, so the log-probabilities are the capture's by construction.
 A batch that fails to encode is encoded request by request, so one malformed request fails
 alone (with a 400).
 
-Output-side defences act only through :func:`logitleak.defenses.output.apply_output_defense`,
-on the log-probabilities the server returns (never on the tokens it generates), for every
-generated token, with one seed rule (:func:`~logitleak.defenses.output.content_seed`: a
-per-server secret and the request's content, so an identical request gets identical noise).
-On the wire: ``values_only`` returns ``"<hidden>"`` as every alternative's token (bytes
-``null``; the generated token, also visible in the text, keeps its string); ``ranks_only``
-returns ``-9999.0`` (OpenAI's "negligible") as every log-probability.
+Each row's answer (:mod:`logitleak.serve.answer`) applies the output-side defence with one seed
+rule (:func:`~logitleak.defenses.output.content_seed`: a per-server secret and the request's
+content, so an identical request gets identical noise). On the wire: ``values_only`` returns
+``"<hidden>"`` as every alternative's token (bytes ``null``; the generated token, also visible in
+the text, keeps its string); ``ranks_only`` returns ``-9999.0`` (OpenAI's "negligible") as every
+log-probability. A request's ``logit_bias`` is added to the model's logits at every step, before
+sampling and before the returned log-probabilities (so a client can measure the logit-bias attack).
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ from dataclasses import dataclass
 
 import torch
 
-from logitleak.defenses.output import apply_output_defense, check_defense, content_seed
+from logitleak.capture.generation import Decoding, generate
+from logitleak.defenses.output import check_defense, content_seed
 from logitleak.defenses.spec import Defense
 from logitleak.errors import LogitleakError, first_line
-from logitleak.serve.hf_generate import run_generate, stop_cut
-from logitleak.serve.requests import Alternative, GenRequest, GenResult, Step, prompt_chars, text_of
+from logitleak.models.tokens import eos_ids
+from logitleak.serve.answer import answer_row
+from logitleak.serve.requests import GenRequest, GenResult, prompt_chars, public_message, text_of
 from logitleak.serve.tokens import TokenTable
-from logitleak.wire.bodies import HIDDEN_TOKEN, RequestError, wire_logprob
+from logitleak.wire.bodies import RequestError
 
 MAX_NEW_TOKENS = 512
 MAX_PROMPT_TOKENS = 16384
@@ -84,15 +87,7 @@ class Engine:
         self.max_positions = int(getattr(adapter.text_config, "max_position_embeddings", 0) or MAX_PROMPT_TOKENS)
         self.max_prompt_chars = (int(max_prompt_chars) if max_prompt_chars is not None
                                  else min(self.max_positions, MAX_PROMPT_TOKENS) * CHARS_PER_TOKEN_BOUND)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        eos: set[int] = set()
-        for src in (getattr(self.model, "generation_config", None), self.tokenizer):
-            val = getattr(src, "eos_token_id", None) if src is not None else None
-            if isinstance(val, int):
-                eos.add(val)
-            elif isinstance(val, (list, tuple)):
-                eos.update(int(v) for v in val)
-        self.eos_ids = eos
+        self.eos_ids = set(eos_ids(adapter))  # the capture's stop rule (a test may clear it to never stop)
         self.image_token_id = adapter.image_token_id
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
@@ -152,6 +147,10 @@ class Engine:
         if tok and not req.images and any(tok in text_of(m) for m in req.messages):
             raise RequestError(f"The text contains the image placeholder {tok!r} but no image was sent; remove it "
                                "or attach the image as an image_url part.", param="messages")
+        outside = sorted(t for t in req.logit_bias if not 0 <= t < self.vocab)
+        if outside:
+            raise RequestError(f"logit_bias names token id {outside[0]}, outside this model's vocabulary (ids 0 to "
+                               f"{self.vocab - 1}); bias ids from the model's tokenizer only.", param="logit_bias")
         n = prompt_chars(req.messages)
         if n > self.max_prompt_chars:
             raise RequestError(f"The prompt is {n} characters, more than this server tokenises ({self.max_prompt_chars}: "
@@ -239,10 +238,10 @@ class Engine:
         try:
             inputs = self.adapter.build_chat_inputs([r.messages for r in reqs], images, padding_side="left")
         except LogitleakError as err:
-            raise RequestError(str(err), param="messages") from None
+            raise RequestError(public_message(str(err), self.adapter.name), param="messages") from None
         except Exception as err:  # noqa: BLE001 - a processor failure is this request's fault
-            raise RequestError(f"The model's processor rejected the request: {first_line(err, None)}",
-                               param="messages") from None
+            raise RequestError("The model's processor rejected the request: "
+                               + public_message(first_line(err, None), self.adapter.name), param="messages") from None
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         for b, job in enumerate(jobs):
             req, row = job.request, ids[b][mask[b].bool()]
@@ -281,61 +280,30 @@ class Engine:
         return ok, self._build(ok)
 
     # -------------------------------------------------------------- generation
-    @torch.inference_mode()
     def _generate(self, jobs: list[_Job], inputs: dict[str, torch.Tensor]) -> list[GenResult]:
-        from transformers import GenerationConfig
-
+        """One :func:`~logitleak.capture.generation.generate` call for the batch (the white-box
+        capture's pass), then each row's answer."""
         reqs = [j.request for j in jobs]
-        t0 = int(inputs["input_ids"].shape[1])
-        eos = sorted(self.eos_ids)
-        sample = reqs[0].temperature > 0
-        config = GenerationConfig(
-            max_new_tokens=max(r.max_tokens for r in reqs), do_sample=sample, num_beams=1,
-            temperature=reqs[0].temperature if sample else 1.0, top_p=reqs[0].top_p if sample else 1.0,
-            top_k=0 if sample else None, pad_token_id=self.pad_id, eos_token_id=eos or None, output_logits=True, return_dict_in_generate=True)
-        seed = (reqs[0].seed if reqs[0].seed is not None else secrets.randbits(63)) % 2**64
-        out = run_generate(self.model, inputs, config, reqs, self.tokenizer, self.eos_ids, seed, self.adapter.device)
-        new = out.sequences[:, t0:].cpu()
-        logits = torch.stack(out.logits, dim=1).float().cpu() if out.logits else torch.empty(len(jobs), 0, self.vocab)
-        self.forward_calls += int(new.shape[1])
+        first = reqs[0]
+        seed = first.seed if first.seed is not None else secrets.randbits(63)
+        out = generate(self.adapter, inputs, max_new_tokens=max(r.max_tokens for r in reqs),
+                       decoding=Decoding(first.temperature, first.top_p, seed), eos=self.eos_ids,
+                       limits=[r.max_tokens for r in reqs], stops=[r.stop for r in reqs],
+                       logit_bias=self._bias(reqs))
+        logits = torch.stack(out.logits, dim=1) if out.logits else torch.empty(len(jobs), 0, self.vocab)
+        self.forward_calls += len(out.logits)
         self.batches += 1
         self.requests_done += len(jobs)
-        return [self._result(job, new[b].tolist(), logits[b]) for b, job in enumerate(jobs)]
+        return [answer_row(out.tokens[b].tolist(), logits[b], job.request, eos=frozenset(self.eos_ids),
+                           tokenizer=self.tokenizer, table=self.tokens, defense=self.defense, seed=job.seed,
+                           n_prompt=job.n_prompt) for b, job in enumerate(jobs)]
 
-    def _result(self, job: _Job, tokens: list[int], logits: torch.Tensor) -> GenResult:
-        """One row of a ``generate`` call -> the request's result (tokens up to its stop rule)."""
-        req = job.request
-        kept, text, finish = [], "", "length"
-        for tid in tokens:
-            kept.append(tid)
-            if tid in self.eos_ids:
-                finish = "stop"
-                break
-            text = self.tokenizer.decode([t for t in kept if t not in self.eos_ids], skip_special_tokens=True)
-            cut = stop_cut(text, req.stop)
-            if cut is not None:
-                text, finish = text[:cut], "stop"
-                break
-            if len(kept) >= req.max_tokens:
-                break
-        steps = self._steps(job, kept, logits[:len(kept)]) if req.top_logprobs is not None else []
-        return GenResult(text=text, finish_reason=finish, steps=steps, prompt_tokens=job.n_prompt,
-                         completion_tokens=len(kept), logprobs=req.top_logprobs is not None)
-
-    def _steps(self, job: _Job, tokens: list[int], logits: torch.Tensor) -> list[Step]:
-        """The defended log-probabilities of every generated token and its top alternatives."""
-        if not tokens:
-            return []
-        k = min(int(job.request.top_logprobs), logits.shape[-1])
-        chosen = torch.tensor(tokens, dtype=torch.long)[:, None]
-        # float64: a rounded value goes on the wire as the short decimal it is (-0.1, not -0.10000000149)
-        view = apply_output_defense(logits.double(), self.defense, k, seed=job.seed, extra_ids=chosen)
-        steps = []
-        for i, tid in enumerate(tokens):
-            top = []
-            for v, a in zip(view.logprobs[i].tolist(), view.ids[i].tolist()):
-                tok, raw = (HIDDEN_TOKEN, None) if a < 0 else self.tokens(a)
-                top.append(Alternative(tok, wire_logprob(v), raw))
-            tok, raw = self.tokens(tid)
-            steps.append(Step(tid, tok, raw, wire_logprob(float(view.extra[i, 0])), top))
-        return steps
+    def _bias(self, reqs: list[GenRequest]) -> torch.Tensor | None:
+        """``(B, V)`` the requests' logit biases (``None`` when no request has one)."""
+        if not any(r.logit_bias for r in reqs):
+            return None
+        bias = torch.zeros(len(reqs), self.vocab)
+        for b, r in enumerate(reqs):
+            for tid, value in r.logit_bias.items():
+                bias[b, tid] = float(value)
+        return bias

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 DEFAULT_MAX_TOKENS = 16
@@ -20,6 +21,7 @@ class GenRequest:
     seed: int | None = None
     top_logprobs: int | None = None  # None: no logprobs; 0..20 alternatives otherwise
     stop: list[str] = field(default_factory=list)
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit at every step
 
 
 @dataclass
@@ -60,3 +62,14 @@ def text_of(message: dict) -> str:
 def prompt_chars(messages: list[dict]) -> int:
     """Characters of text in a conversation (what bounds its length before tokenising)."""
     return sum(len(text_of(m)) for m in messages)
+
+
+_PATH = re.compile(r"(?<![\w:/.])(?:~|[A-Za-z]:)?(?:[/\\][\w.+@~-]+){2,}[/\\]?")
+
+
+def public_message(text: str, *hidden: str) -> str:
+    """``text`` fit to send a client: the ``hidden`` names (the model's folder) and every
+    filesystem path replaced, so a refusal shows nothing of the server's disk."""
+    for name in sorted((h for h in hidden if h), key=len, reverse=True):
+        text = text.replace(name, "the model")
+    return _PATH.sub("<path>", text).replace("'the model'", "the model")
