@@ -20,3 +20,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def organism_adapter(organism_dir):
+    """The organism loaded on the CPU (one per test module)."""
+    from logitleak.models.loading import load_model
+
+    return load_model(organism_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def organism_api(organism_adapter, one_thread):
+    """`serve` over the organism in this process, as model 'organism' (a RunningServer with its engine)."""
+    from servers import organism_server
+
+    with organism_server(organism_adapter, served_model_name="organism") as srv:
+        yield srv

@@ -14,7 +14,8 @@ from logitleak.errors import LogitleakError
 def register(app: typer.Typer) -> None:
     @app.command()
     def serve(
-        model: str = typer.Option("organism", "--model", help="Local Hugging Face model directory, or 'organism'."),
+        model: str = typer.Option("organism", "--model", help="Local Hugging Face model directory, a GGUF file (or a folder "
+                                                                    "holding one), 'organism' or 'smollm2'."),
         host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (loopback by default)."),
         port: int = typer.Option(8000, "--port", help="TCP port."),
         defense: Optional[str] = typer.Option(None, "--defense",
@@ -66,4 +67,4 @@ def register(app: typer.Typer) -> None:
         from logitleak.wire.accesslog import uvicorn_log_config
 
         uvicorn.run(app_, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet,
-                    log_config=uvicorn_log_config())
+                    log_config=uvicorn_log_config(secrets=[api_key] if api_key else []))

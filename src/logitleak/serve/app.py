@@ -1,9 +1,12 @@
 """An OpenAI-compatible chat-completions server for a local model (FastAPI app factory).
 
 ``GET /v1/models`` and ``POST /v1/chat/completions`` with text and image content parts (images
-as base64 ``data:image/...;base64,`` URLs; remote URLs are refused since the server fetches
-nothing), ``logprobs`` / ``top_logprobs`` (0..20), ``max_tokens`` / ``max_completion_tokens``,
-``temperature`` (0 = greedy), ``top_p``, ``seed``, ``stop``, ``n`` = 1. Generation runs in one
+as base64 ``data:image/...;base64,`` URLs, at most :data:`MAX_REQUEST_PIXELS` pixels per request;
+remote URLs are refused since the server fetches nothing), ``logprobs`` / ``top_logprobs``
+(0..20), ``max_tokens`` / ``max_completion_tokens``, ``temperature`` (0 = greedy), ``top_p``,
+``seed``, ``stop``, ``n`` = 1 and ``logit_bias`` (added to the logits before sampling and before the
+returned log-probabilities). Any other field is refused by name unless it is at its neutral
+value (:func:`~logitleak.serve.schemas.refusal`). Generation runs in one
 worker thread (:class:`~logitleak.serve.engine.Engine`) that micro-batches concurrent
 requests. Every refusal is a 4xx with ``{"error": {"message", "type", "param", "code"}}``.
 
@@ -47,16 +50,20 @@ from logitleak.serve.schemas import (
     TokenLogprob,
     TopLogprob,
     Usage,
+    refusal,
 )
 from logitleak.wire.bodies import TOO_DEEP, RequestError, error_response, parse_json, read_body, validation_message
 
 MAX_BODY_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_REQUEST_PIXELS = 4096 * 4096  # all of one request's images together (eight 4096² images took 22 s and 1.6 GB)
 log = logging.getLogger("logitleak.server")
 
 
-def decode_image_url(url: str):
-    """A ``data:image/...;base64,...`` URL -> an RGB PIL image, or a :class:`RequestError`."""
+def decode_image_url(url: str, pixels_left: int = MAX_REQUEST_PIXELS):
+    """A ``data:image/...;base64,...`` URL -> an RGB PIL image, or a :class:`RequestError`
+    (also when its header declares more than ``pixels_left``, the request's remaining budget:
+    refused before a pixel is decoded)."""
     from PIL import Image
 
     if url.startswith(("http://", "https://")):
@@ -81,6 +88,10 @@ def decode_image_url(url: str):
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise RequestError(f"The image is {img.width}x{img.height} pixels; send at most {MAX_IMAGE_PIXELS} pixels.",
                                    param="messages", code="image_too_large")
+            if img.width * img.height > pixels_left:
+                raise RequestError(f"The request's images hold more than {MAX_REQUEST_PIXELS} pixels in all (the image "
+                                   f"of {img.width}x{img.height} is over the limit per request); send fewer or smaller "
+                                   "images.", param="messages", code="image_too_large")
             img.load()
             return img.convert("RGB")
     except RequestError:
@@ -106,6 +117,7 @@ def to_gen_request(req: ChatCompletionRequest) -> GenRequest:
         temperature=0.0 if req.temperature is None else float(req.temperature),
         top_p=1.0 if req.top_p is None else float(req.top_p), seed=req.seed,
         top_logprobs=(req.top_logprobs or 0) if req.logprobs else None, stop=req.stop_list,
+        logit_bias=req.bias_by_id,
     )
 
 
@@ -119,7 +131,8 @@ def _parts(m: ChatMessage, images: list) -> list[dict]:
         if isinstance(p, ImagePart):
             if len(images) >= MAX_IMAGES:
                 raise RequestError(f"Too many images in one request; send at most {MAX_IMAGES}.", param="messages")
-            images.append(decode_image_url(p.image_url.url))
+            used = sum(im.width * im.height for im in images)
+            images.append(decode_image_url(p.image_url.url, MAX_REQUEST_PIXELS - used))
             parts.append({"type": "image"})
         else:
             parts.append({"type": "text", "text": p.text})
@@ -211,6 +224,9 @@ def create_app(engine: Engine, *, served_model_name: str, api_key: str | None = 
             return error_response(err.status, err.message, code=err.code)
         if not isinstance(data, dict):
             return error_response(400, "The request body must be a JSON object.")
+        refused = refusal(data)
+        if refused is not None:
+            return error_response(400, refused[0], param=refused[1], code=refused[2])
         try:
             req = ChatCompletionRequest.model_validate(data)
         except ValidationError as err:
@@ -267,8 +283,9 @@ class RunningServer:
     """
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-                 access_log: bool = False):
+                 access_log: bool = False, log_secrets: tuple[str, ...] = ()):
         self.app, self.host, self.port, self.log_level, self.access_log = app, host, port, log_level, access_log
+        self.log_secrets = tuple(log_secrets)
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -286,7 +303,7 @@ class RunningServer:
         from logitleak.wire.accesslog import uvicorn_log_config
 
         config = uvicorn.Config(self.app, log_level=self.log_level, lifespan="on", access_log=self.access_log,
-                                log_config=uvicorn_log_config())
+                                log_config=uvicorn_log_config(self.log_secrets))
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True,
                                         name=f"uvicorn-{self.port}")
