@@ -26,8 +26,9 @@ from servers import organism_server, serve_command, start_process
 from logitleak.config import make_config
 from logitleak.data.probeset import ProbeSet
 from logitleak.data.shapes import make_shapes
+from logitleak.endpoint.assemble import VOCAB_FILE
 from logitleak.endpoint.cache import RESPONSES_FILE
-from logitleak.endpoint.capture import VOCAB_FILE, blackbox_capture
+from logitleak.endpoint.capture import blackbox_capture
 from logitleak.endpoint.client import RetryPolicy
 from logitleak.errors import LogitleakError
 from logitleak.serve.app import RunningServer, free_port
@@ -275,10 +276,16 @@ def completion(tops: list[tuple], n_tokens: int = 1, logprobs: bool = True) -> d
             "usage": {"prompt_tokens": 5, "completion_tokens": n_tokens, "total_tokens": 5 + n_tokens}}
 
 
-def fake_endpoint(behaviour) -> tuple[FastAPI, Counter]:
-    """A tiny OpenAI-shaped endpoint: ``behaviour(sample_index, body, attempt)`` -> dict or Response."""
+def fake_endpoint(behaviour, models: dict | None = None) -> tuple[FastAPI, Counter]:
+    """A tiny OpenAI-shaped endpoint: ``behaviour(sample_index, body, attempt)`` -> dict or Response;
+    ``models``: its ``/v1/models`` answer (none: 404, as some servers have no such route)."""
     app = FastAPI()
     calls: Counter = Counter()
+
+    if models is not None:
+        @app.get("/v1/models")
+        async def listing():
+            return JSONResponse(models)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -411,3 +418,116 @@ def test_unreadable_responses_are_reported_not_crashing(tmp_path):
                                          policy=FAST)
     assert any("1 of 40 samples failed" in p and "samples 4;" in p for p in problems), problems
     assert torch.isnan(cap.topk_logprobs[4]).all()
+
+
+# ----------------------------------------------------------------------------- token identity across the audit
+
+VLLM_MODELS = {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "vllm", "root": "/m"}]}
+
+
+def test_token_id_names_are_parsed_exactly(tmp_path):
+    from logitleak.endpoint.responses import token_id_of, token_key
+
+    assert token_id_of("token_id:12") == 12 and token_id_of("token_id:007") == 7
+    for not_an_id in ("token_id:", "token_id:-1", "token_id:1.5", "token_id:12 ", " token_id:12", "token_id:1x",
+                      "Token_id:3", "token_id:" + "9" * 13, None):
+        assert token_id_of(not_an_id) is None, not_an_id
+    assert token_key("token_id:007", list(b"token_id:007")) == "token_id:7"
+    assert token_key("token_id:1.5", None) == "token_id:1.5"  # a plain string token
+    tops = [("token_id:5", -0.1), ("token_id:17", -1.0), ("token_id:005", -2.0), ("token_id:17x", -3.0)]
+    app, _ = fake_endpoint(lambda i, body, a: completion(tops), models=VLLM_MODELS)
+    with RunningServer(app) as srv:
+        cap, problems = blackbox_capture(bb_config(srv.url, 10, k=(4,)), text_probeset(10), tmp_path,
+                                         progress=False, policy=FAST)
+    row = [cap.meta["tokens"][j] for j in cap.topk_ids[0].tolist()]
+    assert row == ["token_id:5", "token_id:17", "token_id:5", "token_id:17x"]
+    assert cap.meta["server"] == "vLLM"
+    assert any("10 samples had alternatives with the same token string" in p for p in problems), problems
+
+
+def _with_blank(i: int) -> list[tuple]:
+    """Sample i's alternatives: one byte-fragment token printed as "" with no bytes (vLLM's default),
+    never twice in one sample, so only a count across samples finds it."""
+    return [("red", -0.1), ("blue", -1.5), ("", -2.0 - i / 100, []), ("green", -3.0)]
+
+
+def test_unidentified_alternatives_are_counted_across_the_whole_audit(tmp_path):
+    app, _ = fake_endpoint(lambda i, body, a: completion(_with_blank(i)))  # no /v1/models: an unknown server
+    with RunningServer(app) as srv:
+        cap, problems = blackbox_capture(bb_config(srv.url, 20, k=(4,)), text_probeset(20), tmp_path,
+                                         progress=False, policy=FAST)
+    assert cap.meta["server"] == "unknown"
+    assert any(p.startswith("20 alternatives in 20 of 20 samples (the top-1 in 0) came back") and
+               "count them as one token" in p for p in problems), problems
+    assert not any("same token string" in p for p in problems)
+
+
+def test_through_vllm_unidentified_tokens_say_to_restart_it_with_token_ids(tmp_path):
+    state = {"flag": False}
+
+    def answer(i, body, a):
+        if state["flag"]:  # restarted with --return-tokens-as-token-ids
+            return completion([(f"token_id:{t}", lp) for t, lp in zip((7, 8, 9, 10), (-0.1, -1.5, -2.0, -3.0))])
+        return completion(_with_blank(i))
+
+    app, calls = fake_endpoint(answer, models=VLLM_MODELS)
+    with RunningServer(app) as srv:
+        cfg = bb_config(srv.url, 20, k=(4,), levels=["topk_ids", "topk_logprobs"])
+        with pytest.raises(LogitleakError) as exc:
+            blackbox_capture(cfg, text_probeset(20), tmp_path, progress=False, policy=FAST)
+        msg = str(exc.value)
+        assert "20 alternatives in 20 of 20 samples" in msg and "restart vLLM with --return-tokens-as-token-ids" in msg
+        assert len(msg.splitlines()) == 1 and sum(calls.values()) == 20
+        # values-only levels need no ids: the same answers are read, with the fix named
+        values_only = bb_config(srv.url, 20, k=(4,), levels=["topk_logprobs"])
+        cap, problems = blackbox_capture(values_only, text_probeset(20), tmp_path, progress=False, policy=FAST)
+        assert any("--return-tokens-as-token-ids for exact ids" in p for p in problems), problems
+        state["flag"] = True
+        calls.clear()
+        cap, problems = blackbox_capture(cfg, text_probeset(20), tmp_path, progress=False, policy=FAST)
+    assert problems == [] and sum(calls.values()) == 20  # each answer asked again once, with ids
+    assert cap.meta["requests_sent"] == 20 and cap.meta["cached"] == 0
+    assert {cap.meta["tokens"][j] for j in cap.topk_ids.flatten().tolist()} == {f"token_id:{t}" for t in (7, 8, 9, 10)}
+
+
+def test_by_string_answers_are_asked_again_once_ids_appear(tmp_path):
+    """A vLLM restarted with ids between two runs: the answers cached by string are not mixed
+    with answers by id (one token would get two ids); they are asked again."""
+    state = {"flag": False}
+
+    def answer(i, body, a):
+        if state["flag"]:
+            return completion([("token_id:3", -0.1), ("token_id:4", -1.0)])
+        return completion([("red", -0.1), ("blue", -1.0)])
+
+    app, calls = fake_endpoint(answer, models=VLLM_MODELS)
+    with RunningServer(app) as srv:
+        cfg = bb_config(srv.url, 20, k=(2,), max_requests=10)
+        with pytest.raises(LogitleakError, match="--max-requests 10"):
+            blackbox_capture(cfg, text_probeset(20), tmp_path, progress=False, policy=FAST)
+        state["flag"] = True
+        cap, problems = blackbox_capture(bb_config(srv.url, 20, k=(2,)), text_probeset(20), tmp_path,
+                                         progress=False, policy=FAST)
+    assert problems == [] and cap.meta["requests_sent"] == 20 and sum(calls.values()) == 30
+    assert set(cap.meta["tokens"]) >= {"token_id:3", "token_id:4"}
+    assert {cap.meta["tokens"][j] for j in cap.topk_ids.flatten().tolist()} == {"token_id:3", "token_id:4"}
+
+
+def test_whole_response_equals_white_box_generate_and_the_stop_entry_is_dropped(server, adapter, tmp_path):
+    """The organism answers one word and stops: `serve` returns the stop token's entry as vLLM does;
+    the black-box reader drops it, so the response positions equal the white-box --generate capture's."""
+    from logitleak.capture.forward import capture as white_capture
+
+    ps = make_shapes(24, questions="all", seed=4)
+    cap, problems = blackbox_capture(bb_config(server.url, 24, k=(5,), generate=3), ps, tmp_path, progress=False)
+    white = white_capture(adapter, ps, batch_size=8, progress=False, generate=3, gen_k=5)
+    assert cap.meta["server"] == "logitleak"
+    raw = [json.loads(line) for line in (tmp_path / RESPONSES_FILE).read_text().splitlines()]
+    assert all(r["finish_reason"] == "stop" and len(r["tokens"]) == int(white.gen_mask[r["index"]].sum()) + 1
+               for r in raw)  # one entry more than the response: the stop token's
+    assert torch.equal(cap.gen_mask, white.gen_mask)
+    m = white.gen_mask
+    assert torch.allclose(cap.gen_topk_logprobs[m], white.gen_topk_logprobs[m], atol=1e-4)
+    words = [adapter.tokenizer.convert_tokens_to_ids(cap.meta["tokens"][j]) for j in cap.gen_tokens[m].tolist()]
+    assert words == white.gen_tokens[m].tolist()
+    assert any("ended before max_tokens=3" in p for p in problems)

@@ -2,10 +2,9 @@
 
 For every probe sample, one chat request (the image as a PNG data URL, then the prompt text;
 ``logprobs=True, top_logprobs=max(k), max_tokens=1`` (``N`` with ``--generate N``),
-``temperature=0``) is sent through the
-official ``openai`` client; the top-k log-probabilities of the first answer token fill a
-:class:`~logitleak.capture.source.Capture` (``topk_logprobs`` sorted descending, ``topk_ids`` mapped per
-run), which the rest of the audit consumes unchanged.
+``temperature=0``) is sent through the official ``openai`` client; the top-k log-probabilities
+of the first answer token fill a :class:`~logitleak.capture.source.Capture`
+(:mod:`logitleak.endpoint.assemble`), which the rest of the audit consumes unchanged.
 
 The cache (``cache_dir``):
 
@@ -13,17 +12,18 @@ The cache (``cache_dir``):
   flushed and fsync'd as each response arrives: ``{"index", "key", "first", "n_tokens",
   "content", "finish_reason"}`` where ``key`` hashes the request (endpoint, served model, prompt,
   image bytes, settings) and ``first`` is the first token's logprob entry as the endpoint sent
-  it (with ``--generate N`` also ``"tokens"``: every returned token's entry). A rerun reads it and sends only the samples without a line whose key matches, so an
-  interrupted audit resumes with no sample lost or sent twice; a torn last line (a crash
-  mid-write) is skipped. Failed requests are not cached, so a rerun retries them.
-- ``vocab.json``: the run's token vocabulary ``{token key: id}``. Token ids are assigned to
-  token keys in sample order then rank order, after loading the saved vocabulary, so ids are
-  stable across reruns and independent of the order responses arrived in.
+  it (with ``--generate N`` also ``"tokens"``: every returned token's entry). A rerun reads it
+  and sends only the samples without a line whose key matches, so an interrupted audit resumes
+  with no sample lost or sent twice; a torn last line (a crash mid-write) is skipped. Failed
+  requests are not cached, so a rerun retries them.
+- ``server.json``: which server answered (:mod:`logitleak.endpoint.server`, from ``/v1/models``,
+  asked once per run that sends requests).
+- ``vocab.json``: the run's token vocabulary ``{token key: id}``.
 
-Token keys: the token string; the token's bytes (``"bytes:<hex>"``) when the string is empty
-or holds U+FFFD (a partial UTF-8 character, where different tokens print the same). When two
-alternatives of one sample share a key (an engine that prints different tokens alike), both
-values are kept and both get the key's id; such samples are counted in the problems.
+Answers that cannot serve the audit are asked again: through vLLM, an answer with alternatives
+it left unidentified (restarted with ``--return-tokens-as-token-ids``, vLLM names them exactly),
+and once any answer names tokens ``token_id:N``, every answer that names them by string (one
+audit never mixes the two, which would give one token two ids).
 """
 
 from __future__ import annotations
@@ -33,17 +33,11 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-import torch
-
 from logitleak.capture.source import Capture
 from logitleak.config import AuditConfig
 from logitleak.data.probeset import ProbeSet
-from logitleak.endpoint.cache import (
-    ResponseCache,
-    request_key,
-    request_messages,
-    request_settings,
-)
+from logitleak.endpoint.assemble import FAILED_FRACTION_LIMIT, build_capture, unidentified_count
+from logitleak.endpoint.cache import ResponseCache, request_key, request_messages, request_settings
 from logitleak.endpoint.client import (
     Budget,
     BudgetExhausted,
@@ -53,14 +47,14 @@ from logitleak.endpoint.client import (
     SampleFailed,
     Stopped,
 )
-from logitleak.endpoint.responses import alternatives, first_token_entry, response_arrays, token_key
+from logitleak.endpoint.responses import alternatives, first_token_entry, names_token_ids
+from logitleak.endpoint.server import UNKNOWN, VLLM, server_from_answers, server_from_models
 from logitleak.errors import LogitleakError, first_line
 from logitleak.integrity import write_json
 from logitleak.progress import PhaseBar
 
 MAX_API_TOP_LOGPROBS = 20
-FAILED_FRACTION_LIMIT = 0.05  # more failed samples than this -> the audit stops with an error
-VOCAB_FILE = "vocab.json"
+SERVER_FILE = "server.json"
 
 
 # ----------------------------------------------------------------------------- capture
@@ -80,21 +74,57 @@ def blackbox_capture(cfg: AuditConfig, probeset: ProbeSet, cache_dir: str | Path
     n = len(probeset)
     settings = request_settings(k, cfg.generate or 1)
     keys = {i: request_key(cfg.endpoint, cfg.served_model, request_messages(probeset, i), settings) for i in range(n)}
+    cache_dir = Path(cache_dir)
     cache = ResponseCache(cache_dir)
     done = cache.load(keys)
+    server = _saved_server(cache_dir)
+    for i in stale_answers(done, server, k, cfg.generate):
+        del done[i]
     cached = len(done)
-    todo = [i for i in range(n) if i not in done]
     failures: dict[int, str] = {}
     client = None
     try:
-        if todo:
-            client = EndpointClient(cfg.endpoint, cfg.served_model, cfg.api_key_env, policy=policy,
-                                    budget=Budget(cfg.max_requests))
-            failures = _query(client, probeset, todo, keys, settings, cache, done, cfg, progress)
+        for _ in range(2):  # a second pass asks again what the first showed to be stale
+            todo = [i for i in range(n) if i not in done]
+            if not todo:
+                break
+            if client is None:
+                client = EndpointClient(cfg.endpoint, cfg.served_model, cfg.api_key_env, policy=policy,
+                                        budget=Budget(cfg.max_requests))
+                server = server_from_models(client.models()) or server
+            failures.update(_query(client, probeset, todo, keys, settings, cache, done, cfg, progress))
+            server = server_from_answers(done.values()) or server
+            write_json(cache_dir / SERVER_FILE, {"server": server})
+            stale = stale_answers(done, server, k, cfg.generate, unidentified=False)  # (just asked: same answer again)
+            if not stale:
+                break
+            for i in stale:
+                del done[i]
     finally:
         cache.close()
-    return _build_capture(cfg, probeset, done, failures, Path(cache_dir), k, cached=cached,
-                          sent=client.sent if client else 0)
+    return build_capture(cfg, n, done, failures, cache_dir, k, server=server, cached=cached,
+                         sent=client.sent if client else 0)
+
+
+def _saved_server(cache_dir: Path) -> str:
+    try:
+        return str(json.loads((cache_dir / SERVER_FILE).read_text())["server"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return UNKNOWN
+
+
+def stale_answers(records: dict[int, dict], server: str, k: int, generate: int | None, *,
+                  unidentified: bool = True) -> list[int]:
+    """The answers to ask again: those naming tokens by string once any answer names token ids;
+    with ``unidentified``, through vLLM, those with alternatives it left unidentified."""
+    by_id = any(names_token_ids(r) for r in records.values())
+    out = []
+    for i, rec in records.items():
+        if names_token_ids(rec):
+            continue
+        if by_id or (unidentified and server == VLLM and unidentified_count(rec, k, server, generate)[0]):
+            out.append(i)
+    return sorted(out)
 
 
 def _query(client: EndpointClient, probeset: ProbeSet, todo: list[int], keys: dict[int, str], settings: dict,
@@ -191,86 +221,3 @@ def _query(client: EndpointClient, probeset: ProbeSet, todo: list[int], keys: di
     finally:
         bar.close()
     return failures
-
-
-def _build_capture(cfg: AuditConfig, probeset: ProbeSet, done: dict[int, dict], failures: dict[int, str],
-                   cache_dir: Path, k: int, *, cached: int, sent: int) -> tuple[Capture, list[str]]:
-    n = len(probeset)
-    problems: list[str] = []
-    missing = [i for i in range(n) if i not in done]
-    if missing:
-        reasons = {i: failures.get(i, "not sent (the run stopped early)") for i in missing}
-        first = missing[0]
-        if len(missing) > FAILED_FRACTION_LIMIT * n:
-            raise LogitleakError(
-                f"{len(missing)} of {n} samples got no usable answer from {cfg.endpoint} after retries "
-                f"(e.g. sample {first}: {reasons[first]}); fix the endpoint and rerun to resume "
-                f"({len(done)} answered samples are cached in {cache_dir}).")
-        shown = ", ".join(str(i) for i in missing[:20]) + (" ..." if len(missing) > 20 else "")
-        problems.append(f"{len(missing)} of {n} samples failed after retries and are left empty in the capture "
-                        f"(samples {shown}; e.g. sample {first}: {reasons[first]}); rerun to retry them.")
-
-    vocab_path = cache_dir / VOCAB_FILE
-    vocab: dict[str, int] = {}
-    if vocab_path.exists():
-        try:
-            vocab = {str(t): int(i) for t, i in json.loads(vocab_path.read_text()).items()}
-        except (ValueError, AttributeError):
-            vocab = {}
-    values = torch.full((n, k), float("nan"), dtype=torch.float32)
-    ids = torch.full((n, k), -1, dtype=torch.long)
-    answers: list[str | None] = [None] * n
-    fewer, dup_samples, dup_total, extra_tokens = [], 0, 0, 0
-    for i in range(n):
-        rec = done.get(i)
-        if rec is None:
-            continue
-        entry = rec["first"]
-        alts = alternatives(entry)
-        answers[i] = token_key(entry.get("token"), entry.get("bytes"))
-        if int(rec.get("n_tokens", 1)) > 1:
-            extra_tokens += 1
-        seen: set[str] = set()
-        dups = 0
-        for r, (key, lp) in enumerate(alts[:k]):
-            if key in seen:
-                dups += 1
-            seen.add(key)
-            if key not in vocab:
-                vocab[key] = len(vocab)
-            values[i, r] = lp
-            ids[i, r] = vocab[key]
-        if dups:
-            dup_samples += 1
-            dup_total += dups
-        if len(alts) < k:
-            fewer.append(i)
-
-    if fewer:
-        got = sorted({len(alternatives(done[i]["first"])) for i in fewer})
-        problems.append(f"{len(fewer)} samples had fewer than {k} alternatives (the endpoint returned "
-                        f"{', '.join(map(str, got))} instead of top_logprobs={k}); the missing ranks are empty (nan).")
-    if dup_samples:
-        problems.append(f"{dup_samples} samples had alternatives with the same token string ({dup_total} collapsed "
-                        "onto one token id; their values are kept).")
-    gen = response_arrays(done, n, k, int(cfg.generate), vocab) if cfg.generate else {}
-    if extra_tokens and not cfg.generate:
-        problems.append(f"{extra_tokens} responses carried more than max_tokens=1 tokens; only the first was used.")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    write_json(vocab_path, vocab, indent=None)
-    tokens = [None] * len(vocab)
-    for key, idx in vocab.items():
-        if 0 <= idx < len(tokens):
-            tokens[idx] = key
-    meta = {
-        "source": "blackbox", "endpoint": cfg.endpoint, "served_model": cfg.served_model, "k": k,
-        "tokens": tokens, "answers": answers, "answered": len(done), "failed": missing,
-        "fewer_than_k": len(fewer), "duplicate_samples": dup_samples, "cached": cached, "requests_sent": sent,
-    }
-    if cfg.generate:
-        meta["responses"] = [None if done.get(i) is None else done[i].get("content") for i in range(n)]
-        short = int((gen["gen_mask"].sum(1) < cfg.generate).sum())
-        if short:
-            problems.append(f"{short} responses ended before max_tokens={cfg.generate} tokens; their later positions are "
-                            "empty in the response levels.")
-    return Capture(topk_logprobs=values, topk_ids=ids, meta=meta, **gen), problems

@@ -131,6 +131,14 @@ class EndpointClient:
         self.sent = 0     # HTTP attempts made
         self.retried = 0  # attempts that were retries
 
+    def models(self) -> dict | None:
+        """``GET /v1/models`` as a plain dict (which server this is), or ``None`` when it does not
+        answer one; not counted in :attr:`sent` (the chat requests) nor against the budget."""
+        try:
+            return self.client.with_options(timeout=min(10.0, self.policy.timeout_s)).models.with_raw_response.list().http_response.json()
+        except Exception:  # noqa: BLE001 - a server without /v1/models is audited all the same
+            return None
+
     def chat(self, patience_s: float | None = None, **payload) -> dict:
         """POST one chat completion; the response as a plain dict.
 

@@ -1,19 +1,56 @@
-"""A black-box answer read: token keys, sorted alternatives, and each returned token's top-k as arrays."""
+"""A black-box answer read: token keys, sorted alternatives, and each returned token's top-k as arrays.
+
+Token keys (how a returned alternative is identified across the whole audit):
+
+- ``token_id:N`` (vLLM with ``--return-tokens-as-token-ids``): the token id itself, parsed
+  exactly (``N`` a whole number, written without leading zeros);
+- otherwise the token string; its bytes (``"bytes:<hex>"``) when the string is empty or holds
+  U+FFFD (a partial UTF-8 character, where different tokens print the same);
+- :data:`UNIDENTIFIED` when neither a usable string nor bytes came back: such alternatives
+  are different tokens the endpoint printed alike, and are counted across the whole audit.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
+UNIDENTIFIED = "<empty>"
+_TOKEN_ID = re.compile(r"token_id:([0-9]{1,12})")
+
+
+def token_id_of(token) -> int | None:
+    """The id in a ``token_id:N`` token name, or ``None`` for any other token string."""
+    if not isinstance(token, str):
+        return None
+    m = _TOKEN_ID.fullmatch(token)
+    return int(m.group(1)) if m else None
+
 
 def token_key(token: str | None, raw: list[int] | None) -> str:
-    """How an alternative is identified: its string, or its bytes when the string is unusable."""
+    """How an alternative is identified: its ``token_id:N``, its string, its bytes when the string
+    is unusable, or :data:`UNIDENTIFIED`."""
+    tid = token_id_of(token)
+    if tid is not None:
+        return f"token_id:{tid}"
     if token and "\ufffd" not in token:
         return token
     if raw:
         return "bytes:" + bytes(raw).hex()
-    return token if token else "<empty>"
+    return token if token else UNIDENTIFIED
+
+
+def names_token_ids(record: dict) -> bool:
+    """Whether a cached answer names its tokens ``token_id:N`` (vLLM's exact ids)."""
+    first = record["first"]
+    return any(token_id_of(t.get("token")) is not None for t in (first.get("top_logprobs") or [first]))
+
+
+def is_unidentified(key: str) -> bool:
+    """Whether a token key names no one token (no usable string, no bytes)."""
+    return key == UNIDENTIFIED or ("\ufffd" in key and not key.startswith("bytes:"))
 
 
 def first_token_entry(response: dict) -> tuple[dict | None, int]:
@@ -42,18 +79,16 @@ def alternatives(entry: dict) -> list[tuple[str, float]]:
     return out
 
 
-def response_arrays(done: dict[int, dict], n: int, k: int, g: int, vocab: dict[str, int]) -> dict:
-    """Every returned token's alternatives as ``gen_*`` arrays ``(n, G, k)``, ids from the run's
+def response_arrays(entries: dict[int, list[dict]], n: int, k: int, g: int, vocab: dict[str, int]) -> dict:
+    """Every response position's alternatives (``entries[i]``: sample ``i``'s logprobs entries,
+    the stop token's already dropped) as ``gen_*`` arrays ``(n, G, k)``, ids from the run's
     vocabulary (new keys appended in sample, position, rank order)."""
     lp = torch.full((n, g, k), float("nan"), dtype=torch.float32)
     ids = torch.full((n, g, k), -1, dtype=torch.long)
     tokens = torch.full((n, g), -1, dtype=torch.long)
     mask = torch.zeros((n, g), dtype=torch.bool)
     for i in range(n):
-        rec = done.get(i)
-        if rec is None:
-            continue
-        for j, entry in enumerate((rec.get("tokens") or [rec["first"]])[:g]):
+        for j, entry in enumerate(entries.get(i, [])[:g]):
             alts = alternatives(entry)
             if not alts:
                 continue
