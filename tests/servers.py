@@ -75,3 +75,27 @@ def organism_server(adapter, *, max_batch: int = 8, threads: int = 1, served_mod
     with RunningServer(create_app(engine, served_model_name=served_model_name, **app_kwargs)) as srv:
         srv.engine = engine
         yield srv
+
+
+# llama.cpp's CPU backend repacks weights for AMX / extra buffer types when the CPU has them, and its
+# batched decode then segfaults (ggml-org/llama.cpp#20824, seen on llama-cpp-python 0.3.36 on AMX
+# CPUs); llama-cpp-python's server has no flag to turn the repacking off, so it starts with it off.
+_LLAMACPP_MAIN = (
+    "import runpy, sys\n"
+    "import llama_cpp.llama_cpp as C\n"
+    "_defaults = C.llama_model_default_params\n"
+    "def _params():\n"
+    "    p = _defaults()\n"
+    "    p.use_extra_bufts = False\n"
+    "    return p\n"
+    "C.llama_model_default_params = _params\n"
+    "sys.argv[0] = 'llama_cpp.server'\n"
+    "runpy.run_module('llama_cpp.server', run_name='__main__')\n"
+)
+
+
+def llamacpp_command(gguf_file: str | Path, alias: str, port: int, *extra: str) -> list[str]:
+    """llama-cpp-python's OpenAI-compatible server for ``gguf_file`` on a loopback ``port``, with the
+    CPU weight repacking that crashes it on AMX CPUs turned off (``extra``: more flags)."""
+    return [sys.executable, "-c", _LLAMACPP_MAIN, "--model", str(gguf_file), "--model_alias", alias,
+            "--host", "127.0.0.1", "--port", str(port), *extra]

@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from servers import start_process
+from servers import llamacpp_command, start_process
 
 from logitleak.config import make_config
 from logitleak.data.personas import make_personas
@@ -44,8 +43,7 @@ def gguf_file():
 
 def start_llamacpp(gguf_file: Path, port: int, log: Path) -> subprocess.Popen:
     """``python -m llama_cpp.server`` on a loopback port; returns once /v1/models answers."""
-    return start_process([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file), "--model_alias", SERVED,
-                          "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", "1024"],
+    return start_process(llamacpp_command(gguf_file, SERVED, port, "--n_threads", "1", "--n_ctx", "1024"),
                          f"http://127.0.0.1:{port}/v1", log, name="llama.cpp's server", timeout_s=120)
 
 
@@ -115,12 +113,15 @@ def test_killed_server_resumes_with_no_answered_request_sent_again(gguf_file, tm
     finally:
         stop(proc)
     assert cap.meta["requests_sent"] == N - answered == posts(log2)
+    assert cap.meta["server"] == "llama.cpp"  # told from /v1/models; it returns no stop-token entry
     done = lines(cache)
     assert sorted(r["index"] for r in done) == list(range(N))
     assert cap.gen_topk_logprobs.shape == (N, G, 5) and bool(cap.gen_mask[:, 0].all())
     # llama.cpp keys alternatives by decoded string with bytes null: the token-key rules still map them
     assert (cap.gen_topk_ids[cap.gen_mask] >= 0).float().mean() > 0.95
     assert all(isinstance(t, str) for t in cap.meta["responses"])
+    # llama.cpp returns no stop-token entry: every returned entry is a response position, none dropped
+    assert all(int(cap.gen_mask[r["index"]].sum()) == len(r["tokens"]) for r in done)
 
 
 def test_blackbox_topk_levels_agree_with_whitebox(gguf_file, tmp_path):
