@@ -324,6 +324,9 @@ def test_a_stream_chunk_the_guard_cannot_defend_stops_the_stream():
     (["--upstream", "http://127.0.0.1:9/v1", "--defense", "wobble:1"], "Unknown defence"),
     (["--upstream", "http://127.0.0.1:9/v1", "--port", "70000"], "Port 70000"),
     (["--upstream", "http://127.0.0.1:9/v1", "--host", "999.1.1.1"], "Cannot listen on --host"),
+    (["--upstream", "http://127.0.0.1:9/v1", "--passthrough", "/v1/chat/completions"], "returns log-probabilities"),
+    (["--upstream", "http://127.0.0.1:9/v1", "--passthrough", "/v1/%6detrics"], "is not a plain path"),
+    (["--upstream", "http://127.0.0.1:9/v1", "--passthrough", "/v1/../completion"], "is not a plain path"),
 ])
 def test_guard_cli_refuses_bad_input_in_one_sentence(args, fragment):
     from typer.testing import CliRunner
