@@ -326,6 +326,9 @@ def cases() -> list[Case]:
           keep_out=False),
         c("serve-max-batch-zero", ("serve", "--max-batch", "0"), ("--max-batch",), keep_out=False, usage=True),
         c("serve-device-absent", ("serve", "--device", "cuda:99"), ("cuda:99",), keep_out=False),
+        # ---- serve: the token rules (issue 21.6 / 22; its HTTP refusals are in test_server_fields.py)
+        c("serve-defense-topk-over-vocabulary", ("serve", "--defense", "topk:100000"),
+          ("topk:100000", "more alternatives than the vocabulary has"), keep_out=False),
         # ---- guard (fails before listening)
         c("guard-upstream-missing", ("guard",), ("--upstream",), keep_out=False, usage=True),
         c("guard-upstream-not-url", ("guard", "--upstream", "ftp:/nowhere"), ("ftp:/nowhere",), keep_out=False),
