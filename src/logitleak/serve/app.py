@@ -60,7 +60,7 @@ MAX_REQUEST_PIXELS = 4096 * 4096  # all of one request's images together (eight 
 log = logging.getLogger("logitleak.server")
 
 
-def decode_image_url(url: str, pixels_left: int = MAX_REQUEST_PIXELS):
+def decode_image_url(url: str, pixels_left: int = MAX_REQUEST_PIXELS, number: int = 1):
     """A ``data:image/...;base64,...`` URL -> an RGB PIL image, or a :class:`RequestError`
     (also when its header declares more than ``pixels_left``, the request's remaining budget:
     refused before a pixel is decoded)."""
@@ -89,9 +89,9 @@ def decode_image_url(url: str, pixels_left: int = MAX_REQUEST_PIXELS):
                 raise RequestError(f"The image is {img.width}x{img.height} pixels; send at most {MAX_IMAGE_PIXELS} pixels.",
                                    param="messages", code="image_too_large")
             if img.width * img.height > pixels_left:
-                raise RequestError(f"The request's images hold more than {MAX_REQUEST_PIXELS} pixels in all (the image "
-                                   f"of {img.width}x{img.height} is over the limit per request); send fewer or smaller "
-                                   "images.", param="messages", code="image_too_large")
+                raise RequestError(f"The request's images hold more than {MAX_REQUEST_PIXELS} pixels in all (image "
+                                   f"{number}, {img.width}x{img.height}, goes over this server's limit per request); "
+                                   "send fewer or smaller images.", param="messages", code="image_too_large")
             img.load()
             return img.convert("RGB")
     except RequestError:
@@ -132,7 +132,7 @@ def _parts(m: ChatMessage, images: list) -> list[dict]:
             if len(images) >= MAX_IMAGES:
                 raise RequestError(f"Too many images in one request; send at most {MAX_IMAGES}.", param="messages")
             used = sum(im.width * im.height for im in images)
-            images.append(decode_image_url(p.image_url.url, MAX_REQUEST_PIXELS - used))
+            images.append(decode_image_url(p.image_url.url, MAX_REQUEST_PIXELS - used, len(images) + 1))
             parts.append({"type": "image"})
         else:
             parts.append({"type": "text", "text": p.text})
