@@ -1,12 +1,63 @@
-"""Progress a user can see: a rich bar on a terminal, a plain line every 10 s in a log."""
+"""Progress a user can see: phases and counted steps, as a rich bar on a terminal or plain lines in a log.
+
+In a log (not a terminal) every counted step prints a line when it starts, one at least every
+10 s while it runs, and its ``done`` line once, the moment it reaches its total (or when its
+phase closes); after that it is silent. A :func:`phase` (load, capture, probes, ...) indents
+whatever starts inside it, so nested steps print under their parent.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 LOG_INTERVAL_S = 10.0
+INDENT = "  "
+
+_OPEN = [0]  # how many phases are open (phases run one inside another, never side by side)
+
+
+def depth() -> int:
+    """How many phases are open (the indentation of the next line)."""
+    return _OPEN[0]
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished worker processes (user + system)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _is_terminal(stream) -> bool:
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+@contextmanager
+def phase(name: str, enabled: bool = True, stream=None):
+    """A named phase: in a log, ``[name]`` when it starts and ``[name] done in W s (CPU C s)`` when
+    it ends (``stopped after`` when it raised), with everything printed inside it indented under it;
+    on a terminal, only the done line.
+    Yields a dict that holds ``wall`` and ``cpu`` seconds once the phase has ended."""
+    stream = stream or sys.stderr
+    log = enabled and not _is_terminal(stream)
+    pad = INDENT * depth()
+    if log:
+        print(f"{pad}[{name}]", file=stream, flush=True)
+    spent: dict[str, float] = {}
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    _OPEN[0] += 1
+    state = "stopped after"
+    try:
+        yield spent
+        state = "done in"
+    finally:
+        _OPEN[0] -= 1
+        spent["wall"], spent["cpu"] = time.perf_counter() - t0, cpu_seconds() - c0
+        if enabled:
+            print(f"{pad}[{name}] {state} {spent['wall']:.1f} s (CPU {spent['cpu']:.1f} s)", file=stream, flush=True)
 
 
 class _NullProgress:
@@ -27,9 +78,8 @@ class _NullProgress:
 
 
 class LogProgress:
-    """The rich ``Progress`` calls used here, written as lines for a log: a line when a phase
-    starts, one at least every ``interval`` seconds while it runs (count, total, rate, elapsed)
-    and one when it ends. A background timer prints even while one long step is running."""
+    """The rich ``Progress`` calls used here, written as lines for a log (see the module doc). A
+    background timer prints even while one long step is running."""
 
     def __init__(self, stream=None, interval: float | None = None):
         self.stream = stream or sys.stderr
@@ -50,7 +100,7 @@ class LogProgress:
             self._thread.join(timeout=1.0)
         with self._lock:
             for task in self.tasks.values():
-                self._line(task, final=True)
+                self._finish(task)
         return False
 
     def _line(self, task: dict, final: bool = False) -> None:
@@ -58,15 +108,25 @@ class LogProgress:
         rate = (task["done"] - task["start"]) / el if el > 0 else 0.0
         total = f"/{task['total']}" if task["total"] is not None else ""
         state = "done" if final else task["description"]
-        print(f"[{task['name']}] {task['done']}{total} ({rate:.1f}/s, {el:.0f} s) {state}",
+        print(f"{task['pad']}[{task['name']}] {task['done']}{total} ({rate:.1f}/s, {el:.0f} s) {state}",
               file=self.stream, flush=True)
+
+    def _finish(self, task: dict) -> None:
+        """The task's ``done`` line, once; it prints nothing after it."""
+        if not task["finished"]:
+            task["finished"] = True
+            self._line(task, final=True)
+
+    def _moved(self, task: dict) -> None:
+        if task["total"] is not None and task["done"] >= task["total"]:
+            self._finish(task)
 
     def _tick(self) -> None:
         while not self._stop.wait(min(1.0, self.interval / 3)):
             now = time.monotonic()
             with self._lock:
                 for task in self.tasks.values():
-                    if now - task["last"] >= self.interval:
+                    if not task["finished"] and now - task["last"] >= self.interval:
                         task["last"] = now
                         self._line(task)
 
@@ -75,19 +135,22 @@ class LogProgress:
             tid = len(self.tasks)
             now = time.monotonic()
             self.tasks[tid] = {"name": description, "description": description, "total": total,
-                               "done": int(completed), "start": int(completed), "t0": now, "last": now}
+                               "done": int(completed), "start": int(completed), "t0": now, "last": now,
+                               "pad": INDENT * depth(), "finished": False}
             self._line(self.tasks[tid])
+            self._moved(self.tasks[tid])
             return tid
 
     def update(self, task_id: int, description: str | None = None, advance: float = 0, **_):
         with self._lock:
+            task = self.tasks[task_id]
             if description is not None:
-                self.tasks[task_id]["description"] = description
-            self.tasks[task_id]["done"] += int(advance)
+                task["description"] = description
+            task["done"] += int(advance)
+            self._moved(task)
 
     def advance(self, task_id: int, advance: float = 1):
-        with self._lock:
-            self.tasks[task_id]["done"] += int(advance)
+        self.update(task_id, advance=advance)
 
 
 def make_progress(enabled: bool, stream=None):
@@ -95,7 +158,7 @@ def make_progress(enabled: bool, stream=None):
     if not enabled:
         return _NullProgress()
     stream = stream or sys.stderr
-    if not (hasattr(stream, "isatty") and stream.isatty()):
+    if not _is_terminal(stream):
         return LogProgress(stream)
     from rich.console import Console
     from rich.progress import (
@@ -107,13 +170,13 @@ def make_progress(enabled: bool, stream=None):
         TimeRemainingColumn,
     )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=Console(file=stream), transient=True)
+    return Progress(TextColumn(INDENT * depth() + "{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(file=stream), transient=True)
 
 
 class PhaseBar:
     """One counted phase (capture, extraction, lens training, endpoint queries): a transient rich
-    bar on a terminal, a log line at least every 10 s elsewhere. Thread-safe ``advance``."""
+    bar on a terminal, log lines elsewhere (see the module doc). Thread-safe ``advance``."""
 
     def __init__(self, enabled: bool, description: str, total: int, completed: int = 0, stream=None):
         self._lock = threading.Lock()
