@@ -108,8 +108,8 @@ def test_summary_colour_follows_the_decision_not_the_wording():
         print_summary(table, console=console)
         return console.export_text(styles=True)
 
-    assert "\x1b[1;31mAn API user CAN read" in styled(make_table())
-    assert "\x1b[1mNo leak found" in styled(make_table("null"))
+    assert "\x1b[1;31mLEAK: an API user CAN read" in styled(make_table())
+    assert "\x1b[1mNo leak:" in styled(make_table("null"))
 
 
 # ------------------------------------------------------------------------------ the recommendation
@@ -177,7 +177,8 @@ def test_defend_table_shows_the_decisions_strongest_reading():
 
 
 def test_tradeoff_plot_draws_each_defences_strongest_api_reading_not_the_erased_residual():
-    from logitleak.report.plots import tradeoff_plot, tradeoff_readings
+    from logitleak.decisions import decide_defences
+    from logitleak.report.defences import tradeoff_plot, tradeoff_readings
 
     def rows(bits_api):
         return [_api_row(k=5, probe="linear", accuracy=0.5, bits=bits_api),
@@ -186,13 +187,13 @@ def test_tradeoff_plot_draws_each_defences_strongest_api_reading_not_the_erased_
                          task_relevant=False)]
     t = _tradeoff(_defence(rows(0.4), "none", 0.9), _defence(rows(0.05), "leace:2", 0.85))
     t["strength"] = [None] * 3 + [2] * 3
-    drawn = tradeoff_readings(t)
+    drawn = tradeoff_readings(t, decide_defences(t))
     assert set(drawn["level"]) == {"topk_ids"} and list(drawn["defense_label"]) == ["none", "leace:2"]
     assert list(drawn["v_info_bits"]) == pytest.approx([0.5, 0.15])       # the mlp rows: most bits
     assert list(drawn["strength"].fillna(-1)) == [-1, 2]                 # the defence's setting survives
-    assert tradeoff_plot(t, {"shape": False}) is not None
+    assert tradeoff_plot(t, {"shape": False}, decide_defences(t)) is not None
     plain = t.drop(columns=["defense_label"])                              # not a defend table: drawn as it is
-    assert len(tradeoff_readings(plain)) == len(plain)
+    assert len(tradeoff_readings(plain, None)) == len(plain)
 
 
 def test_no_defence_when_none_is_needed_and_ties_go_to_the_grid_order():
@@ -208,11 +209,12 @@ def test_no_defence_when_none_is_needed_and_ties_go_to_the_grid_order():
 
 
 def test_report_tradeoff_table_shows_each_defences_decisions():
-    from logitleak.report.html import _tradeoff_table
+    from logitleak.decisions import decide_defences
+    from logitleak.report.defences import tradeoff_table
 
     t = _tradeoff(_defence([_api_row(k=5, p=1e-6)], "none", 0.9),
                   _defence([_api_row(k=5, p=0.03), _api_row(k=2, p=0.03)], "gauss:1", 0.88))   # Holm: 0.06
-    html = _tradeoff_table(t)
+    html = tradeoff_table(t, decide_defences(t))
     rows = html.split("<tr>")[2:]
     assert len(rows) == 3 and "Holm p" in html and "status" in html
     assert "LEAK" in rows[0] and "1.0e-06" in rows[0]

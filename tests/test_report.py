@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from logitleak.decisions import annotate, holm
 from logitleak.report import build_report, print_summary, verdict, verdict_text
-from logitleak.report.verdict import annotate, holm
 
 try:
     from report_fixtures import LEAK_BITS_K5, make_table, make_tradeoff, run_info
@@ -206,9 +206,9 @@ def test_html_is_self_contained_with_png_plots_and_all_rows(tmp_path):
     assert out == tmp_path / "report.html"
     text = out.read_text(encoding="utf-8")
     pngs = _check_self_contained(text)
-    # 3 plots for each side (layers, levels, k) + the trade-off
-    assert len(pngs) == 7
-    assert len(set(pngs)) == 7
+    # the first screen's flow figure, 3 plots for each side (layers, levels, k) + the trade-off
+    assert len(pngs) == 8
+    assert len(set(pngs)) == 8
     # the full table: one row per results row, scores beside interval and baseline
     body = text.split('<table class="results">', 1)[1].split("</table>", 1)[0]
     assert body.count("<tr") - 1 == len(table)
@@ -293,7 +293,7 @@ def test_tradeoff_without_results_section_columns_is_skipped(tmp_path):
 
 
 def test_results_table_says_which_test_gave_each_p_value():
-    from logitleak.report.html import results_table
+    from logitleak.report.tables import results_table
 
     df = make_table()
     df["p_test"] = np.where(df["level"] == "residual", "permutation", "heldout")

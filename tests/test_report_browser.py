@@ -1,5 +1,6 @@
-"""Open report.html in headless Chromium: every plot image loads, the page logs no errors, and
-the report's own Content-Security-Policy (no network, data: images only) holds.
+"""Open report.html in headless Chromium: every plot image loads, the page logs no errors, the
+report's own Content-Security-Policy (no network, data: images only) holds, and at 1400x900 the
+first screen holds the verdict and the matrix without scrolling.
 
 A copy of the report gets a small probe script (its CSP widened only by inline scripts) that,
 on window load, writes what it saw into the DOM; ``--dump-dom`` brings it back. A deliberately
@@ -57,7 +58,14 @@ PROBE = """<script>
     out.textContent = 'PROBE' + JSON.stringify({
       images: imgs.map(function (i) { return {alt: i.alt, ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth}; }),
       errors: errors,
-      title: document.title
+      title: document.title,
+      viewport: [window.innerWidth, window.innerHeight],
+      boxes: ['verdict-sentence', 'matrix', 'flow-overview'].reduce(function (acc, id) {
+        var el = document.getElementById(id);
+        if (el) { var r = el.getBoundingClientRect(); acc[id] = [r.left, r.top, r.right, r.bottom]; }
+        return acc;
+      }, {}),
+      verdict: (document.getElementById('verdict-sentence') || {}).textContent || ''
     }) + 'ENDPROBE';
     document.body.appendChild(out);
   });
@@ -81,23 +89,27 @@ def report(tmp_path_factory) -> Path:
                         tradeoff=make_tradeoff(), recommendation="Return k<=2 and drop token ids.")
 
 
-def test_every_plot_loads_and_the_page_logs_no_errors(report, tmp_path):
+def _probe(report: Path, tmp_path: Path, *, control: bool = True) -> dict:
+    """Open a probed copy of ``report`` at 1400x900 and return what the probe saw."""
     text = report.read_text(encoding="utf-8")
     assert CSP in text
     probed = text.replace(CSP, CSP + "; script-src 'unsafe-inline'", 1)
     probed = re.sub(r"(<head[^>]*>)", lambda m: m.group(1) + PROBE, probed, count=1)
-    probed = probed.replace("</body>", CONTROL + "</body>", 1)
+    if control:
+        probed = probed.replace("</body>", CONTROL + "</body>", 1)
     page = tmp_path / "probed.html"
     page.write_text(probed, encoding="utf-8")
-
-    res = _chromium("--virtual-time-budget=10000", "--dump-dom", page.as_uri(), tmp=tmp_path)
+    res = _chromium("--window-size=1400,900", "--virtual-time-budget=10000", "--dump-dom", page.as_uri(), tmp=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     m = re.search(r'<pre id="__probe">PROBE(.*?)ENDPROBE</pre>', res.stdout, flags=re.S)
     assert m, f"the probe did not report; stdout tail: {res.stdout[-500:]!r}"
-    seen = json.loads(html.unescape(m.group(1)))
+    return json.loads(html.unescape(m.group(1)))
 
+
+def test_every_plot_loads_and_the_page_logs_no_errors(report, tmp_path):
+    seen = _probe(report, tmp_path)
     plots = [i for i in seen["images"] if i["alt"] != "__control"]
-    assert len(plots) == 7, plots
+    assert len(plots) == 8, plots            # the first screen's flow figure, 3 + 3 per side, the trade-off
     bad = [i for i in plots if not i["ok"]]
     assert not bad, f"plot images that did not load: {bad}"
     assert all(i["w"] >= 300 for i in plots)
@@ -109,18 +121,44 @@ def test_every_plot_loads_and_the_page_logs_no_errors(report, tmp_path):
     assert seen["title"].startswith("logitleak audit")
 
 
-def test_screenshot_of_the_report(report, tmp_path):
-    shot = tmp_path / "report.png"
-    res = _chromium(f"--screenshot={shot}", "--window-size=1280,2400", "--virtual-time-budget=10000",
+def test_the_first_screen_holds_the_verdict_and_the_matrix_at_1400x900(report, tmp_path):
+    seen = _probe(report, tmp_path, control=False)
+    assert seen["viewport"][0] == 1400 and seen["viewport"][1] <= 900
+    height = seen["viewport"][1]
+    boxes = seen["boxes"]
+    for name in ("verdict-sentence", "matrix", "flow-overview"):      # laid out, and on the first screen
+        left, top, right, bottom = boxes[name]
+        assert 0 <= left < right <= 1400 and 0 <= top < bottom <= height, (name, boxes[name], height)
+    assert boxes["verdict-sentence"][3] <= boxes["matrix"][1]        # the verdict above the matrix
+    assert seen["verdict"].startswith("LEAK: an API user CAN read 1 of the 2 task-irrelevant attributes")
+
+    shot = tmp_path / "first.png"
+    res = _chromium(f"--screenshot={shot}", "--window-size=1400,900", "--virtual-time-budget=10000",
                     report.as_uri(), tmp=tmp_path)
     assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
     with Image.open(shot) as im:
-        assert im.size == (1280, 2400)
-        gray = im.convert("L")
-        lo, hi = gray.getextrema()
-        assert hi - lo > 100  # not a blank page
-        # the verdict's red leak box is near the top: some reddish pixels in the first 600 rows
-        top = np.asarray(im.convert("RGB").crop((0, 0, 1280, 600)), dtype=int)
-        r, g, b = top[..., 0], top[..., 1], top[..., 2]
-        assert int(((r > 240) & (g < 240) & (b < 240) & (r - g > 10)).sum()) > 1000
+        assert im.size == (1400, 900)
+        px = np.asarray(im.convert("RGB"), dtype=int)
+
+    def crop(name):
+        left, top, right, bottom = (int(round(v)) for v in boxes[name])
+        return px[top:bottom, left:right]
+
+    def reddish(a):
+        return int(((a[..., 0] - a[..., 2] > 60) & (a[..., 0] > 150)).sum())
+
+    def bluish(a):
+        return int(((a[..., 2] - a[..., 0] > 40) & (a[..., 2] > 90)).sum())
+
+    def pink(a):
+        r, g, b = a[..., 0], a[..., 1], a[..., 2]
+        return int(((r > 240) & (g < 240) & (b < 240) & (r - g > 10)).sum())
+
+    verdict, matrix = crop("verdict-sentence"), crop("matrix")
+    assert verdict.size and pink(verdict) > 0.5 * verdict.shape[0] * verdict.shape[1]   # the pale red LEAK box
+    assert reddish(verdict[:, :8]) > 0.5 * 8 * verdict.shape[0]                        # with its red edge
+    # the matrix is painted: red LEAK cells (shape at the API levels) and blue readable ones
+    assert reddish(matrix) > 1500 and bluish(matrix) > 3000
+    gray = px.mean(axis=2)
+    assert gray.max() - gray.min() > 100                              # not a blank page
     shutil.copyfile(shot, SCREENSHOT)

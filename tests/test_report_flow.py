@@ -4,9 +4,10 @@ import math
 
 import pandas as pd
 
-from logitleak.report import build_report
-from logitleak.report.flow import flow_plot, numeric_findings, pca_plot
-from logitleak.report.verdict import annotate, verdict_text
+from logitleak.decisions import annotate, decide
+from logitleak.report import build_report, verdict_text
+from logitleak.report.flow import flow_plot, pca_plot
+from logitleak.report.numeric import numeric_findings
 
 
 def _row(level, layer, k, attr, bits, **kw):
@@ -43,12 +44,13 @@ def test_flow_figure_and_numeric_rows(tmp_path):
     num = ann[ann.attribute == "center_x"]
     # a numeric row is readable when significant and its R² interval is above the training mean's 0
     assert num[num.level == "topk_ids"].readable.all() and not num[num.level == "topk_logprobs"].readable.any()
-    plot = flow_plot(ann, relevant=False)
+    dec = decide(df)
+    plot = flow_plot(dec, relevant=False)
     assert plot is not None and plot.data_uri.startswith("data:image/png;base64,") and "projector" in plot.title
-    assert flow_plot(annotate(df[~df.level.isin(["vision", "projector", "image_residual"])]), False) is None
-    curve = pca_plot(ann, relevant=False)
-    assert curve is not None and "bottleneck" in curve.title and pca_plot(annotate(df[df.level != "pca"]), False) is None
-    (finding,) = numeric_findings(ann)
+    assert flow_plot(decide(df[~df.level.isin(["vision", "projector", "image_residual"])]), False) is None
+    curve = pca_plot(dec, relevant=False)
+    assert curve is not None and "bottleneck" in curve.title and pca_plot(decide(df[df.level != "pca"]), False) is None
+    (finding,) = numeric_findings(dec)
     ids = num[num.level == "topk_ids"].iloc[0]
     assert f"within {ids.mae:.2f}" in finding.text and "training mean is off by 4.40" in finding.text
     assert "top-20 logprobs with ids" in finding.text and "sorted logprobs (no ids)" in finding.text

@@ -16,6 +16,7 @@ import pandas as pd
 from logitleak.config import AuditConfig
 from logitleak.data.loading import load_probe_set
 from logitleak.data.probeset import ProbeSet
+from logitleak.decisions import Decisions, decide
 from logitleak.errors import LogitleakError
 from logitleak.integrity import atomic_write, write_json
 from logitleak.levels.table import DECODER_LAYER_LEVELS, ENDPOINT_LEVELS, RESPONSE_LEVELS, TRANSITION_LEVELS
@@ -29,13 +30,24 @@ IDENTITY_KEYS = ("model", "data", "labels", "task", "question", "attributes", "s
 
 @dataclass
 class AuditResult:
-    """What an audit hands back: the table, where it was written, and the run record."""
+    """What an audit hands back: the table, its decisions, where they were written, and the run
+    record. In a notebook it shows the report's first screen (verdict, matrix, flow figure)."""
 
     results: pd.DataFrame
     out_dir: Path
     run_info: dict
     report_path: Path | None = None
     problems: list[str] = field(default_factory=list)
+    decisions: Decisions | None = None
+
+    def __post_init__(self) -> None:
+        if self.decisions is None:
+            self.decisions = decide(self.results)
+
+    def _repr_html_(self) -> str:
+        from logitleak.report import first_screen_html
+
+        return first_screen_html(self.decisions)
 
 
 def audit_identity(cfg: AuditConfig) -> dict:
@@ -244,7 +256,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     """Run one audit end to end and write results, run.json and report.html into ``cfg.out``."""
     from logitleak.models.devices import check_device
 
-    timer = Timer()
+    timer = Timer(progress=progress)
     if cfg.device is not None:  # (None: resolved when the model loads, without importing torch here)
         check_device(cfg.device)
     out = prepare_out_dir(cfg)
@@ -341,6 +353,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
         "seed": cfg.seed,
         "versions": package_versions(),
         "timings": timer.timings,
+        "cpu_timings": timer.cpu,
         "problems": problems,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -349,13 +362,17 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     run_info["utility"] = answer_utility(capture, probeset, adapter=None if cfg.endpoint else adapter)
     if lens is not None and hasattr(lens, "heldout_kl_"):
         run_info["tuned_lens_kl"] = lens.heldout_kl_
+    decisions = decide(results)  # once: the report, verdict.json and the summaries read these
     with timer("report"):
         from logitleak.report import build_report
+        from logitleak.report.gate import verdict_record, write_verdict
 
-        report_path = build_report(results, run_info, out / "report.html")
-    run_info["timings"] = timer.timings
+        report_path = build_report(results, run_info, out / "report.html", decisions=decisions)
+        write_verdict(out, verdict_record(decisions))
+    run_info["timings"], run_info["cpu_timings"] = timer.timings, timer.cpu
     write_json(out / "run.json", run_info)
-    return AuditResult(results=results, out_dir=out, run_info=run_info, report_path=report_path, problems=problems)
+    return AuditResult(results=results, out_dir=out, run_info=run_info, report_path=report_path, problems=problems,
+                       decisions=decisions)
 
 
 def _tuned_lens(capture, readout, lens_dir: Path, cfg: AuditConfig, groups: np.ndarray, layers=None,

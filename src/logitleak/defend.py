@@ -25,6 +25,8 @@ from logitleak.capture.source import Capture
 from logitleak.config import AuditConfig
 from logitleak.data.loading import load_probe_set
 from logitleak.data.probeset import ProbeSet
+from logitleak.decisions import Recommendation, recommend_defence
+from logitleak.decisions.defences import UNDEFENDED
 from logitleak.defenses.erasure import eraser_hook, erasers_key, fit_erasers_from_store, resolve_erasure_layers
 from logitleak.defenses.output import check_defense
 from logitleak.defenses.spec import Defense
@@ -41,12 +43,15 @@ TRADEOFF_COLUMNS = ("defense", "strength", "layer", "attribute", "level", "k", "
 
 @dataclass
 class DefendResult:
-    """The trade-off table, the recommendation, and where they were written."""
+    """The trade-off table, the recommendation (its sentence, and the decision with every defence's
+    decisions, taken once), and where they were written."""
 
     tradeoff: pd.DataFrame
     recommendation: str
     out_dir: Path
     report_path: Path | None
+    decision: Recommendation | None = None
+    run_info: dict | None = None
 
 
 def split_fit_eval(probeset: ProbeSet, seed: int, fit_fraction: float = 0.5,
@@ -79,8 +84,6 @@ def api_features(view_logprobs: torch.Tensor, view_ids: torch.Tensor, k: int) ->
 
 def recommend(tradeoff: pd.DataFrame, max_loss: float, alpha: float = 0.05) -> str:
     """The recommendation's sentence: the audit's decisions per defence (:func:`logitleak.decisions.recommend_defence`)."""
-    from logitleak.decisions import recommend_defence
-
     return recommend_defence(tradeoff, max_loss, alpha).text
 
 
@@ -95,7 +98,7 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
     if cfg.endpoint:
         raise LogitleakError("`defend` needs a local model (--model); a black-box endpoint cannot be scrubbed. "
                              "Audit an endpoint's output-side defences by serving it with `logitleak serve --defense`.")
-    timer = Timer()
+    timer = Timer(progress=progress)
     if cfg.device is not None:
         check_device(cfg.device)
     out = prepare_out_dir(cfg)
@@ -175,9 +178,7 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
         base_utility = float((base.answers == answer_ids).float().mean())
     tradeoff["utility_loss"] = base_utility - tradeoff["utility_accuracy"]
     tradeoff = tradeoff[list(TRADEOFF_COLUMNS) + [c for c in tradeoff.columns if c not in TRADEOFF_COLUMNS]]
-    from logitleak.decisions import recommend_defence
-
-    decision = recommend_defence(tradeoff, max_loss)  # the audit's leak rule, once per defence
+    decision = recommend_defence(tradeoff, max_loss)  # the audit's leak rule, once per defence (read by all below)
     text = decision.text
     write_results(tradeoff, out, stem="tradeoff")
     (out / "tradeoff.parquet").unlink(missing_ok=True)
@@ -192,16 +193,22 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
         "defenses": [d.label() for d in grid], "max_utility_loss": max_loss, "recommendation": text,
         "recommendation_kind": decision.kind, "recommended_defense": decision.label,
         "utility": {"n": len(eval_set), "first_token_accuracy": base_utility},
-        "versions": package_versions(), "timings": timer.timings, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "versions": package_versions(), "timings": timer.timings, "cpu_timings": timer.cpu,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     from logitleak.report import build_report
+    from logitleak.report.gate import defend_record, write_verdict
 
     with timer("report"):
+        bare = decision.defences.get(UNDEFENDED)  # the undefended rows' decisions, already taken
         report = build_report(write_results(undefended, cache, stem="undefended"), run_info, out / "report.html",
-                              tradeoff=tradeoff, recommendation=text)
-    run_info["timings"] = timer.timings
+                              tradeoff=tradeoff, recommendation=decision,
+                              decisions=bare.decisions if bare is not None else None)
+        write_verdict(out, defend_record(decision))
+    run_info["timings"], run_info["cpu_timings"] = timer.timings, timer.cpu
     write_json(out / "run.json", run_info)
-    return DefendResult(tradeoff=tradeoff, recommendation=text, out_dir=out, report_path=report)
+    return DefendResult(tradeoff=tradeoff, recommendation=text, out_dir=out, report_path=report, decision=decision,
+                        run_info=run_info)
 
 
 def _first_token(adapter, word: str) -> int:

@@ -7,12 +7,17 @@ from typing import Optional
 
 import typer
 
-from logitleak.cli.flags import config_command, flag_names
+from logitleak.cli.flags import check_fail_on, config_command, exit_on_gate, fail_on_option, flag_names
 from logitleak.errors import LogitleakError
 
 DEFEND_EXCLUDES = ("levels", "layers", "pca_dims", "vision_pool", "generate")
 """Config keys defend has no flag for: it measures the API levels of the first answer token."""
 
+
+DEFEND_FAIL_ON_HELP = ("CI gate on what would be deployed (the recommended defence, or none when none is "
+                       "recommended): exit code 3 when under it a task-irrelevant attribute is readable at an API level "
+                       "('leak'), or any attribute is ('readable'); 'none' (default): never. verdict.json holds every "
+                       "defence's decisions.")
 
 RECOMMENDATION_STYLE: dict[str, str] = {"recommended": "bold green", "none_needed": "bold green",
                                          "none_found": "bold red", "untestable": "bold yellow"}
@@ -54,15 +59,19 @@ def register(app: typer.Typer) -> None:
         defenses: Optional[str] = typer.Option(None, "--defenses", help="Defence grid, e.g. 'topk:1,2,5;round:2,1;gauss:0.5,1;leace:all' (default: a standard grid)."),
         max_loss: float = typer.Option(0.05, "--max-loss", help="Largest answer-accuracy loss a recommended defence may cost."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        fail_on: str = fail_on_option(DEFEND_FAIL_ON_HELP),
     ) -> None:
         """Sweep defences and report leakage at the API level against answer accuracy."""
         from rich.console import Console
 
+        from logitleak.cli.audit import print_phases
         from logitleak.config import resolve_config
-        from logitleak.decisions import recommend_defence
         from logitleak.defend import run_defend
         from logitleak.defenses.spec import parse_defenses
+        from logitleak.report.console import print_table
+        from logitleak.report.gate import defend_failing
 
+        gate = check_fail_on(fail_on)
         if not 0 <= max_loss <= 1:
             raise LogitleakError(f"--max-loss {max_loss} is not an accuracy loss; pass a number between 0 and 1, "
                                  "e.g. 0.05.")
@@ -72,7 +81,10 @@ def register(app: typer.Typer) -> None:
         grid = parse_defenses(defenses)
         result = run_defend(cfg, grid, max_loss=max_loss, progress=not quiet)
         console = Console()
-        rec = recommend_defence(result.tradeoff, max_loss)
-        console.print(tradeoff_table(rec))
-        console.print(rec.text, style=RECOMMENDATION_STYLE.get(rec.kind, "bold"), highlight=False)
-        console.print(f"Trade-off table and report written to [bold]{result.out_dir}[/bold].")
+        rec = result.decision
+        print_table(console, tradeoff_table(rec))
+        console.print(rec.text, style=RECOMMENDATION_STYLE.get(rec.kind, "bold"), highlight=False, soft_wrap=True)
+        print_phases(console, result.run_info)
+        console.print(f"Trade-off table, verdict.json and report written to [bold]{result.out_dir}[/bold].",
+                      soft_wrap=True)
+        exit_on_gate(console, gate, defend_failing(rec, gate))

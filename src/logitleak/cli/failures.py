@@ -130,7 +130,7 @@ def run_cli(app: Callable, argv: Sequence[str] | None = None) -> None:
     aborts = _click_classes("Abort")
     exits = _exit_classes()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # not standalone, click returns a typer.Exit's code
     except LogitleakError as err:
         _fail(str(err))
     except exits as err:  # type: ignore[misc]
@@ -152,6 +152,8 @@ def run_cli(app: Callable, argv: Sequence[str] | None = None) -> None:
         if _is_oom(err):
             _fail(_memory_message(err))
         _bug()
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
 
 
 def _fail(message: str) -> None:

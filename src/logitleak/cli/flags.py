@@ -157,3 +157,34 @@ def config_command(exclude: Iterable[str] = (), helps: Mapping[str, str] | None 
         return wrapper
 
     return decorate
+
+
+FAIL_ON_HELP = ("CI gate: exit with code 3 when the condition holds -- 'leak': a task-irrelevant attribute is readable "
+                "at an API level; 'readable': any attribute is (the task's included); 'none' (default): never. "
+                "verdict.json beside the results holds the decisions.")
+
+
+def fail_on_option(help_text: str = FAIL_ON_HELP) -> Any:
+    """The ``--fail-on leak|readable|none`` option of audit, demo, defend and probe."""
+    return typer.Option("none", "--fail-on", help=help_text, show_default=False)
+
+
+def check_fail_on(value: str) -> str:
+    """``--fail-on``'s value, lower-cased, or an error naming the choices (before any work)."""
+    from logitleak.report.gate import FAIL_ON
+
+    v = str(value).strip().lower()
+    if v not in FAIL_ON:
+        raise LogitleakError(f"--fail-on {value!r} is not a gate condition; pass one of {', '.join(FAIL_ON)}.")
+    return v
+
+
+def exit_on_gate(console, fail_on: str, names: list[str]) -> None:
+    """After everything is written and printed: when the gate's condition holds for some attribute
+    (``names``), say so and exit with code 3."""
+    if not names:
+        return
+    from logitleak.report.gate import GATE_EXIT_CODE, gate_message
+
+    console.print(gate_message(fail_on, names), style="bold red", highlight=False, soft_wrap=True)
+    raise typer.Exit(GATE_EXIT_CODE)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from logitleak.cli.flags import check_fail_on, exit_on_gate, fail_on_option
 from logitleak.errors import LogitleakError
 
 
@@ -18,16 +19,17 @@ def _fmt(x, spec: str = ".3f") -> str:
         return "-"
 
 
-def summary_table(df, title: str = "Probe results", alpha: float = 0.05):
+def summary_table(df, title: str = "Probe results", alpha: float = 0.05, *, decisions=None):
     """A rich table: level, layer, attribute, probe, accuracy vs baseline, 95% CI, p, bits, and the
-    decision (:mod:`logitleak.decisions`): p is Holm-adjusted across the API-level rows, and a row
-    is readable when it is below ``alpha`` with its interval above the baseline."""
+    decision (:mod:`logitleak.decisions`; ``decisions``: already taken on ``df``): p is Holm-adjusted
+    across the API-level rows, and a row is readable when it is below ``alpha`` with its interval
+    above the baseline."""
     from rich import box
     from rich.table import Table
 
-    from logitleak.decisions import annotate
+    from logitleak.decisions import decide
 
-    ann = annotate(df, alpha=alpha)
+    ann = (decisions if decisions is not None else decide(df, alpha)).table
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for col, justify in (("level", "left"), ("layer", "right"), ("attribute", "left"), ("probe", "left"),
                          ("acc", "right"), ("base", "right"), ("95% CI", "right"), ("p", "right"),
@@ -69,17 +71,22 @@ def probe(
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Random seed (splits, permutations, control task, bootstrap, MLP init)."),
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda when available, else cpu)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    fail_on: str = fail_on_option(),
 ) -> None:
     """Probe every feature set for every label attribute; write results and print a summary."""
     from rich.console import Console
 
     from logitleak.data.features import load_features, load_labels
+    from logitleak.decisions import decide
     from logitleak.models.devices import check_device
     from logitleak.probing.families import PROBE_FAMILIES
     from logitleak.probing.sweep import evaluate_sweep
+    from logitleak.report.console import print_table
+    from logitleak.report.gate import failing, verdict_record, write_verdict
     from logitleak.results import write_results
     from logitleak.userpaths import ensure_out_dir
 
+    gate = check_fail_on(fail_on)
     ensure_out_dir(out)  # before any work: a path that cannot hold results fails now
     check_device(device)
     families = tuple(p.strip() for p in probes.split(",") if p.strip())
@@ -106,10 +113,13 @@ def probe(
                         n_permutations=permutations, n_bootstrap=bootstrap, seed=seed, device=device,
                         progress=progress, mlp_levels=mlp_on)
     write_results(df, out)
+    dec = decide(df)  # once: the table, verdict.json and the gate read these
+    write_verdict(out, verdict_record(dec))
     console = Console()
-    console.print(summary_table(df, title=f"Probe results ({len(df)} rows, {folds}-fold CV, "
-                                          + (f"{permutations} permutations)" if permutations else "held-out gain test)")))
-    console.print(f"Wrote {out / 'results.parquet'}, results.csv and results.json. "
+    print_table(console, summary_table(df, title=f"Probe results ({len(df)} rows, {folds}-fold CV, "
+                                       + (f"{permutations} permutations)" if permutations else "held-out gain test)"),
+                                       decisions=dec))
+    console.print(f"Wrote {out / 'results.parquet'}, results.csv, results.json and verdict.json. "
                   "acc: held-out accuracy; base: majority-class baseline; p: " + ("permutation test; " if permutations else
                   "held-out gain test on forward-chained folds (column p_test); ") + "Holm-adjusted across the API-level rows; " +
                   "bits: V-information H(Y) - CE, %H: as a percentage of H(Y); * = task attribute; call: readable "
@@ -119,6 +129,7 @@ def probe(
         n_mlp = sum(key[0] in mlp_on for key in feats)
         console.print(f"The MLP probe ran on {n_mlp} of {len(feats)} feature sets (--mlp-levels {mlp_levels}); "
                       "pass --mlp-levels all to run it on every set.")
+    exit_on_gate(console, gate, failing(dec, gate))
 
 
 def _mlp_levels(spec: str, feats) -> set[str] | None:

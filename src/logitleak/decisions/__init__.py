@@ -6,7 +6,7 @@ the cheapest one that stops every leak. The verdict, the HTML report, the termin
 and ``defend`` all read these; none of them re-derives a rule.
 """
 
-from logitleak.decisions.attributes import STATUSES, AttributeDecision, Decisions, decide
+from logitleak.decisions.attributes import CALLS, STATUSES, AttributeDecision, Decisions, decide
 from logitleak.decisions.defences import (
     DefenceDecision,
     Recommendation,
@@ -27,8 +27,10 @@ from logitleak.decisions.rules import (
     smallest_k_key,
     smallest_k_row,
     strongest,
+    strongest_reading,
 )
 
-__all__ = ["STATUSES", "TUNED_LEVELS", "AttributeDecision", "DefenceDecision", "Decisions", "Recommendation",
+__all__ = ["CALLS", "STATUSES", "TUNED_LEVELS", "AttributeDecision", "DefenceDecision", "Decisions", "Recommendation",
            "annotate", "best_row", "decide", "decide_defences", "finite", "holm", "k_order", "level_rank", "num",
-           "recommend_defence", "relevance", "smallest_k_key", "smallest_k_row", "strongest", "strongest_rows"]
+           "recommend_defence", "relevance", "smallest_k_key", "smallest_k_row", "strongest", "strongest_reading",
+           "strongest_rows"]

@@ -18,11 +18,13 @@ from logitleak.decisions.rules import (
     annotate,
     best_row,
     finite,
+    level_rank,
     num,
     relevance,
     smallest_k_key,
     smallest_k_row,
     strongest,
+    strongest_reading,
 )
 from logitleak.levels.table import API_LEVELS
 
@@ -30,6 +32,10 @@ STATUSES: tuple[str, ...] = ("empty", "no_api", "leak", "clean", "nothing_to_cla
 """What a whole table says: nothing measured; no API level measured; a task-irrelevant attribute
 leaks; no task-irrelevant attribute measured at the API level leaks; no task-irrelevant attribute
 measured at the API level at all."""
+
+CALLS: tuple[str, ...] = ("leak", "no_leak", "readable", "not_readable", "not_measured")
+"""One attribute's call: a task-irrelevant attribute readable at an API level (leak) or not; the
+task-relevant attribute readable there (as expected) or not; no API-level row at all."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class AttributeDecision:
     API row with the most V-information (None when no API level was measured). ``first`` is the
     smallest-k readable API row and ``first_per_level`` the same per API level. ``inside`` is the
     strongest readable internal row; ``residual`` / ``tuned`` the best residual-stream and
-    tuned-lens rows (readable or not).
+    tuned-lens rows (readable or not); ``by_level`` the strongest reading at every level measured.
     """
 
     attribute: str
@@ -54,6 +60,17 @@ class AttributeDecision:
     inside: pd.Series | None = field(default=None, repr=False, compare=False)
     residual: pd.Series | None = field(default=None, repr=False, compare=False)
     tuned: pd.Series | None = field(default=None, repr=False, compare=False)
+    by_level: dict = field(default_factory=dict, repr=False, compare=False)
+    """level -> the strongest reading of this attribute at that level (best layer, k and family)."""
+
+    @property
+    def call(self) -> str:
+        """The decision in one word, one of :data:`CALLS`."""
+        if not self.measured:
+            return "not_measured"
+        if self.readable:
+            return "readable" if self.task_relevant else "leak"
+        return "not_readable" if self.task_relevant else "no_leak"
 
     @property
     def smallest_k(self) -> int | None:
@@ -126,11 +143,13 @@ def _decide_one(best: pd.DataFrame, attr: str, task_relevant: bool) -> Attribute
     return AttributeDecision(
         attribute=attr, task_relevant=task_relevant, measured=not api.empty, readable=not readable.empty,
         leak=not readable.empty and not task_relevant,
-        strongest=best_row(readable) if not readable.empty else best_row(api),
+        strongest=strongest_reading(api),
         first=first, first_per_level=per_level,
         inside=best_row(rows[~rows["is_api"] & rows["readable"]]),
         residual=best_row(rows[rows["level"] == "residual"]),
-        tuned=best_row(rows[rows["level"].isin(TUNED_LEVELS)]))
+        tuned=best_row(rows[rows["level"].isin(TUNED_LEVELS)]),
+        by_level={level: strongest_reading(rows[rows["level"] == level])
+                  for level in sorted(set(rows["level"]), key=level_rank)})
 
 
 def decide(results: pd.DataFrame, alpha: float = 0.05) -> Decisions:

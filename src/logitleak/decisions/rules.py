@@ -14,6 +14,8 @@
   level: among the families that are readable, the one with the most V-information
   (``v_info_bits``, accuracy breaks ties); if none is readable, the one with the most
   V-information overall.
+* **Strongest reading** of a set of rows (an attribute at the API levels, or at one level): the
+  readable row with the most V-information, or the row with the most V-information when none is.
 * **Smallest k.** Among readable rows, the one with the smallest k (``top1_prob`` has no k and
   counts as k=1); the most V-information breaks ties.
 """
@@ -143,6 +145,14 @@ def best_row(rows: pd.DataFrame):
         return None
     i = max(range(len(rows)), key=lambda j: rows["rank_key"].iat[j][1:] + (rows["readable"].iat[j],))
     return rows.iloc[i]
+
+
+def strongest_reading(rows: pd.DataFrame):
+    """The reading that stands for ``rows`` (e.g. one attribute at one level, or at the API levels):
+    the readable row with the most V-information when any is readable, else the row with the most
+    V-information; None for no rows."""
+    readable = rows[rows["readable"]] if len(rows) else rows
+    return best_row(readable) if len(readable) else best_row(rows)
 
 
 def k_order(row) -> float:

@@ -1,7 +1,11 @@
-"""The audit report: a plain-words verdict, plots, the full table, and a terminal summary."""
+"""The audit report: the first screen (verdict, matrix, flow), plots, the full table, the terminal
+summary, the machine-readable verdict and the CI gate, and comparisons of runs."""
 
+from logitleak.report.finding import Finding
+from logitleak.report.first_screen import first_screen_html
 from logitleak.report.html import build_report, render_html
 from logitleak.report.summary import print_summary
-from logitleak.report.verdict import Finding, verdict, verdict_text
+from logitleak.report.verdict import verdict, verdict_sentence, verdict_text
 
-__all__ = ["Finding", "build_report", "print_summary", "render_html", "verdict", "verdict_text"]
+__all__ = ["Finding", "build_report", "first_screen_html", "print_summary", "render_html", "verdict",
+           "verdict_sentence", "verdict_text"]

@@ -1,4 +1,4 @@
-"""A short terminal summary of an audit: one line per attribute, then the headline verdict."""
+"""A short terminal summary of an audit: one line per attribute, then the verdict in one sentence."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ from rich.console import Console
 from rich.table import Table
 
 from logitleak.decisions import Decisions, decide, finite
-from logitleak.report.verdict import verdict
-from logitleak.report.wording import fmt_acc, fmt_interval, fmt_num, where
+from logitleak.report.console import print_table
+from logitleak.report.verdict import verdict_sentence
+from logitleak.report.wording import CALL_WORDS, fmt_acc, fmt_interval, fmt_num, where
 
 HEADLINE_STYLE: dict[str, str] = {"leak": "bold red"}
-"""The headline's terminal style by the decisions' ``status`` (plain bold otherwise)."""
+"""The verdict line's terminal style by the decisions' ``status`` (plain bold otherwise)."""
+CALL_STYLE: dict[str, str] = {"leak": "bold red", "no_leak": "green", "readable": "green", "not_readable": "yellow",
+                              "not_measured": "dim"}
+"""Each call's terminal style."""
 
 
 def _bits(r, interval: bool = True) -> str:
@@ -29,19 +33,13 @@ def summary_table(results: pd.DataFrame, alpha: float = 0.05, *, decisions: Deci
     table = Table(title=f"logitleak audit (alpha={dec.alpha:g}, Holm-corrected at the API levels)", title_justify="left",
                   caption="*task: the attribute the question asks about (readable is expected). bits: V-information; residual / tuned: best layer.",
                   caption_justify="left")
-    for col, kw in (("attribute", {}), ("call", {"no_wrap": True}),
-                    ("strongest API reading (probe)", {}), ("score vs base", {"justify": "right"}),
-                    ("API bits [CI]", {"justify": "right"}), ("shown from", {"no_wrap": True}),
-                    ("residual / tuned bits", {"justify": "right"})):
-        table.add_column(col, **kw)
+    for col, kw in (("attribute", {}), ("call", {}), ("strongest API reading (probe)", {}),
+                    ("score vs base", {"justify": "right"}), ("API bits [CI]", {"justify": "right"}),
+                    ("shown from", {}), ("residual / tuned bits", {"justify": "right"})):
+        table.add_column(col, no_wrap=True, **kw)
     for d in dec.attributes.values():
         r = d.strongest
-        if not d.measured:
-            call = "[dim]no API rows[/]"
-        elif d.readable:
-            call = "[green]readable[/]" if d.task_relevant else "[bold red]LEAK[/]"
-        else:
-            call = "[yellow]NOT readable[/]" if d.task_relevant else "[green]no leak[/]"
+        call = f"[{CALL_STYLE[d.call]}]{CALL_WORDS[d.call]}[/]"
         name = f"{d.attribute} [dim]*task[/]" if d.task_relevant else d.attribute
         inner = f"{_bits(d.residual, False)} / {_bits(d.tuned, False)}"
         if r is None:
@@ -55,14 +53,13 @@ def summary_table(results: pd.DataFrame, alpha: float = 0.05, *, decisions: Deci
     return table
 
 
-def print_summary(results: pd.DataFrame, console: Console | None = None, alpha: float = 0.05) -> None:
-    """Print the per-attribute table and the headline verdict to the terminal."""
+def print_summary(results: pd.DataFrame, console: Console | None = None, alpha: float = 0.05, *,
+                  decisions: Decisions | None = None) -> None:
+    """Print the per-attribute table and the verdict's sentence (``decisions``: already taken on ``results``)."""
     console = console or Console()
     if len(results) == 0:
         console.print("[bold]logitleak audit:[/] the results table is empty.")
         return
-    dec = decide(results, alpha)
-    console.print(summary_table(results, alpha, decisions=dec))
-    head = next((f for f in verdict(results, alpha, decisions=dec) if f.kind == "headline"), None)
-    if head is not None:
-        console.print(head.text, style=HEADLINE_STYLE.get(dec.status, "bold"), highlight=False)
+    dec = decisions if decisions is not None else decide(results, alpha)
+    print_table(console, summary_table(results, alpha, decisions=dec))
+    console.print(verdict_sentence(dec), style=HEADLINE_STYLE.get(dec.status, "bold"), highlight=False, soft_wrap=True)

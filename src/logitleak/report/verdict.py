@@ -16,38 +16,14 @@ readable row) are made in :mod:`logitleak.decisions`; this module only says them
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import pandas as pd
 
-# Re-exported: the rules and the wording used to live here, and callers still import them from here.
-from logitleak.decisions import (  # noqa: F401
-    TUNED_LEVELS,
-    AttributeDecision,
-    Decisions,
-    annotate,
-    best_row,
-    decide,
-    finite,
-    holm,
-    level_rank,
-    num,
-    relevance,
-    strongest,
-)
-from logitleak.report.wording import (  # noqa: F401
-    bits_shown,
-    bits_text,
-    evidence,
-    fmt_acc,
-    fmt_bits,
-    fmt_interval,
-    fmt_num,
-    fmt_p,
-    where,
-)
+from logitleak.decisions import AttributeDecision, Decisions, decide, finite, num
+from logitleak.report.finding import Finding
+from logitleak.report.numeric import numeric_findings
+from logitleak.report.wording import bits_text, evidence, where
 
-GROUP_KEYS: tuple[str, ...] = ("level", "layer", "k", "attribute")
 TEST_WORDS: dict[str, str] = {
     "heldout": ("a one-sided held-out log-likelihood-gain test: each cross-validation fold after the first is "
                 "scored by a probe trained only on the folds before it, and the gains over a random assignment "
@@ -55,29 +31,6 @@ TEST_WORDS: dict[str, str] = {
     "permutation": "label-permutation p-values with a refit per permutation, never below 1/(1+permutations)",
 }
 """How the method statement describes each value of the results column ``p_test``."""
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One statement of the verdict.
-
-    ``kind`` is one of ``headline``, ``leak``, ``no_leak``, ``task_relevant``, ``not_measured``,
-    ``method``. ``attribute``/``level``/``k``/``probe``/``bits`` describe the row the statement
-    rests on, where there is one.
-    """
-
-    kind: str
-    text: str
-    attribute: str | None = None
-    level: str | None = None
-    k: int | None = None
-    probe: str | None = None
-    bits: float | None = None
-    bits_ci: tuple[float, float] | None = None
-    details: dict = field(default_factory=dict, compare=False)
-
-    def __str__(self) -> str:
-        return self.text
 
 
 def _int_or_none(v) -> int | None:
@@ -216,9 +169,7 @@ def verdict(results: pd.DataFrame, alpha: float = 0.05, *, decisions: Decisions 
             "No row marks a task-relevant attribute, so every readable attribute above counts as leakage."))
     findings += [_task_relevant(d) for d in dec.relevant]
     if len(dec.table):
-        from logitleak.report.flow import numeric_findings
-
-        findings += numeric_findings(dec.table, dec.best)
+        findings += numeric_findings(dec)
         findings.append(_method(dec))
     return findings
 
@@ -226,3 +177,29 @@ def verdict(results: pd.DataFrame, alpha: float = 0.05, *, decisions: Decisions 
 def verdict_text(results: pd.DataFrame, alpha: float = 0.05) -> list[str]:
     """The verdict as plain sentences, headline first."""
     return [f.text for f in verdict(results, alpha)]
+
+
+def _names(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def verdict_sentence(dec: Decisions) -> str:
+    """The verdict in one sentence (the report's first line and the terminal's last): which
+    task-irrelevant attributes an API user can read, and the strongest reading with its interval."""
+    status = dec.status
+    measured = [d.attribute for d in dec.irrelevant if d.measured]
+    if status == "leak":
+        leaks = dec.leaks
+        top = max(leaks, key=lambda d: num(d.strongest["v_info_bits"]) if finite(d.strongest["v_info_bits"]) else -1)
+        r = top.strongest
+        of = f" of the {len(measured)}" if len(measured) > 1 else ""
+        plural = "s" if len(leaks) > 1 or of else ""
+        return (f"LEAK: an API user CAN read {len(leaks)}{of} task-irrelevant attribute{plural} "
+                f"from the top-k output ({_names([d.attribute for d in leaks])}); the strongest, {top.attribute}, "
+                f"gives {bits_text(r)} at {where(r)} ({r['probe']} probe).")
+    if status == "clean":
+        return (f"No leak: none of the {len(measured)} task-irrelevant attributes ({_names(measured)}) can be read "
+                f"from the API output (Holm-corrected, alpha={dec.alpha:g})." if len(measured) > 1 else
+                f"No leak: the task-irrelevant attribute {measured[0]} cannot be read from the API output "
+                f"(alpha={dec.alpha:g}).")
+    return _headline(dec, []).text

@@ -4,18 +4,37 @@ from __future__ import annotations
 
 from logitleak.decisions.rules import finite, num
 
+CALL_WORDS: dict[str, str] = {"leak": "LEAK", "no_leak": "no leak", "readable": "readable",
+                              "not_readable": "NOT readable", "not_measured": "no API rows"}
+"""How every table words an attribute's call (:data:`logitleak.decisions.CALLS`)."""
+
 
 def fmt_num(v, digits: int = 2) -> str:
     """A number with ``digits`` decimals, 'n/a' when missing."""
     f = num(v)
-    return "n/a" if not finite(f) else f"{f:.{digits}f}"
+    if not finite(f):
+        return "n/a"
+    return f"{0.0 if abs(f) < 0.5 * 10 ** -digits else f:.{digits}f}"  # no "-0.00"
+
+
+P_FLOOR = 1e-10
+"""Below this a p-value says only "very small" (a Student-t tail that far out is not resolved by the
+test), so it is printed as ``< 1e-10``."""
+
+
+def fmt_int(v) -> str:
+    """A whole number (a layer, a k, a count), '' when missing."""
+    f = num(v)
+    return str(int(f)) if finite(f) else ""
 
 
 def fmt_p(p) -> str:
-    """A p-value: three decimals, scientific below 0.001, 'n/a' when missing."""
+    """A p-value: three decimals, scientific below 0.001, ``< 1e-10`` below :data:`P_FLOOR`, 'n/a' when missing."""
     f = num(p)
     if not finite(f):
         return "n/a"
+    if f < P_FLOOR:
+        return f"< {P_FLOOR:.0e}"
     if f < 1e-3:
         return f"{f:.1e}"
     return f"{f:.3f}"
