@@ -20,9 +20,9 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from logitleak.cli import audit, defend, guard, organism, probe, serve
+    from logitleak.cli import audit, compare, defend, guard, organism, probe, serve
 
-    for module in (organism, probe, audit, defend, serve, guard):
+    for module in (organism, probe, audit, defend, compare, serve, guard):
         module.register(app)
 
 
