@@ -30,8 +30,7 @@ IDENTITY_KEYS = ("model", "data", "labels", "task", "question", "attributes", "s
 
 @dataclass
 class AuditResult:
-    """What an audit hands back: the table, its decisions, where they were written, and the run
-    record. In a notebook it shows the report's first screen (verdict, matrix, flow figure)."""
+    """An audit's table, decisions, files and run record; a notebook shows the report's first screen."""
 
     results: pd.DataFrame
     out_dir: Path

@@ -1,5 +1,4 @@
-"""The audit report: the first screen (verdict, matrix, flow), plots, the full table, the terminal
-summary, the machine-readable verdict and the CI gate, and comparisons of runs."""
+"""The audit report: first screen, plots, tables, terminal summary, verdict.json, the gate, comparisons."""
 
 from logitleak.report.finding import Finding
 from logitleak.report.first_screen import first_screen_html

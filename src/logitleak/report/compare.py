@@ -1,5 +1,6 @@
-"""Two or more runs side by side: the same attributes and levels, the differences with intervals,
-and the decisions that changed (audit vs audit, audit vs defend, white-box vs endpoint).
+"""Two or more runs side by side: their readings, the differences with intervals, the changed decisions.
+
+Works for audit vs audit, audit vs defend, white-box vs endpoint.
 
 Each run's decisions are its own (:func:`logitleak.decisions.decide`, or once per defence of a
 ``defend`` run), taken once when the run is loaded. Every run is compared with the first on the

@@ -1,5 +1,7 @@
-"""The comparison report: what changed first, then each attribute's call per run, a figure of the
-strongest API readings side by side, and every shared reading with its difference and interval.
+"""The comparison report (compare.html) and the comparison's files beside it.
+
+What changed comes first, then each attribute's call per run, a figure of the strongest API
+readings side by side, and every shared reading with its difference and interval.
 
 One self-contained HTML file, like the audit report; beside it ``comparison.{csv,json}`` (the
 readings) and ``compare.json`` (the calls and the changes).

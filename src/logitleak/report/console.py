@@ -1,5 +1,7 @@
-"""Tables on a terminal or in a log: in a log every table gets the width of its content (at least
-``COLUMNS``), so no cell is ever wrapped into fragments or cut short."""
+"""Tables on a terminal or in a log, never a cell wrapped into fragments or cut short.
+
+In a log every table gets the width of its content (at least ``COLUMNS``).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The report's first screen: the verdict in one sentence, the attribute x level matrix and the
-information-flow figure, as one HTML fragment with its own (scoped) CSS.
+"""The report's first screen: verdict sentence, attribute x level matrix and flow figure, as one fragment.
+
+The fragment carries its own (scoped) CSS.
 
 The same fragment opens report.html and is what an :class:`~logitleak.audit.AuditResult` shows in
 a notebook (``_repr_html_``); everything else in the report sits below it.

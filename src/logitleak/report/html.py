@@ -1,5 +1,7 @@
-"""The audit report: one self-contained HTML file (inline CSS, plots as base64 PNG data URIs,
-no scripts, no external resources; a Content-Security-Policy forbids any network load).
+"""The audit report as one self-contained HTML file.
+
+Inline CSS, plots as base64 PNG data URIs, no scripts, no external resources; a
+Content-Security-Policy forbids any network load.
 
 The page is the first screen (:mod:`logitleak.report.first_screen`: verdict, matrix, flow figure)
 followed by the sections of :mod:`logitleak.report.sections`. Decisions are taken once, here or by
