@@ -131,3 +131,26 @@ def make_tradeoff(attributes=("shape", "size")) -> pd.DataFrame:
                              "p_value": 1e-4 if bits > 0.1 else 0.5, "v_info_bits": bits,
                              "utility_accuracy": 0.95 - (0.03 if defense == "topk" else 0.08) * i})
     return pd.DataFrame(rows)
+
+
+def make_wide_table() -> pd.DataFrame:
+    """A table as wide as the demo's: seven attributes at every first-token level (the extra
+    attributes and levels copy the leak table's rows under other names)."""
+    base = make_table()
+    extra_levels = {"vision": "residual", "projector": "residual", "image_residual": "residual", "pca": "residual",
+                    "logit_lens_answers": "logit_lens_topk", "tuned_lens_answers": "tuned_lens_topk",
+                    "logits": "topk_logits"}
+    parts = [base]
+    for level, like in extra_levels.items():
+        rows = base[base["level"] == like].copy()
+        rows["level"] = level
+        if level in ("projector", "logits"):
+            rows = rows[rows["layer"].isna() | (rows["layer"] == rows["layer"].max())].assign(layer=None)
+        if level == "pca":
+            rows = rows.assign(k=16)           # the bottleneck's width
+        parts.append(rows)
+    wide = pd.concat(parts, ignore_index=True)
+    copies = [wide]
+    for new, like in (("position", "shape"), ("background", "shape"), ("center_x", "size"), ("center_y", "size")):
+        copies.append(wide[wide["attribute"] == like].assign(attribute=new))
+    return to_frame(pd.concat(copies, ignore_index=True))

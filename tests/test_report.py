@@ -299,3 +299,42 @@ def test_results_table_says_which_test_gave_each_p_value():
     df["p_test"] = np.where(df["level"] == "residual", "permutation", "heldout")
     html = results_table(annotate(df))
     assert "(heldout)" in html and "(permutation)" in html and "p (test)" in html
+
+
+@pytest.mark.parametrize("columns", [None, "80", "200"])
+def test_a_summary_table_in_a_log_never_wraps_a_cell(monkeypatch, columns):
+    from logitleak.report.console import print_table
+    from logitleak.report.summary import summary_table
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    buf = io.StringIO()
+    console = Console(file=buf)                     # not a terminal: a log
+    assert not console.is_terminal
+    print_table(console, summary_table(make_table()))
+    lines = buf.getvalue().splitlines()
+    body = [ln for ln in lines if ln.startswith("│")]
+    assert [ln.split("│")[1].split()[0] for ln in body] == ["color", "shape", "size"]   # one line per row
+    assert not any("…" in ln for ln in lines)
+    assert lines[0].startswith("logitleak audit (alpha=0.05, Holm-corrected at the API levels)")
+    width = max(len(ln) for ln in lines)
+    assert width <= max(int(columns or 80), len(body[0]))          # the content's width, or COLUMNS when wider
+    assert "topk_ids k=10 (mlp)" in body[1] and "0.74 [0.66, 0.82]" in body[1]
+
+
+def test_a_title_wider_than_its_table_gets_its_own_line():
+    from rich.table import Table
+
+    from logitleak.report.console import print_table
+
+    table = Table(title="Organism (/a/long/cache/path/organism-seed0-v1): held-out answer accuracy per question type")
+    table.add_column("question")
+    table.add_column("accuracy")
+    table.add_row("background", "1.000")
+    buf = io.StringIO()
+    print_table(Console(file=buf), table)
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "Organism (/a/long/cache/path/organism-seed0-v1): held-out answer accuracy per question type"
+    assert lines[1].startswith("┏") and max(len(ln) for ln in lines[1:]) < 30       # the table keeps its width

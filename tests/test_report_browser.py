@@ -21,9 +21,9 @@ import pytest
 from PIL import Image
 
 try:
-    from report_fixtures import make_table, make_tradeoff, run_info
+    from report_fixtures import make_table, make_tradeoff, make_wide_table, run_info
 except ImportError:  # tests/ imported as a package
-    from tests.report_fixtures import make_table, make_tradeoff, run_info
+    from tests.report_fixtures import make_table, make_tradeoff, make_wide_table, run_info
 
 from logitleak.report import build_report
 from logitleak.report.html import CSP
@@ -121,7 +121,15 @@ def test_every_plot_loads_and_the_page_logs_no_errors(report, tmp_path):
     assert seen["title"].startswith("logitleak audit")
 
 
-def test_the_first_screen_holds_the_verdict_and_the_matrix_at_1400x900(report, tmp_path):
+@pytest.fixture(scope="module")
+def wide_report(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("wide")
+    return build_report(make_wide_table(), run_info(problems=["sample 3: endpoint timed out"]), d / "report.html")
+
+
+@pytest.mark.parametrize("which", ["report", "wide_report"])
+def test_the_first_screen_holds_the_verdict_and_the_matrix_at_1400x900(which, request, tmp_path):
+    report = request.getfixturevalue(which)     # 3 attributes x 7 levels, and the demo's 7 x 14
     seen = _probe(report, tmp_path, control=False)
     assert seen["viewport"][0] == 1400 and seen["viewport"][1] <= 900
     height = seen["viewport"][1]
@@ -130,7 +138,8 @@ def test_the_first_screen_holds_the_verdict_and_the_matrix_at_1400x900(report, t
         left, top, right, bottom = boxes[name]
         assert 0 <= left < right <= 1400 and 0 <= top < bottom <= height, (name, boxes[name], height)
     assert boxes["verdict-sentence"][3] <= boxes["matrix"][1]        # the verdict above the matrix
-    assert seen["verdict"].startswith("LEAK: an API user CAN read 1 of the 2 task-irrelevant attributes")
+    n = 1 if which == "report" else 3                          # shape and its two copies leak
+    assert seen["verdict"].startswith(f"LEAK: an API user CAN read {n} of the")
 
     shot = tmp_path / "first.png"
     res = _chromium(f"--screenshot={shot}", "--window-size=1400,900", "--virtual-time-budget=10000",
@@ -161,4 +170,5 @@ def test_the_first_screen_holds_the_verdict_and_the_matrix_at_1400x900(report, t
     assert reddish(matrix) > 1500 and bluish(matrix) > 3000
     gray = px.mean(axis=2)
     assert gray.max() - gray.min() > 100                              # not a blank page
-    shutil.copyfile(shot, SCREENSHOT)
+    if which == "wide_report":
+        shutil.copyfile(shot, SCREENSHOT)
