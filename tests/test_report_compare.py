@@ -13,8 +13,9 @@ import pytest
 
 from logitleak.decisions import decide
 from logitleak.errors import LogitleakError
+from logitleak.integrity import write_json
 from logitleak.report.compare import Z95, compare_runs, delta_interval, load_runs
-from logitleak.results import write_json, write_results
+from logitleak.results import write_results
 
 try:
     from report_fixtures import make_table

@@ -37,16 +37,12 @@ class AuditResult:
     run_info: dict
     report_path: Path | None = None
     problems: list[str] = field(default_factory=list)
-    decisions: Decisions | None = None
-
-    def __post_init__(self) -> None:
-        if self.decisions is None:
-            self.decisions = decide(self.results)
+    decisions: Decisions | None = None  # run_audit's, taken once
 
     def _repr_html_(self) -> str:
         from logitleak.report import first_screen_html
 
-        return first_screen_html(self.decisions)
+        return first_screen_html(self.decisions if self.decisions is not None else decide(self.results))
 
 
 def audit_identity(cfg: AuditConfig) -> dict:

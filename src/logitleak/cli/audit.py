@@ -23,11 +23,13 @@ def finish(result, console=None, fail_on: str = "none", extra_phases: dict | Non
     """Terminal summary, the time each phase took, where the files are, and the gate."""
     from rich.console import Console
 
+    from logitleak.decisions import decide
     from logitleak.report import print_summary
     from logitleak.report.gate import failing
 
     console = console or Console()
-    print_summary(result.results, console=console, decisions=result.decisions)
+    dec = result.decisions if result.decisions is not None else decide(result.results)
+    print_summary(result.results, console=console, decisions=dec)
     utility = (result.run_info or {}).get("utility") or {}
     parts = [f"{name.replace('_', ' ')} {utility[name]:.3f}" for name in ("first_token_accuracy", "response_accuracy")
              if isinstance(utility.get(name), float)]
@@ -38,7 +40,7 @@ def finish(result, console=None, fail_on: str = "none", extra_phases: dict | Non
     print_phases(console, result.run_info, extra_phases)
     console.print(f"\nResults, run record and report written to [bold]{result.out_dir}[/bold] "
                   f"(open {result.report_path}); verdict.json holds the decisions.", soft_wrap=True)
-    exit_on_gate(console, fail_on, failing(result.decisions, fail_on))
+    exit_on_gate(console, fail_on, failing(dec, fail_on))
 
 
 def print_phases(console, run_info: dict | None, extra: dict | None = None) -> None:

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from logitleak.integrity import atomic_write, write_json
 from logitleak.report.compare import Comparison, change_sentences, comparison_record
 from logitleak.report.figure import Plot, error_bars, to_data_uri, values
 from logitleak.report.html import CSP, CSS
 from logitleak.report.markup import esc, figures
 from logitleak.report.wording import CALL_WORDS, fmt_int, fmt_interval, fmt_num
-from logitleak.results import atomic_write, write_json
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2", "#7f7f7f")
 
