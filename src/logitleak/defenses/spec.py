@@ -5,6 +5,7 @@ transform is ``name`` or ``name:v1,v2,...`` where several values sweep that stre
 
     topk:1,2,5;round:2,1,0;gauss:0.1,0.5,1;laplace:0.5;temperature:0.5,2;values_only;ranks_only
     leace:all;leace:2,3;round:1+gauss:0.1
+    bottleneck:0.1,1,10             (a trained privacy bottleneck per weight lambda; see docs/BOTTLENECK.md)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from logitleak.errors import LogitleakError
 
 OUTPUT_TRANSFORMS = ("topk", "round", "gauss", "laplace", "temperature", "values_only", "ranks_only")
-MODEL_TRANSFORMS = ("leace",)
+MODEL_TRANSFORMS = ("leace", "bottleneck")
 NO_VALUE = ("values_only", "ranks_only")
 
 DEFAULT_GRID = ("none;topk:1,2,5;round:2,1,0;gauss:0.1,0.5,1,2;laplace:0.5,1;temperature:2,4;"
@@ -26,7 +27,8 @@ DEFAULT_GRID = ("none;topk:1,2,5;round:2,1,0;gauss:0.1,0.5,1,2;laplace:0.5,1;tem
 class Transform:
     """One transform with one strength (``None`` for transforms without a strength).
 
-    For ``leace`` the value is a layer index, or ``-1`` meaning every layer.
+    For ``leace`` the value is a layer index, or ``-1`` meaning every layer; for ``bottleneck`` the
+    weight lambda of the adversaries' reading in the fine-tuning objective.
     """
 
     name: str
@@ -72,6 +74,16 @@ class Defense:
         """Layers (hidden-state indices) to erase at; ``(-1,)`` means all."""
         return tuple(int(t.value) for t in self.transforms if t.name == "leace")
 
+    @property
+    def bottleneck(self) -> float | None:
+        """The lambda of a trained bottleneck (``bottleneck:L``), or ``None`` when there is none."""
+        return next((float(t.value) for t in self.transforms if t.name == "bottleneck"), None)
+
+    @property
+    def model_side(self) -> bool:
+        """Whether the defence acts inside the model (erasure or a trained bottleneck)."""
+        return any(t.name in MODEL_TRANSFORMS for t in self.transforms)
+
 
 def _parse_value(name: str, text: str):
     try:
@@ -92,6 +104,8 @@ def _parse_value(name: str, text: str):
         raise LogitleakError(f"Defence {name}:{text} is invalid; the noise scale must be 0 or more.")
     if name == "temperature" and value <= 0:
         raise LogitleakError(f"Defence temperature:{text} is invalid; the temperature must be above 0.")
+    if name == "bottleneck" and not 0 <= value < float("inf"):
+        raise LogitleakError(f"Defence bottleneck:{text} is invalid; the weight lambda must be a number of 0 or more.")
     if name == "leace" and value < 1:
         raise LogitleakError(f"Defence leace:{text} is invalid; erase at a layer >= 1 (a block output) or 'all'.")
     return value
@@ -123,7 +137,12 @@ def parse_defenses(spec: str | None) -> list[Defense]:
             grid.append(Defense())
             continue
         options = [_parse_transform(part) for part in item.split("+")]
-        grid.extend(Defense(tuple(combo)) for combo in itertools.product(*options))
+        for combo in itertools.product(*options):
+            names = [t.name for t in combo]
+            if "bottleneck" in names and (names.count("bottleneck") > 1 or "leace" in names):
+                raise LogitleakError(f"Defence {item!r} combines a trained bottleneck with another model-side defence; "
+                                     "give each its own entry (separated by ';').")
+            grid.append(Defense(tuple(combo)))
     if not grid:
         raise LogitleakError(f"Defence spec {spec!r} names no defence; write e.g. 'topk:1,2;round:1'.")
     return list(dict.fromkeys(grid))
@@ -136,6 +155,8 @@ def parse_single_defense(spec: str | None) -> Defense:
     grid = parse_defenses(spec)
     if len(grid) != 1:
         raise LogitleakError(f"Defence {spec!r} expands to {len(grid)} settings; give one value per transform.")
-    if grid[0].erasure_layers:
-        raise LogitleakError(f"Defence {spec!r} includes leace, which acts inside the model; a server takes output-side defences only.")
+    if grid[0].model_side:
+        name = next(t.name for t in grid[0].transforms if t.name in MODEL_TRANSFORMS)
+        raise LogitleakError(f"Defence {spec!r} includes {name}, which acts inside the model; a server takes output-side "
+                             "defences only (serve a bottlenecked model by its saved directory instead).")
     return grid[0]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from logitleak.errors import LogitleakError
 
@@ -33,3 +35,17 @@ def check_device(device: str | None, flag: str = "--device") -> str:
     elif kind == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
         raise LogitleakError(f"{flag} xpu was given but no Intel GPU is available here; pass --device cpu.")
     return text
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block on ``n`` torch threads (at least one), then restore the caller's count: seeded
+    CPU training is bit-identical for a fixed thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -32,6 +32,7 @@ from logitleak.data.shapes import ATTRIBUTES, make_shapes
 from logitleak.errors import LogitleakError
 from logitleak.integrity import atomic_directory
 from logitleak.models import organism as org
+from logitleak.models.devices import torch_threads
 from logitleak.models.organism_data import Normalizer, Pool, Prompts
 from logitleak.models.quiet import quiet_transformers
 from logitleak.progress import make_progress
@@ -225,16 +226,6 @@ def _isolated_rng():
         yield
 
 
-@contextmanager
-def _threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 class _Bar:
     """Progress per stage (a rich bar on a terminal, log lines elsewhere; or nothing).
     ``stage(name, total)`` returns the step callback the stage calls with its loss after every step."""
@@ -292,7 +283,7 @@ def train_organism(out_dir: str | Path, seed: int = 0, *, steps: int | None = No
         plan = replace(plan, vqa_steps=steps)
 
     t0 = time.perf_counter()
-    with _isolated_rng(), _threads(plan.threads), _Bar(progress) as bar:
+    with _isolated_rng(), torch_threads(plan.threads), _Bar(progress) as bar:
         prepared = bar.stage("training images", 1)
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
@@ -311,7 +302,7 @@ def train_organism(out_dir: str | Path, seed: int = 0, *, steps: int | None = No
         finally:
             model.set_attn_implementation(attn)
     train_seconds = time.perf_counter() - t0
-    with _threads(plan.threads):
+    with torch_threads(plan.threads):
         accuracy = evaluate_organism(model, processor, seed, n_images=plan.eval_images, image_size=plan.image_size)
     metrics = {
         "heldout_accuracy": accuracy,
