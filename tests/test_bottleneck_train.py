@@ -104,3 +104,27 @@ def test_lora_trains_only_adapters_and_its_saves_load_everywhere(tmp_path, one_t
     weights = _weights(out)
     assert not any("lora" in k for k in weights)  # merged: a plain checkpoint of the base architecture
     assert np.isfinite(info["history_tail"][-1]["task_loss"])
+
+
+def test_a_response_bottleneck_trains_on_the_base_models_own_response(tmp_path, one_thread):
+    """A whole response: the base model's greedy response (its end token where it ended) is the
+    teacher-forced task; the adversaries read every shown position."""
+    from tiny_models import tiny_model_dir
+
+    from logitleak.capture.forward import capture
+    from logitleak.defenses.bottleneck_features import response_targets
+
+    adapter = load_model(tiny_model_dir("llama"), device="cpu")
+    ps = _text_set(32, seed=1)
+    cap = capture(adapter, ps, batch_size=16, generate=3, gen_k=5, progress=False)
+    tokens, shown, ids = response_targets(cap, adapter)
+    assert tokens.shape == shown.shape == (32, 3) and ids.shape == (32, 3, 5)
+    assert torch.equal(tokens[shown], cap.gen_tokens[shown])  # the response as generated
+    n = shown.sum(1)
+    for row in torch.nonzero(n < 3).flatten().tolist():  # an ended response: its end token, then nothing
+        assert int(tokens[row, n[row]]) == adapter.tokenizer.eos_token_id and (tokens[row, n[row] + 1:] == -1).all()
+    settings = BottleneckSettings(protect=("shape",), tune="lora", lora_rank=2, generate=3, at="layer:2", **TINY)
+    out = train_bottleneck(adapter, ps, lam=1.0, settings=settings, task="color", root=tmp_path, progress=False,
+                           response=(tokens, shown, ids))
+    info = read_info(out)
+    assert info["guarded_layers"] == [2] and np.isfinite(info["history_tail"][-1]["task_loss"])

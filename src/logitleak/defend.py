@@ -6,11 +6,15 @@ shard by shard from stored captures of the fit split; output-side ones as a stor
 capture's logits under the defence's own key (:mod:`logitleak.defenses.stored`); then the audit's
 levels and its probes with their cache (:func:`~logitleak.audit.probe_with_resume`). So a killed
 run resumes where it stopped with identical results, and memory is bounded like the audit's: one
-shard, one layer or one defence's features at a time.
+shard, one layer or one defence's features at a time. A trained bottleneck (``bottleneck:lambda``)
+is fine-tuned on the fit split (:mod:`logitleak.defenses.bottleneck_train`), saved as a model
+directory, loaded back like any model and measured by the same audit with fresh probes of every
+family (the MLP included) at the API levels and at every layer of the residual stream.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ from logitleak.data.loading import load_probe_set
 from logitleak.data.probeset import ProbeSet
 from logitleak.decisions import Recommendation, recommend_defence
 from logitleak.decisions.defences import UNDEFENDED
+from logitleak.defenses.bottleneck import BottleneckSettings, check_place, parse_place, resolve_protect
 from logitleak.defenses.erasure import eraser_hook, erasers_key, fit_erasers_from_store, resolve_erasure_layers
 from logitleak.defenses.output import check_defense
 from logitleak.defenses.spec import Defense
@@ -57,7 +62,8 @@ class DefendResult:
 def split_fit_eval(probeset: ProbeSet, seed: int, fit_fraction: float = 0.5,
                    stratify: str | None = None) -> tuple[ProbeSet, ProbeSet]:
     """A grouped split (:func:`logitleak.probing.splits.cv_splits`, stratified by the ``stratify`` attribute
-    when given): erasers are fitted on one part, every defence is measured on the other."""
+    when given): erasers are fitted and bottlenecks trained on one part, every defence is measured on
+    the other."""
     from logitleak.probing.splits import cv_splits
 
     if stratify is not None and stratify in probeset.categorical_attributes:
@@ -87,9 +93,40 @@ def recommend(tradeoff: pd.DataFrame, max_loss: float, alpha: float = 0.05) -> s
     return recommend_defence(tradeoff, max_loss, alpha).text
 
 
-def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05, progress: bool = True) -> DefendResult:
+def fit_fraction_for(n: int, fit_samples: int | None) -> float:
+    """The share of ``n`` samples that fits erasers and trains bottlenecks (``None``: half)."""
+    if fit_samples is None:
+        return 0.5
+    if not 10 <= fit_samples <= n - 10:
+        raise LogitleakError(f"--fit-samples {fit_samples} leaves too few samples on one side of {n}; pass a number "
+                             f"from 10 to {n - 10}, or raise --samples.")
+    return fit_samples / n
+
+
+def with_fresh_mlp(cfg: AuditConfig) -> AuditConfig:
+    """``cfg`` with the MLP among the probe families at every level: how a bottlenecked model is
+    audited, since adversarial training can hide from the probes it trained against and not from a
+    fresh, more flexible one."""
+    families = list(dict.fromkeys([*cfg.probes.families, "mlp"]))
+    return cfg.model_copy(update={"probes": cfg.probes.model_copy(update={"families": families, "mlp_levels": None})})
+
+
+def check_fresh_mlp(df: pd.DataFrame, attributes: list[str], label: str) -> None:
+    """The audit of a bottleneck holds a fresh MLP probe of every protected attribute at an API level."""
+    from logitleak.levels.table import API_LEVELS
+
+    api = df[df["level"].isin(API_LEVELS)]
+    missing = [a for a in attributes if not ((api["attribute"] == a) & (api["probe"] == "mlp")).any()]
+    if missing:
+        raise RuntimeError(f"The audit of {label} has no fresh MLP probe of {', '.join(missing)} at the API level.")
+
+
+def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05, progress: bool = True,
+               bottleneck: BottleneckSettings | None = None, fit_samples: int | None = None) -> DefendResult:
     """Measure every defence in ``grid`` with the audit's pipeline and probes: one stored capture per
-    model-side setting, one stored view per output-side defence, the probes' cache; resumable."""
+    model-side setting (erasers, or a bottleneck trained with ``bottleneck``'s settings), one stored
+    view per output-side defence, the probes' cache; resumable. ``fit_samples``: the size of the
+    split that fits erasers and trains bottlenecks (default: half)."""
     from logitleak.capture.store import ActivationStore
     from logitleak.defenses.stored import defended_output
     from logitleak.models.devices import check_device
@@ -114,7 +151,8 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
         from logitleak.models.loading import load_model  # (imports the model code: after the cheap checks)
 
         adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype, allow_pickle=cfg.allow_pickle)
-    fit_set, eval_set = split_fit_eval(probeset, cfg.seed, stratify=cfg.task)
+    fit_set, eval_set = split_fit_eval(probeset, cfg.seed, fit_fraction_for(len(probeset), fit_samples),
+                                       stratify=cfg.task)
     k_api = max(cfg.k)
     check_k(k_api, adapter.vocab_size, f"--k {k_api}")
     irrelevant = [a for a in attributes if a != cfg.task]
@@ -125,11 +163,15 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
             if not irrelevant:
                 raise LogitleakError(f"Defence {d.label()} erases task-irrelevant attributes, and the probe set has none "
                                      f"besides the task {cfg.task!r}; add attributes or drop leace from --defenses.")
+    settings = bottleneck or BottleneckSettings()
+    if any(d.bottleneck is not None for d in grid):
+        settings = settings.with_protect(resolve_protect(settings.protect, attributes, cfg.task))
+        check_place(parse_place(settings.at), adapter.n_layers)
     answer_ids = torch.tensor([_first_token(adapter, w) for w in eval_set.answers])
     store = ActivationStore(cache / "captures")
 
-    def extract(ps: ProbeSet, hooks: dict | None, key: str | None, hidden_dtype: str = "float16"):
-        return store.extract(adapter, ps, batch_size=cfg.batch_size, shard_size=cfg.shard_size, progress=progress,
+    def extract(ps: ProbeSet, hooks: dict | None, key: str | None, hidden_dtype: str = "float16", model=None):
+        return store.extract(model or adapter, ps, batch_size=cfg.batch_size, shard_size=cfg.shard_size, progress=progress,
                              edit_hooks=hooks or None, edit_key=key if hooks else None, vision_pool=None,
                              hidden_dtype=hidden_dtype)
 
@@ -143,15 +185,33 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
                                          {a: fit_set.labels(a) for a in irrelevant})
         return extract(eval_set, {l_: eraser_hook(e) for l_, e in erasers.items()}, erasers_key(erasers))
 
-    captures: dict[tuple[int, ...], object] = {}
+    def bottleneck_for(lam: float):
+        """The evaluation split's stored capture through the bottleneck trained with ``lam`` (trained,
+        or reused when its directory is finished), and that model's directory."""
+        from logitleak.defenses.bottleneck_train import train_bottleneck
+
+        path = train_bottleneck(adapter, fit_set, lam=lam, settings=settings, task=cfg.task, root=cache / "bottleneck",
+                                seed=cfg.seed, progress=progress)
+        trained = load_model(path, device=cfg.device, dtype=cfg.dtype)
+        return extract(eval_set, None, None, model=trained), path
+
+    captures: dict[tuple, object] = {}
     rows: list[pd.DataFrame] = []
     utilities: dict[str, float] = {}
+    bottlenecks: dict[str, dict] = {}
     for defense in grid:
         layers = tuple(resolve_erasure_layers(defense.erasure_layers, adapter.n_layers)) if defense.erasure_layers else ()
-        with timer("capture"):
-            if layers not in captures:
-                captures[layers] = capture_for(layers)
-            stored = captures[layers]
+        lam = defense.bottleneck
+        with timer("bottleneck" if lam is not None else "capture"):
+            key = ("bottleneck", lam) if lam is not None else layers
+            if key not in captures:
+                if lam is None:
+                    captures[key] = capture_for(layers)
+                else:
+                    captures[key], path = bottleneck_for(lam)
+                    bottlenecks[defense.label()] = {"lambda": lam, "path": str(path), "protect": list(settings.protect),
+                                                    "at": settings.at}
+            stored = captures[key]
         with timer("defend"):
             defended = defended_output(stored, defense, k=k_api, seed=cfg.seed, root=cache / "defended")
         # The answer is the top token under the defence's value transforms: a redaction (values_only,
@@ -159,14 +219,20 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
         utility = float((defended.answers == answer_ids).float().mean())
         utilities[defense.label()] = utility
         features = api_features(defended.view.logprobs, defended.view.ids, defended.view.k)
-        for l_ in layers:  # the guarantee, measured: the residual stream at each erased layer
+        # the guarantee, measured: the residual stream at each erased layer; for a bottleneck at every
+        # layer, so the report can say how far back in the model the information is gone
+        for l_ in (range(1, adapter.n_layers + 1) if lam is not None else layers):
             features[("residual", l_, None)] = stored.layer(l_, dtype=np.float32)
         with timer("probes"):
-            df = probe_with_resume(features, eval_set, cfg, cache / "probes", attributes, progress=progress)
+            df = probe_with_resume(features, eval_set, with_fresh_mlp(cfg) if lam is not None else cfg,
+                                   cache / "probes", attributes, progress=progress)
         del features
+        if lam is not None:
+            check_fresh_mlp(df, list(settings.protect), defense.label())
         df["defense"], df["strength"], df["defense_label"] = defense.name, defense.strength, defense.label()
         df["utility_accuracy"] = utility
         df["erased_layers"] = ",".join(map(str, layers)) if layers else None
+        df["bottleneck_at"] = settings.at if lam is not None else None
         rows.append(df)
     tradeoff = pd.concat(rows, ignore_index=True)
     if "none" in utilities:
@@ -180,6 +246,14 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
     tradeoff = tradeoff[list(TRADEOFF_COLUMNS) + [c for c in tradeoff.columns if c not in TRADEOFF_COLUMNS]]
     decision = recommend_defence(tradeoff, max_loss)  # the audit's leak rule, once per defence (read by all below)
     text = decision.text
+    if bottlenecks:
+        from logitleak.decisions.bottleneck import bottleneck_sentences, information_gone_from
+
+        for label, info in bottlenecks.items():
+            info["gone_from_layer"] = information_gone_from(tradeoff[tradeoff["defense_label"] == label],
+                                                            info["protect"], adapter.n_layers)
+        text = " ".join([text, *bottleneck_sentences(tradeoff, bottlenecks, adapter.n_layers)])
+        decision = dataclasses.replace(decision, text=text)  # the report and the CLI say it too
     write_results(tradeoff, out, stem="tradeoff")
     (out / "tradeoff.parquet").unlink(missing_ok=True)
     (out / "recommendation.txt").write_text(text + "\n")
@@ -193,6 +267,7 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
         "defenses": [d.label() for d in grid], "max_utility_loss": max_loss, "recommendation": text,
         "recommendation_kind": decision.kind, "recommended_defense": decision.label,
         "utility": {"n": len(eval_set), "first_token_accuracy": base_utility},
+        "bottlenecks": bottlenecks,
         "versions": package_versions(), "timings": timer.timings, "cpu_timings": timer.cpu,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @config_command(exclude=DEFEND_EXCLUDES, helps={
         "k": "top_logprobs the API returns: the largest value is used.",
-        "samples": "Number of probe samples (half fit erasers, half measure).",
+        "samples": "Number of probe samples (half, or --fit-samples, fit erasers and train bottlenecks; the rest are measured).",
         "out": "Output directory (default: logitleak-defend).",
         "force": "Replace a different run's results in --out."})
     def defend(
@@ -58,6 +58,11 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", help="YAML or TOML audit configuration; flags override it."),
         defenses: Optional[str] = typer.Option(None, "--defenses", help="Defence grid, e.g. 'topk:1,2,5;round:2,1;gauss:0.5,1;leace:all' (default: a standard grid)."),
         max_loss: float = typer.Option(0.05, "--max-loss", help="Largest answer-accuracy loss a recommended defence may cost."),
+        protect: Optional[str] = typer.Option(None, "--protect", help="Attributes a bottleneck hides, comma-separated (default: every task-irrelevant class attribute)."),
+        bottleneck_at: str = typer.Option("output", "--bottleneck-at", help="Where a bottleneck makes them unreadable: 'output' or 'layer:L' (the residual stream from layer L on)."),
+        bottleneck_tune: str = typer.Option("auto", "--bottleneck-tune", help="Fine-tune every weight ('full'), LoRA adapters only ('lora'), or 'auto' (full for small models)."),
+        bottleneck_steps: int = typer.Option(600, "--bottleneck-steps", help="Training steps per bottleneck lambda."),
+        fit_samples: Optional[int] = typer.Option(None, "--fit-samples", help="Samples that fit erasers and train bottlenecks (default: half of --samples); the rest are measured."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
         fail_on: str = fail_on_option(DEFEND_FAIL_ON_HELP),
     ) -> None:
@@ -67,6 +72,7 @@ def register(app: typer.Typer) -> None:
         from logitleak.cli.audit import print_phases
         from logitleak.config import resolve_config
         from logitleak.defend import run_defend
+        from logitleak.defenses.bottleneck import BottleneckSettings
         from logitleak.defenses.spec import parse_defenses
         from logitleak.report.console import print_table
         from logitleak.report.gate import defend_failing
@@ -79,7 +85,10 @@ def register(app: typer.Typer) -> None:
             overrides["out"] = "logitleak-defend"
         cfg = resolve_config(config, overrides, flags=flag_names())
         grid = parse_defenses(defenses)
-        result = run_defend(cfg, grid, max_loss=max_loss, progress=not quiet)
+        settings = BottleneckSettings(protect=tuple(protect.split(",")) if protect else None, at=bottleneck_at,
+                                      tune=bottleneck_tune, steps=bottleneck_steps)
+        result = run_defend(cfg, grid, max_loss=max_loss, progress=not quiet, bottleneck=settings,
+                            fit_samples=fit_samples)
         console = Console()
         rec = result.decision
         print_table(console, tradeoff_table(rec))

@@ -1,5 +1,7 @@
-"""What a trained bottleneck bought: how far back in the model the information is gone, and whether it
-beats the inference-time defences at equal answer accuracy.
+"""What a trained bottleneck bought: where in the model the information is gone, and what it beats.
+
+How far back in the residual stream the protected attributes are unreadable, and whether a
+bottleneck beats the inference-time defences at equal answer accuracy.
 
 Both read the audit's own decisions (:func:`logitleak.decisions.decide`, per defence through
 :func:`logitleak.decisions.decide_defences`): a residual-stream row is *readable* by the same rule

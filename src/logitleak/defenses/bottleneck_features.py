@@ -95,7 +95,7 @@ def forward_features(work, inputs: dict, idx: np.ndarray, batches: Batches, taps
         task = nn.functional.cross_entropy(logits[keep], tokens[keep])
         shown = batches.labels["__shown__"][idx]            # positions an API returns (before the end)
         lp = output_view(logits, candidates).masked_fill(~shown.unsqueeze(-1), float("-inf"))
-        feats = {OUTPUT: lp.amax(1)}                        # the bag of alternatives, as response_topk_ids
+        feats = {OUTPUT: lp.amax(1).clamp(min=-100.0)}      # the bag of alternatives, as response_topk_ids
         start = inputs["input_ids"].shape[1] - g - 1
         w = shown.float().unsqueeze(-1)
         for layer in taps_layers:
@@ -149,3 +149,18 @@ def fit_adversaries(bank: AdversaryBank, opt, buffer: Mapping[str, torch.Tensor]
 def output_view(logits: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
     lp = torch.log_softmax(logits, dim=-1)
     return lp if candidates is None else lp[..., candidates]
+
+
+def response_targets(cap, adapter) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(tokens, shown, topk_ids)`` of a generation capture (``capture(..., generate=G)`` of the base
+    model) for :func:`~logitleak.defenses.bottleneck_train.train_bottleneck`: the response with its end
+    token where it ended (``-1`` after), the positions an API returns, and their top-k ids."""
+    shown = cap.gen_mask.bool()
+    tokens = torch.where(shown, cap.gen_tokens, torch.full_like(cap.gen_tokens, -1))
+    eos = getattr(adapter.model.generation_config, "eos_token_id", None)
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    eos = adapter.tokenizer.eos_token_id if eos is None else eos
+    n = shown.sum(1)
+    ended = n < tokens.shape[1]
+    tokens[ended.nonzero().squeeze(1), n[ended]] = int(eos)
+    return tokens, shown, cap.gen_topk_ids
