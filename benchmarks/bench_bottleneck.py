@@ -7,8 +7,8 @@ defences. Prints, per defence and protected attribute, the fresh audit's stronge
 reading (accuracy, interval, baseline, and whether the interval reaches the baseline), the colour
 accuracy, from which layer the information is gone, and the recommendation.
 
-Part ``smollm2``: SmolLM2-135M-Instruct with LoRA on ``personas`` (task ``capital``), the bottleneck
-over the whole response protecting ``country``: the audit's whole-response top-20 reading of
+Part ``smollm2``: SmolLM2-135M-Instruct with LoRA on ``personas`` (task ``capital``; trained on personas
+of seed 100, audited on those of seed 0), the bottleneck over the whole response protecting ``country``: the audit's whole-response top-20 reading of
 ``country`` (``response_topk_ids`` k=20) and the answer rate, with and without the bottleneck.
 
 Beside every figure: CPU time of this process and its children, wall time, and the load average.
@@ -82,7 +82,6 @@ def smollm2_part(lambdas: str, steps: int, work: Path, samples: int, fit: int, g
     from logitleak.capture.forward import capture
     from logitleak.config import make_config
     from logitleak.data.loading import load_probe_set
-    from logitleak.defend import split_fit_eval
     from logitleak.defenses.bottleneck import BottleneckSettings
     from logitleak.defenses.bottleneck_features import response_targets
     from logitleak.defenses.bottleneck_train import train_bottleneck
@@ -92,9 +91,9 @@ def smollm2_part(lambdas: str, steps: int, work: Path, samples: int, fit: int, g
     t0, c0 = time.perf_counter(), cpu_seconds()
     base_dir = resolve_model("smollm2")
     base = load_model(base_dir, device="cpu")
-    cfg = make_config({"model": "smollm2", "data": "personas", "task": "capital", "samples": samples, "seed": 0})
-    ps = load_probe_set(cfg)
-    fit_set, _ = split_fit_eval(ps, 0, fit / samples, stratify="capital")
+    # the bottleneck trains on personas drawn from another seed: the audited samples (seed 0) are never seen
+    fit_set = load_probe_set(make_config({"model": "smollm2", "data": "personas", "task": "capital", "samples": fit,
+                                          "seed": 100, "attributes": ["country"]}))
     with torch.inference_mode():
         cap = capture(base, fit_set, batch_size=16, generate=generate, gen_k=20, progress=True)
     response = response_targets(cap, base)
@@ -122,7 +121,7 @@ def smollm2_part(lambdas: str, steps: int, work: Path, samples: int, fit: int, g
                                 seed=0, progress=True, threads=os.cpu_count(), response=response)
         audit(str(path), f"bottleneck:{lam:g}")
     print(f"[smollm2] wall {time.perf_counter() - t0:.0f} s, CPU {cpu_seconds() - c0:.0f} s, load {load()} "
-          "(the audit reads the whole set; the bottleneck trained on its fit half only)")
+          f"(trained on {fit} personas of seed 100, audited on {samples} of seed 0)")
 
 
 def main() -> int:
@@ -135,6 +134,7 @@ def main() -> int:
     ap.add_argument("--fit", type=int, default=1500)
     ap.add_argument("--grid-extra", default="leace:all;topk:1;round:0;gauss:2")
     ap.add_argument("--smollm2-samples", type=int, default=400)
+    ap.add_argument("--smollm2-fit", type=int, default=400)
     ap.add_argument("--smollm2-steps", type=int, default=150)
     ap.add_argument("--generate", type=int, default=8)
     ap.add_argument("--work", default=None)
@@ -147,7 +147,7 @@ def main() -> int:
     if "layer" in parts:
         organism_part(f"layer:{a.layer}", a.lambdas, a.steps, a.grid_extra, work, a.samples, a.fit)
     if "smollm2" in parts:
-        smollm2_part(a.lambdas, a.smollm2_steps, work, a.smollm2_samples, a.smollm2_samples // 2, a.generate)
+        smollm2_part(a.lambdas, a.smollm2_steps, work, a.smollm2_samples, a.smollm2_fit, a.generate)
     return 0
 
 
