@@ -37,6 +37,10 @@ def test_grid_sweeps_lambda_and_refuses_two_model_side_defences():
         parse_defenses("bottleneck:-1")
     with pytest.raises(LogitleakError, match="includes bottleneck, which acts inside the model"):
         parse_single_defense("bottleneck:1")
+    from logitleak.guard.defender import check_guard_defense
+
+    with pytest.raises(LogitleakError, match="'bottleneck:1' acts inside the model; the guard applies output-side"):
+        check_guard_defense(grid[2])
 
 
 def test_places_and_protected_attributes_are_checked_with_one_sentence():

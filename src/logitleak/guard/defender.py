@@ -32,7 +32,7 @@ LLAMACPP_LAYOUTS = (("logprob", "top_logprobs", "token", "token", "log"), ("prob
 
 def check_guard_defense(defense: Defense) -> None:
     """A defence the guard can apply to returned log-probabilities (no temperature, nothing model-side)."""
-    if defense.erasure_layers:
+    if defense.model_side:
         raise LogitleakError(f"Defence {defense.label()!r} acts inside the model; the guard applies output-side "
                              "defences only.")
     if any(t.name == "temperature" for t in defense.transforms):
