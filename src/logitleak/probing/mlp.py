@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from logitleak.probing.adam import adam_step
 from logitleak.probing.tensors import (
     LOG_PROB_FLOOR,
     active_block,
@@ -126,7 +127,6 @@ def fit_mlp_batched(
     best = [p.clone() for p in params]
     m1 = [torch.zeros_like(p) for p in params]
     m2 = [torch.zeros_like(p) for p in params]
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
     w_fit_all = (fit_mask.to(dt) / fit_mask.sum(1).clamp_min(1).to(dt).unsqueeze(1)).T.unsqueeze(0)   # (1, n, P)
     w_val_all = (val_mask.to(dt) / val_mask.sum(1).clamp_min(1).to(dt).unsqueeze(1)).T.unsqueeze(0)
     y_idx_all = label_index(y, class_mask).unsqueeze(0)                                           # (1, n, P, 1)
@@ -164,13 +164,8 @@ def fit_mlp_batched(
         loss = (nll * w_fit).sum() + 0.5 * alpha * ((leaves[0] ** 2).sum() + (leaves[2] ** 2).sum())
         grads = torch.autograd.grad(loss, leaves)
         with torch.no_grad():
-            t = epoch + 1
             params = [p.detach() for p in leaves]
-            for p_, g_, a_, b_, lr_ in zip(params, grads, m1, m2, lrs):
-                a_.mul_(beta1).add_(g_, alpha=1 - beta1)
-                b_.mul_(beta2).addcmul_(g_, g_, value=1 - beta2)
-                denom = (b_ / (1 - beta2 ** t)).sqrt_().add_(eps)
-                p_.addcdiv_(a_, denom, value=-lr_ / (1 - beta1 ** t))
+            adam_step(params, grads, m1, m2, epoch + 1, lrs)
             # drop stopped problems from the computation once that saves enough
             act_b = ~take_block(stopped, fi, pi)
             si, sj = active_block(act_b, shrink=0.7)

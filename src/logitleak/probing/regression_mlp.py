@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from logitleak.probing.adam import adam_step
+
 
 def fit_mlp_regression(X: torch.Tensor, Y: torch.Tensor, train, test, inner_fit, inner_val, *, hidden: int = 32,
                        alpha: float = 1e-3, lr: float = 1e-2, max_epochs: int = 400, patience: int = 30,
@@ -64,13 +66,9 @@ def fit_mlp_regression(X: torch.Tensor, Y: torch.Tensor, train, test, inner_fit,
             loss = ((out[..., :n_fit] - Tfi) ** 2).mean(-1)                 # (F, B)
             penalty = alpha * (leaves[0] ** 2).sum((-2, -1)) + alpha * (leaves[2] ** 2).sum((-2, -1))
             grads = torch.autograd.grad((loss + penalty).sum(), leaves)
-            with torch.no_grad():                                            # Adam (PyTorch's defaults)
+            with torch.no_grad():
                 params = [p.detach() for p in leaves]
-                for p_, g_, a_, b_ in zip(params, grads, m1, m2):
-                    a_.mul_(0.9).add_(g_, alpha=0.1)
-                    b_.mul_(0.999).addcmul_(g_, g_, value=0.001)
-                    denom = (b_ / (1 - 0.999 ** t)).sqrt_().add_(1e-8)
-                    p_.addcdiv_(a_, denom, value=-lr / (1 - 0.9 ** t))
+                adam_step(params, grads, m1, m2, t, [lr] * len(params))
         with torch.no_grad():
             W1b, b1b, W2b, b2b = best_params
             out = (torch.relu(Z[:, te].unsqueeze(1) @ W1b + b1b) @ W2b + b2b).squeeze(-1)   # (F, B, r)
