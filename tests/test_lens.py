@@ -171,3 +171,24 @@ def test_audit_says_when_the_lens_took_fewer_kl_steps_and_reuses_a_lens_only_for
     assert fits == []
     again = run_audit(make_config({**base, "lens": {"steps": 30}, "force": True}), progress=False)
     assert fits == [30] and not any("KL steps" in p for p in again.problems)  # other steps: refitted, all taken
+
+
+def test_the_logit_lens_is_a_lens_with_the_identity_translator(setup):
+    from logitleak.levels.features import build_features
+    from logitleak.levels.logit_lens import Lens, LogitLens
+
+    _, cap, readout = setup
+    logit = LogitLens(readout)
+    assert isinstance(logit, Lens) and isinstance(TunedLens(4, 2, [1]), Lens)
+    h = cap.hidden[:, 2]
+    assert logit.transform_hidden(h, 2) is h
+    torch.testing.assert_close(logit(h, 2), readout(h), rtol=0, atol=0)
+    untrained = TunedLens(cap.hidden.shape[-1], cap.n_layers, [1, 2], readout=readout)   # zero translators
+    torch.testing.assert_close(untrained(h, 2), logit(h, 2))
+    kl = heldout_kl(cap, readout, logit, layers=[0, 2])
+    assert all(a == b for a, b in kl.values()) and kl[2][0] > 0
+    feats = build_features(cap, readout, levels=["logit_lens_topk", "tuned_lens_topk"], layers=[2], ks=[3],
+                           lens=untrained)
+    np.testing.assert_allclose(feats[("logit_lens_topk", 2, 3)], feats[("tuned_lens_topk", 2, 3)], rtol=1e-6)
+    with pytest.raises(LogitleakError, match="This LogitLens has no readout"):
+        LogitLens()(h, 2)

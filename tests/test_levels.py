@@ -11,17 +11,17 @@ from tiny_models import probeset_for, tiny_model_dir
 from logitleak.capture.forward import Capture, capture
 from logitleak.errors import LogitleakError
 from logitleak.levels.features import (
-    Readout,
     available_levels,
     build_features,
+    lens_logits,
     logit_lens,
     residual,
     topk_ids_matrix,
-    tuned_lens,
 )
 from logitleak.levels.lens import TunedLens
 from logitleak.levels.table import API_LEVELS, LEVELS
 from logitleak.models.loading import load_model
+from logitleak.models.readout import Readout
 
 N, L, D, V = 12, 3, 8, 20
 KS = [1, 2, 5]
@@ -171,7 +171,7 @@ def test_tuned_lens_level_uses_the_translator(synthetic):
     lens = TunedLens(D, L, [1], readout=readout)
     lens.bias[1] = torch.ones(D)
     expect = readout(cap.hidden[:, 1] + 1.0)
-    torch.testing.assert_close(tuned_lens(cap, readout, lens, 1), expect)
+    torch.testing.assert_close(lens_logits(cap, readout, lens, 1), expect)
     feats = build_features(cap, readout, levels=["tuned_lens_answers"], layers=[1], ks=[], lens=lens,
                            answer_token_ids=[2, 3])
     np.testing.assert_allclose(feats[("tuned_lens_answers", 1, None)], expect[:, [2, 3]].numpy(), atol=1e-6)

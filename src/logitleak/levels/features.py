@@ -28,6 +28,7 @@ import torch
 from logitleak.capture.source import CaptureSource, check_layer
 from logitleak.errors import LogitleakError
 from logitleak.levels import transition as T
+from logitleak.levels.logit_lens import Lens, LogitLens
 from logitleak.levels.response import response_features
 from logitleak.levels.table import (
     ANSWER_LEVELS,
@@ -87,18 +88,16 @@ def residual(cap: CaptureSource, layer: int) -> np.ndarray:
     return hidden_at(cap, layer).numpy()
 
 
-def logit_lens(cap: CaptureSource, readout: Readout, layer: int) -> torch.Tensor:
-    """``(N, V)`` logit-lens logits at ``layer``: the readout (final norm + unembedding) of the raw residual."""
-    _check_layer(cap, layer)
-    with torch.no_grad():
-        return readout(hidden_at(cap, layer))
-
-
-def tuned_lens(cap: CaptureSource, readout: Readout, lens, layer: int) -> torch.Tensor:
-    """``(N, V)`` tuned-lens logits at ``layer``: the readout of the translated residual."""
+def lens_logits(cap: CaptureSource, readout: Readout, lens: Lens, layer: int) -> torch.Tensor:
+    """``(N, V)`` a lens's logits at ``layer``: the readout of the residual the lens translated."""
     _check_layer(cap, layer)
     with torch.no_grad():
         return readout(lens.transform_hidden(hidden_at(cap, layer), layer))
+
+
+def logit_lens(cap: CaptureSource, readout: Readout, layer: int) -> torch.Tensor:
+    """``(N, V)`` logit-lens logits at ``layer``: the readout (final norm + unembedding) of the raw residual."""
+    return lens_logits(cap, readout, LogitLens(), layer)
 
 
 def topk_values(x: torch.Tensor, k: int) -> np.ndarray:
@@ -218,7 +217,7 @@ def available_levels(cap: CaptureSource, *, lens=None, answer_token_ids=None) ->
     return [lv for lv in LEVELS if computable(lv, contents)]
 
 
-def _lens_features(cap, readout: Readout, layer: int, ks: Sequence[int], answer_ids, lens, want_topk: bool,
+def _lens_features(cap, readout: Readout, layer: int, ks: Sequence[int], answer_ids, lens: Lens, want_topk: bool,
                    want_answers: bool) -> tuple[dict[int, np.ndarray], np.ndarray | None]:
     """Top-k values (per k) and answer-restricted logits of one lens at one layer, in row chunks."""
     N = n_samples(cap)
@@ -232,10 +231,7 @@ def _lens_features(cap, readout: Readout, layer: int, ks: Sequence[int], answer_
     h_all = hidden_at(cap, layer)
     with torch.no_grad():
         for r0 in range(0, N, ROW_CHUNK):
-            h = h_all[r0:r0 + ROW_CHUNK]
-            if lens is not None:
-                h = lens.transform_hidden(h, layer)
-            logits = readout(h)
+            logits = readout(lens.transform_hidden(h_all[r0:r0 + ROW_CHUNK], layer))
             if kmax:
                 tops.append(torch.topk(logits, kmax, dim=-1, sorted=True).values)
             if ids is not None:
@@ -305,7 +301,7 @@ def build_features(cap: CaptureSource, readout: Readout | None, *, levels: Itera
                 feats[("residual", layer, None)] = res
             if "pca" in levels:
                 feats.update(T.pca_features({("residual", layer, None): res}, pca_dims))
-        for name, lens_obj in (("logit_lens", None), ("tuned_lens", lens)):
+        for name, lens_obj in (("logit_lens", LogitLens()), ("tuned_lens", lens)):
             want_topk, want_ans = f"{name}_topk" in levels, f"{name}_answers" in levels
             if not (want_topk or want_ans):
                 continue

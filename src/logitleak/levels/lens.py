@@ -33,6 +33,7 @@ import torch
 
 from logitleak.errors import LogitleakError
 from logitleak.levels.features import hidden_at, n_layers_of
+from logitleak.levels.logit_lens import Lens, LogitLens
 from logitleak.models.readout import Readout
 from logitleak.progress import PhaseBar
 
@@ -49,7 +50,7 @@ WEIGHTS_FILE = "translators.safetensors"
 CONFIG_FILE = "config.json"
 
 
-class TunedLens:
+class TunedLens(Lens):
     """Per-layer translators ``h + h @ A_l.T + b_l`` for ``layers``; every other layer (and the
     last, whose state the readout already maps to the final logits) is the identity."""
 
@@ -72,11 +73,6 @@ class TunedLens:
             return h
         return h + h @ self.weight[layer].T + self.bias[layer]
 
-    def __call__(self, h: torch.Tensor, layer: int) -> torch.Tensor:
-        """Tuned-lens logits ``(..., V)`` of raw residuals at ``layer``."""
-        if self.readout is None:
-            raise LogitleakError("This tuned lens has no readout; load it with TunedLens.load(dir, readout=adapter.readout()).")
-        return self.readout(self.transform_hidden(h, layer))
 
     def matches(self, readout: Readout) -> bool:
         """Whether ``readout`` is the one the lens was trained for (same unembedding and norm)."""
@@ -267,10 +263,10 @@ def _target_logp(readout: Readout, h_last: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(readout(h_last), dim=-1)
 
 
-def heldout_kl(capture, readout: Readout, lens: TunedLens | None = None, *, index=None,
+def heldout_kl(capture, readout: Readout, lens: Lens, *, index=None,
                layers: Sequence[int] | None = None) -> dict[int, tuple[float, float]]:
     """Mean ``KL(final || lens)`` in nats per layer over the rows ``index`` (default all):
-    ``{layer: (logit_lens_kl, tuned_lens_kl)}`` (tuned equals logit where there is no lens)."""
+    ``{layer: (logit_lens_kl, lens_kl)}`` (``lens``: a tuned lens, or the logit lens itself)."""
     n, L = len(capture), n_layers_of(capture)
     rows = torch.arange(n) if index is None else torch.as_tensor(np.asarray(index), dtype=torch.long)
     layers = list(range(L + 1)) if layers is None else [int(x) for x in layers]
@@ -285,8 +281,8 @@ def heldout_kl(capture, readout: Readout, lens: TunedLens | None = None, *, inde
             for r0 in range(0, len(rows), 2048):  # chunks bound the (rows, V) arrays
                 target = _target_logp(readout, h_last[r0:r0 + 2048])
                 h = h_all[r0:r0 + 2048]
-                kl_logit = _kl(target, readout(h))
-                kl_tuned = _kl(target, readout(lens.transform_hidden(h, layer))) if lens is not None else kl_logit
+                kl_logit = _kl(target, readout(LogitLens().transform_hidden(h, layer)))
+                kl_tuned = _kl(target, readout(lens.transform_hidden(h, layer)))
                 sums[0] += float(kl_logit.sum())
                 sums[1] += float(kl_tuned.sum())
             out[layer] = (sums[0] / len(rows), sums[1] / len(rows))
