@@ -86,6 +86,23 @@ def test_eraser_from_the_store_equals_concept_erasure_fit(stored):
     assert float(cov.abs().max()) < 1e-4
 
 
+def test_the_hook_is_concept_erasures_call_in_float32(stored):
+    """The capture hook applies LeaceEraser.__call__ once converted (float32, the states' device),
+    exactly: the projection is never rewritten, and half-precision states come back in their dtype."""
+    from logitleak.defenses.erasure import eraser_to
+
+    ps, _, cap = stored
+    eraser = fit_eraser_stored(cap, 2, {"shape": ps.labels("shape")})
+    h = torch.from_numpy(cap.layer(2)).float().reshape(len(cap), 1, -1).repeat(1, 3, 1)   # (B, T, D)
+    moved = eraser_to(eraser, "cpu")
+    assert moved.proj_left.dtype == torch.float32 and eraser.proj_left.dtype == torch.float64
+    hook = eraser_hook(eraser)
+    assert torch.equal(hook(h), moved(h))
+    assert torch.equal(hook(h), moved(h))   # the converted eraser is reused
+    half = hook(h.to(torch.bfloat16))
+    assert half.dtype == torch.bfloat16 and torch.equal(half, moved(h.to(torch.bfloat16).float()).to(torch.bfloat16))
+
+
 def test_sequential_fit_from_the_store_keys_each_pass_by_the_erasers(adapter, stored):
     ps, store, _ = stored
     labels = {"shape": ps.labels("shape")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,16 @@ class StoredCapture:
                 t = fh.get_tensor(name)
             parts.append((t.float() if t.dtype == torch.bfloat16 else t).numpy())
         return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+
+    def layer_shards(self, layer: int) -> Iterator[np.ndarray]:
+        """The raw residual at ``layer`` one shard at a time (stored dtype): memory holds one shard."""
+        from safetensors import safe_open
+
+        name = f"hidden.{check_layer(layer, self.n_layers)}"
+        for f in self._files():
+            with safe_open(str(f), framework="pt") as fh:
+                t = fh.get_tensor(name)
+            yield (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
     def layer(self, layer: int, dtype=None) -> np.ndarray:
         """``(N, D)`` raw residual at ``layer`` (stored dtype, float16 by default, unless ``dtype``)."""

@@ -36,15 +36,24 @@ def fit_eraser(hidden: torch.Tensor, labels: Mapping[str, np.ndarray]) -> LeaceE
     return LeaceFitter.fit(hidden.double(), z.double()).eraser
 
 
+def eraser_to(eraser: LeaceEraser, device: torch.device | str, dtype: torch.dtype = torch.float32) -> LeaceEraser:
+    """The same eraser with its tensors on ``device`` in ``dtype`` (concept-erasure's frozen eraser
+    has no ``.to``): converted once, then applied with ``LeaceEraser.__call__``."""
+    def move(t):
+        return None if t is None else t.to(device=device, dtype=dtype)
+
+    return LeaceEraser(move(eraser.proj_left), move(eraser.proj_right), move(eraser.bias))
+
+
 def eraser_hook(eraser: LeaceEraser) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function for ``capture(..., edit_hooks={layer: fn})``: erase at every position."""
+    """A function for ``capture(..., edit_hooks={layer: fn})``: erase at every position, in float32,
+    with the eraser converted once per device the states arrive on."""
+    on: dict[torch.device, LeaceEraser] = {}
+
     def apply(h: torch.Tensor) -> torch.Tensor:
-        left = eraser.proj_left.to(device=h.device, dtype=torch.float32)
-        right = eraser.proj_right.to(device=h.device, dtype=torch.float32)
-        bias = None if eraser.bias is None else eraser.bias.to(device=h.device, dtype=torch.float32)
-        x = h.float()
-        delta = x - bias if bias is not None else x
-        return (x - (delta @ right.mH) @ left.mH).to(h.dtype)
+        if h.device not in on:
+            on[h.device] = eraser_to(eraser, h.device)
+        return on[h.device](h.float()).to(h.dtype)
 
     return apply
 
@@ -76,17 +85,37 @@ def fit_erasers_sequentially(capture_fn: Callable[[dict], torch.Tensor], layers:
 
 
 def fit_eraser_stored(stored, layer: int, labels: Mapping[str, np.ndarray], chunk: int = 4096) -> LeaceEraser:
-    """Fit a LEACE eraser on the states of ``stored`` (a :class:`~logitleak.capture.store.StoredCapture`) at
-    ``layer``, ``chunk`` rows at a time into ``LeaceFitter.update`` (float64 statistics)."""
+    """Fit a LEACE eraser on the states of ``stored`` (a :class:`~logitleak.capture.stored.StoredCapture`) at
+    ``layer``, read shard by shard and fed to ``LeaceFitter.update`` (float64 statistics) ``chunk``
+    rows at a time whatever the shard size, so memory holds one shard and one chunk, and the fit
+    is the same for every shard size."""
     z = one_hot_concepts(labels).double()
-    x = stored.layer(layer)
-    if len(x) != len(z):
-        raise LogitleakError(f"The stored capture holds {len(x)} samples but {len(z)} labels were given; fit the "
+    if len(stored) != len(z):
+        raise LogitleakError(f"The stored capture holds {len(stored)} samples but {len(z)} labels were given; fit the "
                              "eraser on the capture of the same probe set.")
-    fitter = LeaceFitter(x.shape[1], z.shape[1], dtype=torch.float64)
-    for r0 in range(0, len(x), chunk):
-        fitter.update(torch.from_numpy(np.asarray(x[r0:r0 + chunk], dtype=np.float64)), z[r0:r0 + chunk])
+    fitter = LeaceFitter(stored.d_model, z.shape[1], dtype=torch.float64)
+    start = 0
+    for rows in _chunks(stored.layer_shards(layer), chunk):
+        fitter.update(torch.from_numpy(np.asarray(rows, dtype=np.float64)), z[start:start + len(rows)])
+        start += len(rows)
     return fitter.eraser
+
+
+def _chunks(parts, size: int):
+    """Consecutive arrays ``parts`` regrouped into chunks of ``size`` rows (the last may be shorter)."""
+    buf: list[np.ndarray] = []
+    have = 0
+    for part in parts:
+        pos = 0
+        while pos < len(part):
+            take = min(size - have, len(part) - pos)
+            buf.append(part[pos:pos + take])
+            have, pos = have + take, pos + take
+            if have == size:
+                yield np.concatenate(buf) if len(buf) > 1 else buf[0]
+                buf, have = [], 0
+    if buf:
+        yield np.concatenate(buf) if len(buf) > 1 else buf[0]
 
 
 def erasers_key(erasers: Mapping[int, LeaceEraser]) -> str:
