@@ -242,9 +242,9 @@ def test_feature_set_results_do_not_depend_on_what_they_are_batched_with():
 
 
 def test_a_resumed_audit_probe_stage_reproduces_the_uninterrupted_one_exactly(tmp_path):
-    from logitleak.audit import probe_with_resume
     from logitleak.config import make_config
     from logitleak.data import make_shapes
+    from logitleak.probing.resume import probe_with_resume
 
     ps = make_shapes(120, seed=1)
     rng = np.random.default_rng(0)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -18,7 +18,7 @@ from logitleak.data.loading import load_probe_set
 from logitleak.data.probeset import ProbeSet
 from logitleak.decisions import Decisions, decide
 from logitleak.errors import LogitleakError
-from logitleak.integrity import atomic_write, write_json
+from logitleak.integrity import write_json
 from logitleak.levels.table import DECODER_LAYER_LEVELS, ENDPOINT_LEVELS, RESPONSE_LEVELS, TRANSITION_LEVELS
 from logitleak.levels.table import TUNED_LENS_LEVELS as LENS_LEVELS
 from logitleak.results import write_results
@@ -79,6 +79,80 @@ def prepare_out_dir(cfg: AuditConfig) -> Path:
     return ensure_out_dir(out)
 
 
+@dataclass
+class Start:
+    """Where every run stands once it is loaded: its output folder, probe set and model (``None``
+    for a black-box endpoint), and how the run record names that model."""
+
+    cfg: AuditConfig
+    out: Path
+    probeset: ProbeSet
+    adapter: object | None = None
+    model_path: Path | None = None
+
+    @property
+    def model_name(self) -> str:
+        """The model as run.json and the report name it: ``organism``, the GGUF file a converted
+        directory came from, the model directory, or the endpoint and its served model."""
+        if self.adapter is None:
+            return f"{self.cfg.endpoint} ({self.cfg.served_model})"
+        if self.cfg.model == "organism":
+            return "organism"
+        return self.adapter.name if getattr(self.adapter, "gguf_source", None) else str(self.model_path)
+
+    def model_fingerprint(self) -> str:
+        """The weights' fingerprint (the served model's name for an endpoint)."""
+        return self.adapter.fingerprint() if self.adapter is not None else (self.cfg.served_model or "")
+
+
+def start_run(cfg: AuditConfig, timer: Timer, *, progress: bool = True,
+              check_data: Callable[[ProbeSet], ProbeSet] | None = None) -> Start:
+    """The one start of every run (audit, defend): the device and the output folder checked, then,
+    timed as ``load``, the cheap checks before any work — the model source (a local model), then the
+    probe set (``check_data`` refuses what this run cannot use), so a bad label file fails before a
+    model is loaded — and last the model."""
+    from logitleak.models.devices import check_device
+
+    if cfg.device is not None:  # (None: resolved when the model loads, without importing torch here)
+        check_device(cfg.device)
+    out = prepare_out_dir(cfg)
+    with timer("load"):
+        model_path = None
+        if not cfg.endpoint:
+            from logitleak.models.safety import check_model_source
+
+            model_path = resolve_model_path(cfg, progress=progress)
+            check_model_source(model_path, allow_pickle=cfg.allow_pickle)
+        probeset = load_probe_set(cfg)
+        if check_data is not None:
+            probeset = check_data(probeset)
+        if model_path is None:
+            return Start(cfg, out, probeset)
+        from logitleak.models.loading import load_model  # (imports torch: after the cheap checks)
+
+        adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype, allow_pickle=cfg.allow_pickle)
+    return Start(cfg, out, probeset, adapter, model_path)
+
+
+def run_record(start: Start, timer: Timer, **fields) -> dict:
+    """The run record every command writes to run.json: what was run on what (identity, settings,
+    model and data with their fingerprints), ``fields`` of its own, versions and phase timings."""
+    cfg = start.cfg
+    return {
+        "identity": json.loads(json.dumps(audit_identity(cfg))), "config": cfg.model_dump(),
+        "model": start.model_name, "model_fingerprint": start.model_fingerprint(), "data": cfg.data,
+        "data_fingerprint": start.probeset.fingerprint(), "task": cfg.task, **fields, "seed": cfg.seed,
+        "versions": package_versions(), "timings": timer.timings, "cpu_timings": timer.cpu,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def finish_run(start: Start, run_info: dict, timer: Timer) -> None:
+    """Write run.json last, with every phase's wall and CPU time."""
+    run_info["timings"], run_info["cpu_timings"] = timer.timings, timer.cpu
+    write_json(start.out / "run.json", run_info)
+
+
 def package_versions() -> dict[str, str]:
     names = ("logitleak", "torch", "transformers", "scikit-learn", "numpy", "concept-erasure", "openai")
     versions = {"python": platform.python_version()}
@@ -105,83 +179,6 @@ def answer_token_ids(adapter, probeset: ProbeSet) -> list[int]:
     return sorted({i for i in adapter.answer_token_ids(words) if i != unk})
 
 
-def _features_digest(key, x: np.ndarray) -> str:
-    h = hashlib.sha256(repr(key).encode())
-    h.update(np.ascontiguousarray(x).view(np.uint8))
-    return h.hexdigest()
-
-
-MLP_STAGE_COST = 250
-"""What the MLP adds to a feature set's probing cost, in units of one input dimension of the linear
-probe (measured on the organism: about 250x one dimension, whatever the width), for ordering stages."""
-
-
-def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cache_dir: Path,
-                      attributes: list[str], progress: bool = True) -> pd.DataFrame:
-    """Probe every feature set, one cached parquet per feature set, so a rerun reuses finished work;
-    independent stages run side by side in worker processes (:mod:`logitleak.probing.stages`)."""
-    from logitleak.probing.families import families_for
-    from logitleak.probing.stages import run_stages, split_stage, stage_workers
-
-    labels = {a: probeset.labels(a) for a in attributes}
-    workers = stage_workers(cfg.probes.workers, cfg.device)
-    # the worker count does not change results (every worker is single-threaded); probing in this
-    # process (0) runs torch's own threads, which round differently
-    probe_settings = {**cfg.probes.model_dump(exclude={"workers"}), "in_process": workers == 0}
-    settings = json.dumps([probe_settings, cfg.seed, cfg.task, attributes,
-                           [hashlib.sha256("\x1f".join(map(str, v)).encode()).hexdigest() for v in labels.values()],
-                           hashlib.sha256(np.asarray(probeset.groups).tobytes()).hexdigest()])
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    done: dict = {}
-    todo: dict = {}
-    for key, x in features.items():
-        digest = hashlib.sha256((settings + _features_digest(key, x)).encode()).hexdigest()[:20]
-        path = cache_dir / f"{digest}.parquet"
-        cached = _read_verified_parquet(path)
-        if cached is not None:
-            done[key] = cached
-        else:
-            todo[key] = (x, path)
-    # Probe in stages: the feature sets (of any level) that share a width and their probe families
-    # form one stage, probed by one call, so they batch together (at audit sizes a sweep's cost is
-    # mostly per call: the lens and API top-k sets of one k share one fit); a wide stage is split
-    # into even chunks by size alone (split_stage). A stage with any set missing is probed whole
-    # again, so a resumed run batches exactly as an uninterrupted one and reproduces it bit for bit.
-    # The costliest stages go first, so the workers finish together.
-    stages: dict[tuple, list] = {}
-    for key, x in features.items():
-        families = families_for(key[0], cfg.probes.families, cfg.probes.mlp_levels)
-        stages.setdefault((families, np.shape(x)[1] if np.ndim(x) > 1 else 1), []).append(key)
-    n = len(probeset)
-    chunks = [(families, chunk, len(chunk) * (d + MLP_STAGE_COST * ("mlp" in families)))
-              for (families, d), keys in stages.items() for chunk in split_stage(keys, n, d)]
-    chunks = [(families, chunk) for families, chunk, _ in sorted(chunks, key=lambda c: -c[2])]
-    jobs = []
-    for families, keys in chunks:
-        if not families or all(key not in todo for key in keys):
-            continue
-        for key in keys:
-            if key not in todo:
-                digest = hashlib.sha256((settings + _features_digest(key, features[key])).encode()).hexdigest()[:20]
-                todo[key] = (features[key], cache_dir / f"{digest}.parquet")
-        jobs.append((keys, {k: todo[k][0] for k in keys},
-                     dict(groups=probeset.groups, task_attribute=cfg.task, probes=list(families),
-                          n_folds=cfg.probes.folds, n_permutations=cfg.probes.permutations,
-                          n_bootstrap=cfg.probes.bootstrap, seed=cfg.seed, device=cfg.device,
-                          probe_params=probe_params(cfg))))
-
-    def save(i: int, df: pd.DataFrame) -> None:        # each stage's sets are cached as it finishes
-        for key in jobs[i][0]:
-            level, layer, k = key
-            part = df[(df["level"] == level) & _match(df["layer"], layer) & _match(df["k"], k)].reset_index(drop=True)
-            atomic_write(todo[key][1], lambda tmp, part=part: part.to_parquet(tmp, index=False), checksum=True)
-            done[key] = part
-
-    run_stages([(feats, kw) for _, feats, kw in jobs], labels, workers=workers, progress=progress, on_done=save)
-    frames = [done[key] for key in features if key in done]  # always in the order the levels were built
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
 def add_layer_types(results: pd.DataFrame, layer_types: list[str] | None) -> pd.DataFrame:
     """A ``layer_type`` column: for decoder-layer rows the kind of hidden state ``layer``
     (``embedding``, ``self`` or ``cross`` attention block), for vision rows ``vision``."""
@@ -198,27 +195,6 @@ def add_layer_types(results: pd.DataFrame, layer_types: list[str] | None) -> pd.
             types.append(None)
     out["layer_type"] = types
     return out
-
-
-def _read_verified_parquet(path: Path) -> pd.DataFrame | None:
-    """A cached table whose bytes match its recorded checksum; ``None`` (recompute) otherwise."""
-    from logitleak.integrity import verified
-
-    if not path.is_file() or not verified(path):
-        return None
-    try:
-        return pd.read_parquet(path)
-    except Exception:  # noqa: BLE001 - verified but unreadable (e.g. another pyarrow): recompute it
-        return None
-
-
-def probe_params(cfg: AuditConfig) -> dict | None:
-    """Per-family options for :func:`evaluate_sweep` from the probe settings."""
-    return {"linear": {"C": cfg.probes.C}} if cfg.probes.C is not None else None
-
-
-def _match(col: pd.Series, value) -> pd.Series:
-    return col.isna() if value is None else (col == value)
 
 
 def _selected_layers(cfg: AuditConfig, n_layers: int) -> list[int]:
@@ -249,35 +225,19 @@ def _start_probe_workers(cfg: AuditConfig) -> None:
 
 def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     """Run one audit end to end and write results, run.json and report.html into ``cfg.out``."""
-    from logitleak.models.devices import check_device
-
     timer = Timer(progress=progress)
-    if cfg.device is not None:  # (None: resolved when the model loads, without importing torch here)
-        check_device(cfg.device)
-    out = prepare_out_dir(cfg)
+
+    def data_checked(probeset: ProbeSet) -> ProbeSet:
+        _check_levels_fit(cfg, probeset)
+        _start_probe_workers(cfg)  # their imports overlap the model load and the capture
+        return probeset
+
+    start = start_run(cfg, timer, progress=progress, check_data=data_checked)
+    out, probeset, adapter = start.out, start.probeset, start.adapter
+    if adapter is not None:
+        _selected_layers(cfg, adapter.n_layers)  # a layer the model lacks fails before the capture
     cache = out / "cache"
     problems: list[str] = []
-    with timer("load"):
-        if cfg.endpoint:
-            from logitleak.endpoint.capture import blackbox_capture
-
-            probeset = _check_levels_fit(cfg, load_probe_set(cfg))
-            _start_probe_workers(cfg)
-            model_desc, model_fp = f"{cfg.endpoint} ({cfg.served_model})", cfg.served_model or ""
-        else:
-            from logitleak.models.safety import check_model_source
-
-            model_path = resolve_model_path(cfg, progress=progress)
-            check_model_source(model_path, allow_pickle=cfg.allow_pickle)  # cheap checks before any work
-            probeset = _check_levels_fit(cfg, load_probe_set(cfg))  # then the data: a bad label file fails before a model is loaded
-            _start_probe_workers(cfg)
-            from logitleak.models.loading import load_model  # (imports torch: after the cheap checks)
-
-            adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype, allow_pickle=cfg.allow_pickle)
-            _selected_layers(cfg, adapter.n_layers)  # a layer the model lacks fails before the capture
-            model_desc = "organism" if cfg.model == "organism" else (adapter.name if getattr(adapter, "gguf_source", None)
-                                                                      else str(model_path))
-            model_fp = adapter.fingerprint()
     problems.extend(probeset.meta.get("notes", []))
     attributes = list(probeset.attributes.columns)
     for a in attributes:
@@ -286,6 +246,8 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     lens = None
     with timer("capture"):
         if cfg.endpoint:
+            from logitleak.endpoint.capture import blackbox_capture
+
             capture, problems = blackbox_capture(cfg, probeset, cache / "responses", progress=progress)
             readout, answer_ids, n_layers = None, None, 0
             layers: list[int] = []
@@ -330,28 +292,14 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
         features = build_features(capture, readout, levels=levels, layers=layers, ks=cfg.k, lens=lens,
                                   answer_token_ids=answer_ids, pca_dims=cfg.pca_dims)
     with timer("probes"):
+        from logitleak.probing.resume import probe_with_resume
+
         results = probe_with_resume(features, probeset, cfg, cache / "probes", attributes, progress=progress)
         if not cfg.endpoint:
             results = add_layer_types(results, adapter.layer_types)
     results = write_results(results, out)
-    run_info = {
-        "identity": json.loads(json.dumps(audit_identity(cfg))),
-        "config": cfg.model_dump(),
-        "model": model_desc,
-        "model_fingerprint": model_fp,
-        "data": cfg.data,
-        "data_fingerprint": probeset.fingerprint(),
-        "task": cfg.task,
-        "attributes": attributes,
-        "n_samples": len(probeset),
-        "n_layers": n_layers,
-        "seed": cfg.seed,
-        "versions": package_versions(),
-        "timings": timer.timings,
-        "cpu_timings": timer.cpu,
-        "problems": problems,
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
+    run_info = run_record(start, timer, attributes=attributes, n_samples=len(probeset), n_layers=n_layers,
+                          problems=problems)
     from logitleak.levels.utility import answer_utility
 
     run_info["utility"] = answer_utility(capture, probeset, adapter=None if cfg.endpoint else adapter)
@@ -364,8 +312,7 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
 
         report_path = build_report(results, run_info, out / "report.html", decisions=decisions)
         write_verdict(out, verdict_record(decisions))
-    run_info["timings"], run_info["cpu_timings"] = timer.timings, timer.cpu
-    write_json(out / "run.json", run_info)
+    finish_run(start, run_info, timer)
     return AuditResult(results=results, out_dir=out, run_info=run_info, report_path=report_path, problems=problems,
                        decisions=decisions)
 

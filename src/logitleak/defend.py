@@ -4,7 +4,7 @@ Every defence goes through the audit's own pipeline: model-side ones (LEACE eras
 a stored capture under the activation store's edit key (the erasers' layers and weights), fitted
 shard by shard from stored captures of the fit split; output-side ones as a stored view of that
 capture's logits under the defence's own key (:mod:`logitleak.defenses.stored`); then the audit's
-levels and its probes with their cache (:func:`~logitleak.audit.probe_with_resume`). So a killed
+levels and its probes with their cache (:func:`~logitleak.probing.resume.probe_with_resume`). So a killed
 run resumes where it stopped with identical results, and memory is bounded like the audit's: one
 shard, one layer or one defence's features at a time. A trained bottleneck (``bottleneck:lambda``)
 is fine-tuned on the fit split (:mod:`logitleak.defenses.bottleneck_train`), saved as a model
@@ -15,8 +15,6 @@ family (the MLP included) at the API levels and at every layer of the residual s
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from logitleak.audit import audit_identity, package_versions, prepare_out_dir, probe_with_resume, resolve_model_path
+from logitleak.audit import finish_run, run_record, start_run
 from logitleak.capture.source import Capture
 from logitleak.config import AuditConfig
-from logitleak.data.loading import load_probe_set
 from logitleak.data.probeset import ProbeSet
 from logitleak.decisions import Recommendation, recommend_defence
 from logitleak.decisions.defences import UNDEFENDED
@@ -36,7 +33,6 @@ from logitleak.defenses.erasure import eraser_hook, erasers_key, fit_erasers_fro
 from logitleak.defenses.output import check_defense
 from logitleak.defenses.spec import Defense
 from logitleak.errors import LogitleakError
-from logitleak.integrity import write_json
 from logitleak.models.tokens import check_k
 from logitleak.results import write_results
 from logitleak.timing import Timer
@@ -129,28 +125,22 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
     split that fits erasers and trains bottlenecks (default: half)."""
     from logitleak.capture.store import ActivationStore
     from logitleak.defenses.stored import defended_output
-    from logitleak.models.devices import check_device
-    from logitleak.models.safety import check_model_source
 
     if cfg.endpoint:
         raise LogitleakError("`defend` needs a local model (--model); a black-box endpoint cannot be scrubbed. "
                              "Audit an endpoint's output-side defences by serving it with `logitleak serve --defense`.")
     timer = Timer(progress=progress)
-    if cfg.device is not None:
-        check_device(cfg.device)
-    out = prepare_out_dir(cfg)
-    cache = out / "cache"
-    with timer("load"):
-        model_path = resolve_model_path(cfg, progress=progress)
-        check_model_source(model_path, allow_pickle=cfg.allow_pickle)  # cheap checks before any work
-        probeset = load_probe_set(cfg)  # then the data: a bad label file fails before a model is loaded
-        attributes = probeset.categorical_attributes  # the trade-off is measured on the class attributes
-        if not attributes:
+
+    def data_checked(probeset: ProbeSet) -> ProbeSet:
+        if not probeset.categorical_attributes:  # the trade-off is measured on the class attributes
             raise LogitleakError(f"Probe set {probeset.name!r} has no class attribute; `defend` measures class "
                                  "attributes, so give it one (e.g. with --attributes).")
-        from logitleak.models.loading import load_model  # (imports the model code: after the cheap checks)
+        return probeset
 
-        adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype, allow_pickle=cfg.allow_pickle)
+    start = start_run(cfg, timer, progress=progress, check_data=data_checked)
+    out, probeset, adapter = start.out, start.probeset, start.adapter
+    attributes = probeset.categorical_attributes
+    cache = out / "cache"
     fit_set, eval_set = split_fit_eval(probeset, cfg.seed, fit_fraction_for(len(probeset), fit_samples),
                                        stratify=cfg.task)
     k_api = max(cfg.k)
@@ -189,6 +179,7 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
         """The evaluation split's stored capture through the bottleneck trained with ``lam`` (trained,
         or reused when its directory is finished), and that model's directory."""
         from logitleak.defenses.bottleneck_train import train_bottleneck
+        from logitleak.models.loading import load_model
 
         path = train_bottleneck(adapter, fit_set, lam=lam, settings=settings, task=cfg.task, root=cache / "bottleneck",
                                 seed=cfg.seed, progress=progress)
@@ -224,6 +215,8 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
         for l_ in (range(1, adapter.n_layers + 1) if lam is not None else layers):
             features[("residual", l_, None)] = stored.layer(l_, dtype=np.float32)
         with timer("probes"):
+            from logitleak.probing.resume import probe_with_resume
+
             df = probe_with_resume(features, eval_set, with_fresh_mlp(cfg) if lam is not None else cfg,
                                    cache / "probes", attributes, progress=progress)
         del features
@@ -258,19 +251,11 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
     (out / "tradeoff.parquet").unlink(missing_ok=True)
     (out / "recommendation.txt").write_text(text + "\n")
     undefended = tradeoff[tradeoff["defense"] == "none"]
-    run_info = {
-        "identity": json.loads(json.dumps(audit_identity(cfg))), "config": cfg.model_dump(),
-        "model": "organism" if cfg.model == "organism" else str(model_path),
-        "model_fingerprint": adapter.fingerprint(), "data": cfg.data,
-        "data_fingerprint": probeset.fingerprint(), "task": cfg.task, "attributes": attributes,
-        "n_samples": len(eval_set), "n_fit_samples": len(fit_set), "n_layers": adapter.n_layers, "seed": cfg.seed,
-        "defenses": [d.label() for d in grid], "max_utility_loss": max_loss, "recommendation": text,
-        "recommendation_kind": decision.kind, "recommended_defense": decision.label,
-        "utility": {"n": len(eval_set), "first_token_accuracy": base_utility},
-        "bottlenecks": bottlenecks,
-        "versions": package_versions(), "timings": timer.timings, "cpu_timings": timer.cpu,
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
+    run_info = run_record(start, timer, attributes=attributes, n_samples=len(eval_set), n_fit_samples=len(fit_set),
+                          n_layers=adapter.n_layers, defenses=[d.label() for d in grid], max_utility_loss=max_loss,
+                          recommendation=text, recommendation_kind=decision.kind,
+                          recommended_defense=decision.label,
+                          utility={"n": len(eval_set), "first_token_accuracy": base_utility}, bottlenecks=bottlenecks)
     from logitleak.report import build_report
     from logitleak.report.gate import defend_record, write_verdict
 
@@ -280,8 +265,7 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
                               tradeoff=tradeoff, recommendation=decision,
                               decisions=bare.decisions if bare is not None else None)
         write_verdict(out, defend_record(decision))
-    run_info["timings"], run_info["cpu_timings"] = timer.timings, timer.cpu
-    write_json(out / "run.json", run_info)
+    finish_run(start, run_info, timer)
     return DefendResult(tradeoff=tradeoff, recommendation=text, out_dir=out, report_path=report, decision=decision,
                         run_info=run_info)
 

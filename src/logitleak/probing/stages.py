@@ -1,7 +1,7 @@
 """Probe stages side by side: independent sweeps run in single-threaded worker processes, one per core.
 
 An audit's probing is many small, independent sweeps (one per stage: feature sets that share a
-width and probe families, see :func:`logitleak.audit.probe_with_resume`). At audit sizes each
+width and probe families, see :func:`logitleak.probing.resume.probe_with_resume`). At audit sizes each
 sweep's cost is mostly Python and small tensor operations, which one process runs on one core
 whatever torch's thread count; separate processes use every core. Each worker runs one thread, so a
 stage's results are the same whichever worker, and however many workers, computed it.
