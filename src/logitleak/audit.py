@@ -19,8 +19,8 @@ from logitleak.data.probeset import ProbeSet
 from logitleak.decisions import Decisions, decide
 from logitleak.errors import LogitleakError
 from logitleak.integrity import write_json
-from logitleak.levels.table import DECODER_LAYER_LEVELS, ENDPOINT_LEVELS, RESPONSE_LEVELS, TRANSITION_LEVELS
-from logitleak.levels.table import TUNED_LENS_LEVELS as LENS_LEVELS
+from logitleak.levels.plan import plan_levels
+from logitleak.levels.table import ANSWERS, DECODER_LAYER_LEVELS, LENS, TRANSITION_LEVELS, TUNED_LENS_LEVELS
 from logitleak.results import write_results
 from logitleak.timing import Timer
 
@@ -200,10 +200,9 @@ def add_layer_types(results: pd.DataFrame, layer_types: list[str] | None) -> pd.
 def _selected_layers(cfg: AuditConfig, n_layers: int) -> list[int]:
     if cfg.layers == "all":
         return list(range(n_layers + 1))
-    bad = [layer for layer in cfg.layers if layer > n_layers]
-    if bad:
-        raise LogitleakError(f"Layer {bad[0]} does not exist: the model has hidden states 0..{n_layers}; pick layers in that range or 'all'.")
-    return list(cfg.layers)
+    from logitleak.capture.source import check_layer  # (imports torch: only once a model is loaded)
+
+    return [check_layer(layer, n_layers, fix="pick layers in that range or 'all'") for layer in cfg.layers]
 
 
 def _check_levels_fit(cfg: AuditConfig, probeset):
@@ -263,15 +262,10 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
             answer_ids = answer_token_ids(adapter, probeset)
             n_layers = capture.n_layers
             layers = _selected_layers(cfg, n_layers)
-    levels = list(cfg.levels)
-    if not cfg.generate:
-        levels = [lv for lv in levels if lv not in RESPONSE_LEVELS]
-        if not levels:
-            raise LogitleakError("The response levels need a generated response; pass --generate N (e.g. 8) or choose "
-                                 "first-token levels with --levels.")
-    if cfg.endpoint:
-        levels = [lv for lv in levels if lv in ENDPOINT_LEVELS]
-    if not cfg.endpoint and any(lv in LENS_LEVELS for lv in levels):
+    levels = plan_levels(cfg.levels, set(capture.contents) | ({LENS, ANSWERS} if not cfg.endpoint else set()),
+                         explicit="levels" in cfg.model_fields_set or bool(cfg.endpoint),
+                         generate=bool(cfg.generate), endpoint=bool(cfg.endpoint))
+    if any(lv in TUNED_LENS_LEVELS for lv in levels):
         with timer("tuned_lens"):
             lens = _tuned_lens(capture, readout, cache / "lens", cfg, probeset.groups, layers=layers, progress=progress)
             taken = lens.train_info_.get("kl_steps", cfg.lens.steps)
@@ -284,11 +278,6 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     with timer("levels"):
         from logitleak.levels.features import build_features
 
-        if not cfg.endpoint and "levels" not in cfg.model_fields_set:  # default: the levels this model has
-            from logitleak.levels.features import available_levels
-
-            have = set(available_levels(capture, lens=lens, answer_token_ids=answer_ids))
-            levels = [lv for lv in levels if lv in have or lv in LENS_LEVELS]
         features = build_features(capture, readout, levels=levels, layers=layers, ks=cfg.k, lens=lens,
                                   answer_token_ids=answer_ids, pca_dims=cfg.pca_dims)
     with timer("probes"):

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from logitleak.errors import LogitleakError
-from logitleak.levels.table import API_LEVELS, LEVELS
+from logitleak.levels.table import API_LEVELS, DEFAULT_PCA_DIMS, LEVELS, unknown_level
 
 DEFAULT_KS: tuple[int, ...] = (1, 2, 5, 10, 20)
 MAX_SAMPLES = 10_000_000
@@ -170,9 +170,8 @@ class ProbeSettings(_Strict):
     @field_validator("mlp_levels")
     @classmethod
     def _known_mlp_levels(cls, v: list[str] | None) -> list[str] | None:
-        unknown = [x for x in v or [] if x not in LEVELS]
-        if unknown:
-            raise ValueError(f"unknown level {unknown[0]!r}; choose from {', '.join(LEVELS)}")
+        if problem := unknown_level(v or []):
+            raise ValueError(problem)
         return v
 
 
@@ -199,7 +198,7 @@ class AuditConfig(_Strict):
     levels: list[str] = list(LEVELS)
     layers: list[int] | Literal["all"] = "all"
     k: list[int] = list(DEFAULT_KS)
-    pca_dims: list[int] = [1, 4, 16, 64]
+    pca_dims: list[int] = list(DEFAULT_PCA_DIMS)
     """Dimensions d of the ``pca`` level (top-d principal components, fitted per training fold)."""
     vision_pool: Literal["mean", "cls"] = "mean"
     """How the vision levels pool a sample's image tokens: their mean, or the first (CLS) token."""
@@ -236,9 +235,8 @@ class AuditConfig(_Strict):
     @field_validator("levels")
     @classmethod
     def _known_levels(cls, v: list[str]) -> list[str]:
-        unknown = [x for x in v if x not in LEVELS]
-        if unknown:
-            raise ValueError(f"unknown level {unknown[0]!r}; choose from {', '.join(LEVELS)}")
+        if problem := unknown_level(v):
+            raise ValueError(problem)
         if not v:
             raise ValueError("give at least one level")
         return v

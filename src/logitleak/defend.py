@@ -33,6 +33,7 @@ from logitleak.defenses.erasure import eraser_hook, erasers_key, fit_erasers_fro
 from logitleak.defenses.output import check_defense
 from logitleak.defenses.spec import Defense
 from logitleak.errors import LogitleakError
+from logitleak.levels.table import API, API_IDS, RETURNED_LEVELS, computable
 from logitleak.models.tokens import check_k
 from logitleak.results import write_results
 from logitleak.timing import Timer
@@ -76,8 +77,8 @@ def api_features(view_logprobs: torch.Tensor, view_ids: torch.Tensor, k: int) ->
 
     values_gone = torch.isnan(view_logprobs).all()
     ids_gone = bool((view_ids < 0).all())
-    levels = [lv for lv, ok in (("topk_ids", not ids_gone), ("topk_logprobs", not values_gone),
-                                ("top1_prob", not values_gone)) if ok]
+    returned = ({API} if not values_gone else set()) | ({API_IDS} if not ids_gone else set())
+    levels = [lv for lv in RETURNED_LEVELS if computable(lv, returned)]
     if values_gone:  # ranks only: the attacker still sees the order, so encode the rank as the value
         view_logprobs = -torch.arange(view_ids.shape[1], dtype=torch.float32).expand(view_ids.shape).clone()
     cap = Capture(topk_logprobs=view_logprobs, topk_ids=view_ids)

@@ -80,11 +80,10 @@ NO_RESPONSE = ("This capture holds only the first token; capture it again with g
                "response levels.")
 
 
-def check_layer(layer, n_layers: int) -> int:
-    """``layer`` as an int, or one sentence saying which layers exist."""
+def check_layer(layer, n_layers: int, fix: str = "pick one in that range") -> int:
+    """``layer`` as an int, or one sentence saying which layers exist (and ``fix``): the one layer-range rule."""
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= n_layers:
-        raise LogitleakError(f"Layer {layer!r} does not exist: this capture has hidden states 0..{n_layers}; pick one "
-                             "in that range.")
+        raise LogitleakError(f"Layer {layer!r} does not exist: the hidden states are 0..{n_layers}; {fix}.")
     return int(layer)
 
 

@@ -29,27 +29,22 @@ from logitleak.capture.source import CaptureSource, check_layer
 from logitleak.errors import LogitleakError
 from logitleak.levels import transition as T
 from logitleak.levels.logit_lens import Lens, LogitLens
+from logitleak.levels.plan import plan_levels, runnable_levels
 from logitleak.levels.response import response_features
 from logitleak.levels.table import (
-    ANSWER_LEVELS,
     ANSWERS,
     BY_NAME,
     DECODER_LAYER_LEVELS,
+    DEFAULT_PCA_DIMS,
     K_LEVELS,
     LAYER_LEVELS,
     LENS,
-    LEVELS,
     LOGITS,
-    RESPONSE,
-    RESPONSE_LEVELS,
-    TRANSITION_LEVELS,
-    TUNED_LENS_LEVELS,
-    computable,
+    OUTPUT_K_LEVELS,
 )
 from logitleak.models.readout import Readout
 from logitleak.models.tokens import api_topk, check_k
 
-LENS_LEVELS = TUNED_LENS_LEVELS
 ROW_CHUNK = 2048  # rows of (N, V) lens logits computed at once: bounds memory for large vocabularies
 
 FeatureKey = tuple[str, int | None, int | None]
@@ -212,9 +207,13 @@ def _fill_missing(values: torch.Tensor) -> np.ndarray:
 def available_levels(cap: CaptureSource, *, lens=None, answer_token_ids=None) -> list[str]:
     """Levels :func:`build_features` can compute for this capture (in :data:`LEVELS` order),
     from what it holds (``cap.contents``) and the table's needs; no array is read."""
-    contents = set(cap.contents) | ({LENS} if lens is not None else set()) | (
+    return runnable_levels(_contents(cap, lens, answer_token_ids))
+
+
+def _contents(cap: CaptureSource, lens, answer_token_ids) -> set[str]:
+    """What a capture holds, with the tuned lens and the answer words when given."""
+    return set(cap.contents) | ({LENS} if lens is not None else set()) | (
         {ANSWERS} if answer_token_ids is not None else set())
-    return [lv for lv in LEVELS if computable(lv, contents)]
 
 
 def _lens_features(cap, readout: Readout, layer: int, ks: Sequence[int], answer_ids, lens: Lens, want_topk: bool,
@@ -245,7 +244,7 @@ def _lens_features(cap, readout: Readout, layer: int, ks: Sequence[int], answer_
 
 def build_features(cap: CaptureSource, readout: Readout | None, *, levels: Iterable[str], layers: Iterable[int], ks: Iterable[int],
                    lens=None, answer_token_ids: Sequence[int] | None = None,
-                   pca_dims: Iterable[int] = T.DEFAULT_PCA_DIMS,
+                   pca_dims: Iterable[int] = DEFAULT_PCA_DIMS,
                    vision_layers: Iterable[int] | None = None) -> dict[FeatureKey, np.ndarray]:
     """Every requested level as a feature matrix: ``{(level, layer | None, k | None): (N, F) float32}``.
 
@@ -259,33 +258,14 @@ def build_features(cap: CaptureSource, readout: Readout | None, *, levels: Itera
     black-box capture (no logits, only ``topk_logprobs`` / ``topk_ids``) yields ``topk_ids``,
     ``topk_logprobs`` and ``top1_prob`` (for k up to what the API returned).
     """
-    levels = list(dict.fromkeys(levels))
+    levels = plan_levels(levels, _contents(cap, lens, answer_token_ids))  # every level can run, or one sentence
     layers = [int(x) for x in layers]
     ks = sorted({int(k) for k in ks}) if ks is not None else []
-    unknown = [lv for lv in levels if lv not in LEVELS]
-    if unknown:
-        raise LogitleakError(f"Unknown level {unknown[0]!r}; choose from: {', '.join(LEVELS)}.")
     for k in ks:
         check_k(k, 10**12, "k")
     need_k = [lv for lv in levels if lv in K_LEVELS]
     if need_k and not ks:
         raise LogitleakError(f"Level {need_k[0]!r} needs at least one k; pass ks such as [1, 5, 10].")
-    possible = set(available_levels(cap, lens=lens, answer_token_ids=answer_token_ids))
-    for lv in levels:
-        if lv in possible:
-            continue
-        if lv in LENS_LEVELS and lens is None:
-            raise LogitleakError(f"Level {lv!r} needs a tuned lens; fit one with fit_tuned_lens or drop the level.")
-        if lv in ANSWER_LEVELS and answer_token_ids is None:
-            raise LogitleakError(f"Level {lv!r} needs answer_token_ids (the ids of the answer words).")
-        if lv in RESPONSE_LEVELS and RESPONSE not in cap.contents:
-            raise LogitleakError(f"Level {lv!r} needs a generated response; capture with --generate N (e.g. 8) or drop "
-                                 "the response levels.")
-        if lv in TRANSITION_LEVELS:
-            raise LogitleakError(f"Level {lv!r} needs a vision-language model whose family declares its vision tower "
-                                 "and projector, captured on a probe set with images; drop the level for this model.")
-        raise LogitleakError(f"Level {lv!r} cannot be computed from this capture (a black-box capture has no hidden "
-                             "states or full logits); drop it or capture with a local model.")
     lens_levels = [lv for lv in levels if lv in LAYER_LEVELS and lv != "residual"]
     if lens_levels and readout is None:
         raise LogitleakError(f"Level {lens_levels[0]!r} needs the model's readout (adapter.readout()).")
@@ -316,7 +296,7 @@ def build_features(cap: CaptureSource, readout: Readout | None, *, levels: Itera
     if logits is not None:
         if "logits" in levels:
             feats[("logits", None, None)] = logits_features(logits, readout)
-        api_levels = [lv for lv in ("topk_ids", "topk_logprobs", "topk_logits") if lv in levels]
+        api_levels = [lv for lv in OUTPUT_K_LEVELS if lv in levels]
         if api_levels:
             kmax = max(ks)
             lp_values, lp_ids = api_topk(logits, kmax)

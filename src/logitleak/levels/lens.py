@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from logitleak.capture.source import check_layer
 from logitleak.errors import LogitleakError
 from logitleak.levels.features import hidden_at, n_layers_of
 from logitleak.levels.logit_lens import Lens, LogitLens
@@ -190,10 +191,7 @@ def fit_tuned_lens(capture, readout: Readout, *, layers: Sequence[int] | None = 
         raise LogitleakError("A tuned lens needs hidden states; this capture has none (a black-box capture?).")
     if n < 4:
         raise LogitleakError(f"A tuned lens needs at least 4 samples to split into train and held-out; got {n}.")
-    layers = list(range(L)) if layers is None else sorted({int(x) for x in layers})
-    bad = [x for x in layers if not 0 <= x <= L]
-    if bad:
-        raise LogitleakError(f"Layer {bad[0]} does not exist: this capture has hidden states 0..{L}.")
+    layers = list(range(L)) if layers is None else sorted({check_layer(x, L) for x in layers})
     if steps < 0 or lr <= 0:
         raise LogitleakError("A tuned lens needs steps >= 0 and a positive learning rate.")
     train, test = _split(n, heldout, seed, groups)

@@ -112,4 +112,18 @@ FOLD_LEVELS: tuple[str, ...] = names(fold=True)
 """Levels whose projection is fitted inside each training fold (their features are the residual)."""
 OUTPUT_TOPK_LEVELS: tuple[str, ...] = names(stage="output", api=True)
 """The final-output levels an API can hand out (top-k values / ids, the top token's probability)."""
+OUTPUT_K_LEVELS: tuple[str, ...] = names(stage="output", k=True)
+"""The final-output top-k levels (values with or without ids, logits): one feature set per k."""
+RETURNED_LEVELS: tuple[str, ...] = names(stage="output", endpoint=True)
+"""The final-output levels read from what an API returns (a black-box or defended top-k)."""
+DEFAULT_PCA_DIMS: tuple[int, ...] = (1, 4, 16, 64)
+"""The ``pca`` level's dimensions when none are asked for."""
+
+
+def unknown_level(levels) -> str | None:
+    """The sentence (without its full stop) naming the first of ``levels`` that is not a level, or ``None``."""
+    unknown = [x for x in levels if x not in BY_NAME]
+    return f"unknown level {unknown[0]!r}; choose from: {', '.join(LEVELS)}" if unknown else None
+
+
 LEVEL_COLOURS: dict[str, str] = {lv.name: lv.colour for lv in TABLE if lv.colour != "#555555"}

@@ -23,8 +23,6 @@ import numpy as np
 from logitleak.errors import LogitleakError
 from logitleak.levels.table import IMAGE_HIDDEN, PROJECTOR, VISION
 
-DEFAULT_PCA_DIMS: tuple[int, ...] = (1, 4, 16, 64)
-
 
 def has_vision(cap) -> bool:
     return VISION in cap.contents
