@@ -124,6 +124,17 @@ def test_finished_capture_is_reused_without_the_model(adapter, probeset, clean, 
     assert again.path == clean.path
 
 
+def test_open_finds_what_extract_stored_under_the_same_key(adapter, probeset, clean, tmp_path):
+    store = ActivationStore(clean.path.parents[2])
+    assert store.open(adapter, probeset).path == clean.path        # a VLM capture: the vision pooling is in its key
+    other = ActivationStore(tmp_path)
+    edited = other.extract(adapter, probeset, shard_size=SHARD, edit_hooks={1: lambda h: h}, edit_key="same",
+                           hidden_dtype="float32", progress=False)
+    assert other.open(adapter, probeset, edit_key="same", hidden_dtype="float32").path == edited.path
+    with pytest.raises(LogitleakError):
+        other.open(adapter, probeset, edit_key="another")        # nothing stored under that key
+
+
 def test_keys_separate_settings(adapter, probeset, clean, tmp_path):
     store = ActivationStore(tmp_path)
     other = store.extract(adapter, probeset, shard_size=SHARD, read_position=-2, hidden_dtype="float32", progress=False)

@@ -79,6 +79,22 @@ def _extra_of(part: Capture, key: str, adapter) -> torch.Tensor:
     return src if not idx else src[:, int(idx)]
 
 
+def store_settings(adapter: ModelAdapter, probeset: ProbeSet, *, read_position: str | int, hidden_dtype: str,
+                   edit_key: str | None, transform_key: str | None, vision_pool: str | None, generate: int | None,
+                   gen_k: int) -> dict:
+    """The capture settings that key a stored capture (with the model's and the probe set's
+    fingerprints): the one place the key is made, for :meth:`ActivationStore.extract` and
+    :meth:`ActivationStore.open`. The vision pooling enters only when vision states are stored, the
+    generation only when generating, so the keys of other captures never change."""
+    settings = {"read_position": read_position, "hidden_dtype": hidden_dtype, "padding_side": adapter.padding_side,
+                "edit": edit_key, "transform": transform_key, "version": STORE_VERSION}
+    if _extra_keys(adapter, probeset, vision_pool, generate) and not generate:
+        settings["vision_pool"] = vision_pool
+    if generate:
+        settings.update(generate=int(generate), gen_k=int(gen_k))
+    return settings
+
+
 class ActivationStore:
     """Captures on disk under ``root``, keyed by model, probe set and capture settings."""
 
@@ -118,14 +134,11 @@ class ActivationStore:
                                  "transform_key='...'.")
         if len(probeset) == 0:
             raise LogitleakError(f"Probe set {probeset.name!r} is empty; give it at least one sample.")
-        settings = {"read_position": read_position, "hidden_dtype": hidden_dtype, "padding_side": adapter.padding_side,
-                    "edit": edit_key if edit_hooks else None, "transform": transform_key if logits_transform else None,
-                    "version": STORE_VERSION}
+        settings = store_settings(adapter, probeset, read_position=read_position, hidden_dtype=hidden_dtype,
+                                  edit_key=edit_key if edit_hooks else None,
+                                  transform_key=transform_key if logits_transform else None,
+                                  vision_pool=vision_pool, generate=generate, gen_k=gen_k)
         extras = _extra_keys(adapter, probeset, vision_pool, generate)
-        if extras and not generate:  # only then, so text captures keep their keys
-            settings["vision_pool"] = vision_pool
-        if generate:  # only then, so first-token captures keep their keys
-            settings.update(generate=int(generate), gen_k=int(gen_k))
         pfp = probeset.fingerprint()
         path = self.path_for(adapter, pfp, settings)
         path.mkdir(parents=True, exist_ok=True)
@@ -226,9 +239,12 @@ class ActivationStore:
         meta = {"start": str(start), "stop": str(stop), "index": str(i)}
         atomic_write(path / _shard_name(i), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
-    def open(self, adapter: ModelAdapter, probeset: ProbeSet, **settings) -> StoredCapture:
-        """A finished stored capture for these settings (same defaults as :meth:`extract`)."""
-        full = {"read_position": settings.get("read_position", "last"),
-                "hidden_dtype": settings.get("hidden_dtype", "float16"), "padding_side": adapter.padding_side,
-                "edit": settings.get("edit_key"), "transform": settings.get("transform_key"), "version": STORE_VERSION}
-        return StoredCapture(self.path_for(adapter, probeset, full))
+    def open(self, adapter: ModelAdapter, probeset: ProbeSet, *, read_position: str | int = "last",
+             hidden_dtype: str = "float16", edit_key: str | None = None, transform_key: str | None = None,
+             vision_pool: str | None = "mean", generate: int | None = None, gen_k: int = 20) -> StoredCapture:
+        """The finished stored capture :meth:`extract` made with these settings (the same key, the
+        same defaults; an edit or a transform is named by its key), without running the model."""
+        settings = store_settings(adapter, probeset, read_position=read_position, hidden_dtype=hidden_dtype,
+                                  edit_key=edit_key, transform_key=transform_key, vision_pool=vision_pool,
+                                  generate=generate, gen_k=gen_k)
+        return StoredCapture(self.path_for(adapter, probeset, settings))
