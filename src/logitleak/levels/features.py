@@ -216,10 +216,11 @@ def _contents(cap: CaptureSource, lens, answer_token_ids) -> set[str]:
         {ANSWERS} if answer_token_ids is not None else set())
 
 
-def _lens_features(cap, readout: Readout, layer: int, ks: Sequence[int], answer_ids, lens: Lens, want_topk: bool,
-                   want_answers: bool) -> tuple[dict[int, np.ndarray], np.ndarray | None]:
-    """Top-k values (per k) and answer-restricted logits of one lens at one layer, in row chunks."""
-    N = n_samples(cap)
+def _lens_features(h_all: torch.Tensor, readout: Readout, layer: int, ks: Sequence[int], answer_ids, lens: Lens,
+                   want_topk: bool, want_answers: bool) -> tuple[dict[int, np.ndarray], np.ndarray | None]:
+    """Top-k values (per k) and answer-restricted logits of one lens at one layer, in row chunks
+    (``h_all``: the layer's residuals, read once for every level of the layer)."""
+    N = len(h_all)
     kmax = max(ks) if (want_topk and ks) else 0
     if kmax:
         check_k(kmax, readout.vocab_size, "k")
@@ -227,7 +228,6 @@ def _lens_features(cap, readout: Readout, layer: int, ks: Sequence[int], answer_
     ids = torch.as_tensor(list(answer_ids), dtype=torch.long) if want_answers else None
     if ids is not None and (ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= readout.vocab_size):
         raise LogitleakError(f"Answer token ids must be a non-empty list within 0..{readout.vocab_size - 1}.")
-    h_all = hidden_at(cap, layer)
     with torch.no_grad():
         for r0 in range(0, N, ROW_CHUNK):
             logits = readout(lens.transform_hidden(h_all[r0:r0 + ROW_CHUNK], layer))
@@ -275,8 +275,11 @@ def build_features(cap: CaptureSource, readout: Readout | None, *, levels: Itera
     feats: dict[FeatureKey, np.ndarray] = T.transition_features(cap, levels, layers, vision_layers)
     pca_dims = list(pca_dims)
     for layer in layers:
+        if not any(lv in levels for lv in LAYER_LEVELS + ("pca",)):
+            continue
+        h = hidden_at(cap, layer)  # read once, shared by the residual, pca and both lenses
         if "residual" in levels or "pca" in levels:
-            res = np.ascontiguousarray(residual(cap, layer), dtype=np.float32)  # shared by residual and pca
+            res = np.ascontiguousarray(h.numpy(), dtype=np.float32)
             if "residual" in levels:
                 feats[("residual", layer, None)] = res
             if "pca" in levels:
@@ -285,7 +288,7 @@ def build_features(cap: CaptureSource, readout: Readout | None, *, levels: Itera
             want_topk, want_ans = f"{name}_topk" in levels, f"{name}_answers" in levels
             if not (want_topk or want_ans):
                 continue
-            topk, ans = _lens_features(cap, readout, layer, ks, answer_token_ids, lens_obj, want_topk, want_ans)
+            topk, ans = _lens_features(h, readout, layer, ks, answer_token_ids, lens_obj, want_topk, want_ans)
             for k, v in topk.items():
                 feats[(f"{name}_topk", layer, k)] = v
             if ans is not None:

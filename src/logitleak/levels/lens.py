@@ -197,16 +197,24 @@ def fit_tuned_lens(capture, readout: Readout, *, layers: Sequence[int] | None = 
     train, test = _split(n, heldout, seed, groups)
     lens = TunedLens(readout.d_model, L, [x for x in layers if x != L], readout=readout)
     gen = torch.Generator().manual_seed(seed)
-    train_t = torch.as_tensor(train)
-    h_last_train = hidden_at(capture, L)[train_t]  # targets are recomputed per batch: no (N, V) array held
-    h_last_train = h_last_train.float()
+    train_t, test_t = torch.as_tensor(train), torch.as_tensor(np.asarray(test), dtype=torch.long)
+    if len(test_t) == 0:
+        raise LogitleakError("No held-out rows to measure the lens KL on; pass a non-empty index.")
+    h_last = hidden_at(capture, L)     # each stored layer is read once: fitted on its train rows, measured on the rest
+    h_last_train = h_last[train_t].float()  # targets are recomputed per batch: no (N, V) array held
     steps_taken = steps if max_work is None else kl_steps(steps, batch_size, len(train), readout, max_work)
+    kl: dict[int, tuple[float, float]] = {}
     with PhaseBar(progress, "tuned lens", len(lens.layers) * max(steps_taken, 1)) as bar, _small_op_threads(readout):
-        _fit_layers(capture, readout, lens, train_t, h_last_train, steps=steps_taken, lr=lr,
-                    weight_decay=weight_decay, batch_size=batch_size, gen=gen, bar=bar)
+        target_all = _train_targets(readout, h_last_train, steps_taken)
+        for layer in range(L + 1):
+            h_all = h_last if layer == L else hidden_at(capture, layer)
+            if layer in lens.weight:
+                _fit_layer(readout, lens, layer, h_all[train_t].float(), h_last_train, target_all, steps=steps_taken,
+                           lr=lr, weight_decay=weight_decay, batch_size=batch_size, gen=gen, bar=bar)
+            kl[layer] = _kl_pair(readout, lens, h_all[test_t], h_last[test_t], layer)
         if not steps_taken:
             bar.advance(len(lens.layers))
-    lens.heldout_kl_ = heldout_kl(capture, readout, lens, index=test)
+    lens.heldout_kl_ = kl
     lens.train_info_ = {"init": "least_squares", "steps": steps, "kl_steps": steps_taken, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
                         "heldout": heldout, "seed": seed, "n_train": int(len(train)), "n_heldout": int(len(test))}
     return lens
@@ -230,31 +238,36 @@ def least_squares_translator(h: torch.Tensor, h_last: torch.Tensor, ridge: float
     return sol[:-1].T.contiguous(), sol[-1].contiguous()
 
 
-def _fit_layers(capture, readout, lens, train_t, h_last_train, *, steps, lr, weight_decay, batch_size, gen, bar):
-    n_train = len(train_t)
-    target_all = None
-    if steps and n_train * readout.vocab_size <= 2**24:  # small enough to hold: compute the targets once
+def _train_targets(readout: Readout, h_last_train: torch.Tensor, steps: int) -> torch.Tensor | None:
+    """The final distribution of every training row, when small enough to hold (else ``None``:
+    recomputed per batch)."""
+    if steps and len(h_last_train) * readout.vocab_size <= 2**24:
         with torch.no_grad():
-            target_all = _target_logp(readout, h_last_train)
-    for layer in lens.layers:
-        h_train = hidden_at(capture, layer)[train_t].float()
-        A0, b0 = least_squares_translator(h_train, h_last_train)
-        A, b = A0.requires_grad_(), b0.requires_grad_()
-        opt = torch.optim.AdamW([A, b], lr=lr, weight_decay=weight_decay)
-        for _ in range(steps):
-            idx = torch.randint(0, n_train, (min(batch_size, n_train),), generator=gen)
-            h = h_train[idx]
-            if target_all is not None:
-                target = target_all[idx]
-            else:
-                with torch.no_grad():
-                    target = _target_logp(readout, h_last_train[idx])
-            loss = _kl(target, readout(h + h @ A.T + b)).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            bar.advance()
-        lens.weight[layer], lens.bias[layer] = A.detach().clone(), b.detach().clone()
+            return _target_logp(readout, h_last_train)
+    return None
+
+
+def _fit_layer(readout, lens, layer, h_train, h_last_train, target_all, *, steps, lr, weight_decay, batch_size, gen,
+               bar) -> None:
+    """One translator: its least-squares map, then ``steps`` AdamW minibatches on the KL."""
+    n_train = len(h_train)
+    A0, b0 = least_squares_translator(h_train, h_last_train)
+    A, b = A0.requires_grad_(), b0.requires_grad_()
+    opt = torch.optim.AdamW([A, b], lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        idx = torch.randint(0, n_train, (min(batch_size, n_train),), generator=gen)
+        h = h_train[idx]
+        if target_all is not None:
+            target = target_all[idx]
+        else:
+            with torch.no_grad():
+                target = _target_logp(readout, h_last_train[idx])
+        loss = _kl(target, readout(h + h @ A.T + b)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.advance()
+    lens.weight[layer], lens.bias[layer] = A.detach().clone(), b.detach().clone()
 
 
 def _target_logp(readout: Readout, h_last: torch.Tensor) -> torch.Tensor:
@@ -271,17 +284,17 @@ def heldout_kl(capture, readout: Readout, lens: Lens, *, index=None,
     if len(rows) == 0:
         raise LogitleakError("No held-out rows to measure the lens KL on; pass a non-empty index.")
     h_last = hidden_at(capture, L)[rows]
-    out: dict[int, tuple[float, float]] = {}
+    return {layer: _kl_pair(readout, lens, hidden_at(capture, layer)[rows], h_last, layer) for layer in layers}
+
+
+def _kl_pair(readout: Readout, lens: Lens, h_rows: torch.Tensor, h_last: torch.Tensor, layer: int) -> tuple[float, float]:
+    """Mean ``KL(final || logit lens)`` and ``KL(final || lens)`` over the rows of ``h_rows`` (one layer's
+    residuals; ``h_last`` the last layer's of the same rows)."""
+    sums = [0.0, 0.0]
     with torch.no_grad():
-        for layer in layers:
-            h_all = hidden_at(capture, layer)[rows]
-            sums = [0.0, 0.0]
-            for r0 in range(0, len(rows), 2048):  # chunks bound the (rows, V) arrays
-                target = _target_logp(readout, h_last[r0:r0 + 2048])
-                h = h_all[r0:r0 + 2048]
-                kl_logit = _kl(target, readout(LogitLens().transform_hidden(h, layer)))
-                kl_tuned = _kl(target, readout(lens.transform_hidden(h, layer)))
-                sums[0] += float(kl_logit.sum())
-                sums[1] += float(kl_tuned.sum())
-            out[layer] = (sums[0] / len(rows), sums[1] / len(rows))
-    return out
+        for r0 in range(0, len(h_rows), 2048):  # chunks bound the (rows, V) arrays
+            target = _target_logp(readout, h_last[r0:r0 + 2048])
+            h = h_rows[r0:r0 + 2048]
+            sums[0] += float(_kl(target, readout(LogitLens().transform_hidden(h, layer))).sum())
+            sums[1] += float(_kl(target, readout(lens.transform_hidden(h, layer))).sum())
+    return sums[0] / len(h_rows), sums[1] / len(h_rows)

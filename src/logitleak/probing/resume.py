@@ -22,10 +22,16 @@ from logitleak.probing.families import families_for
 from logitleak.probing.stages import run_stages, split_stage, stage_workers
 
 
-def _features_digest(key, x: np.ndarray) -> str:
-    h = hashlib.sha256(repr(key).encode())
-    h.update(np.ascontiguousarray(x).view(np.uint8))
-    return h.hexdigest()
+def features_digests(features: dict) -> dict:
+    """``{key: digest}`` of every feature set: its key and its array's bytes. An array that several
+    sets share (the residual behind every ``pca`` dimension) is hashed once."""
+    by_array: dict[int, str] = {}
+    out = {}
+    for key, x in features.items():
+        if id(x) not in by_array:
+            by_array[id(x)] = hashlib.sha256(np.ascontiguousarray(x).view(np.uint8)).hexdigest()
+        out[key] = hashlib.sha256((repr(key) + by_array[id(x)]).encode()).hexdigest()
+    return out
 
 
 MLP_STAGE_COST = 250
@@ -48,14 +54,14 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
     cache_dir.mkdir(parents=True, exist_ok=True)
     done: dict = {}
     todo: dict = {}
+    paths = {key: cache_dir / f"{hashlib.sha256((settings + d).encode()).hexdigest()[:20]}.parquet"
+             for key, d in features_digests(features).items()}
     for key, x in features.items():
-        digest = hashlib.sha256((settings + _features_digest(key, x)).encode()).hexdigest()[:20]
-        path = cache_dir / f"{digest}.parquet"
-        cached = _read_verified_parquet(path)
+        cached = _read_verified_parquet(paths[key])
         if cached is not None:
             done[key] = cached
         else:
-            todo[key] = (x, path)
+            todo[key] = (x, paths[key])
     # Probe in stages: the feature sets (of any level) that share a width and their probe families
     # form one stage, probed by one call, so they batch together (at audit sizes a sweep's cost is
     # mostly per call: the lens and API top-k sets of one k share one fit); a wide stage is split
@@ -76,8 +82,7 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
             continue
         for key in keys:
             if key not in todo:
-                digest = hashlib.sha256((settings + _features_digest(key, features[key])).encode()).hexdigest()[:20]
-                todo[key] = (features[key], cache_dir / f"{digest}.parquet")
+                todo[key] = (features[key], paths[key])
         jobs.append((keys, {k: todo[k][0] for k in keys},
                      dict(groups=probeset.groups, task_attribute=cfg.task, probes=list(families),
                           n_folds=cfg.probes.folds, n_permutations=cfg.probes.permutations,
