@@ -192,3 +192,21 @@ def test_probe_input_errors():
         LinearProbe().fit(np.full((10, 2), np.nan), np.arange(10) % 2)
     with pytest.raises(LogitleakError, match="10 feature rows but 9 labels"):
         MLPProbe().fit(np.zeros((10, 2)), np.arange(9) % 2)
+
+
+def test_estimators_follow_scikit_learn_conventions_and_say_when_they_did_not_converge():
+    from sklearn.base import clone
+    from sklearn.exceptions import ConvergenceWarning
+
+    lin = LinearProbe(C=0.5, max_iter=1)
+    assert lin.get_params()["C"] == 0.5 and clone(lin).max_iter == 1 and repr(lin) == "LinearProbe(C=0.5, max_iter=1)"
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5))
+    y = (X[:, 0] + rng.normal(size=200) > 0).astype(int)
+    with pytest.warns(ConvergenceWarning, match=r"LinearProbe stopped before converging \(L-BFGS reached max_iter=1"):
+        lin.fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LinearProbe(C=0.5).fit(X, y)                         # converged: no warning
+    with pytest.warns(ConvergenceWarning, match=r"MLPProbe stopped before converging \(early stopping never"):
+        MLPProbe(hidden=4, max_epochs=2).fit(X, y)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from logitleak.errors import LogitleakError
 from logitleak.levels.table import API_LEVELS, DEFAULT_PCA_DIMS, LEVELS, unknown_level
@@ -241,18 +241,12 @@ class AuditConfig(_Strict):
             raise ValueError("give at least one level")
         return v
 
-    @field_validator("k")
+    @field_validator("k", "pca_dims")
     @classmethod
-    def _positive_k(cls, v: list[int]) -> list[int]:
+    def _positive_sizes(cls, v: list[int], info: ValidationInfo) -> list[int]:
         if not v or any(x < 1 for x in v):
-            raise ValueError("k values must be positive integers, e.g. 1,2,5,10,20")
-        return sorted(set(v))
-
-    @field_validator("pca_dims")
-    @classmethod
-    def _positive_dims(cls, v: list[int]) -> list[int]:
-        if not v or any(x < 1 for x in v):
-            raise ValueError("PCA dimensions must be positive integers, e.g. 1,4,16,64")
+            what, e_g = {"k": ("k values", "1,2,5,10,20"), "pca_dims": ("PCA dimensions", "1,4,16,64")}[info.field_name]
+            raise ValueError(f"{what} must be positive integers, e.g. {e_g}")
         return sorted(set(v))
 
     @field_validator("dtype")

@@ -21,11 +21,14 @@ single data set.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
 
 from logitleak.errors import LogitleakError
 from logitleak.probing.linear import DEFAULT_CS, LinearFit, fit_linear_batched, fit_linear_grid_batched
@@ -66,6 +69,21 @@ class _TorchProbe(ClassifierMixin, BaseEstimator):
         self._shift, self._scale = shift[0], scale[0]
         return Xt, codes
 
+    def _inner_split(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(fit, validation)`` row masks ``(1, n)``: a stratified ``val_fraction`` of the training rows."""
+        inner_fit, inner_val = stratified_holdout(codes, self.val_fraction, np.random.default_rng(self.random_state))
+        fm = np.zeros((1, len(codes)), dtype=bool)
+        fm[0, inner_fit] = True
+        vm = np.zeros_like(fm)
+        vm[0, inner_val] = True
+        return fm, vm
+
+    def _warn_unless_converged(self, what: str) -> None:
+        """scikit-learn's ConvergenceWarning when the fit stopped before converging."""
+        if not bool(self.fit_.converged.all()):
+            warnings.warn(f"{type(self).__name__} stopped before converging ({what}); its scores may be "
+                          "understated.", ConvergenceWarning, stacklevel=3)
+
     def _transform(self, X) -> torch.Tensor:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim == 1:
@@ -89,6 +107,7 @@ class _TorchProbe(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_log_proba(X).argmax(1)]
 
 
+@dataclass(eq=False, repr=False)
 class LinearProbe(_TorchProbe):
     """L2 multinomial logistic-regression probe (torch, L-BFGS), standardising on its training rows.
 
@@ -99,17 +118,14 @@ class LinearProbe(_TorchProbe):
     classes), ``mean_``, ``scale_``, ``n_iter_``.
     """
 
-    def __init__(self, C: float | None = None, Cs: Sequence[float] = DEFAULT_CS, val_fraction: float = 0.2,
-                 max_iter: int = 1000, tol: float = 1e-5, device: str | None = None,
-                 dtype: torch.dtype | None = None, random_state: int = 0):
-        self.C = C
-        self.Cs = Cs
-        self.val_fraction = val_fraction
-        self.max_iter = max_iter
-        self.tol = tol
-        self.device = device
-        self.dtype = dtype
-        self.random_state = random_state
+    C: float | None = None
+    Cs: Sequence[float] = DEFAULT_CS
+    val_fraction: float = 0.2
+    max_iter: int = 1000
+    tol: float = 1e-5
+    device: str | None = None
+    dtype: torch.dtype | None = None
+    random_state: int = 0
 
     def fit(self, X, y):
         Xt, codes = self._prepare_fit(X, y)
@@ -119,12 +135,7 @@ class LinearProbe(_TorchProbe):
         if self.C is not None:
             fit = fit_linear_batched(Xt, yt, full, C=float(self.C), n_classes=K, max_iter=self.max_iter, tol=self.tol)
         else:
-            rng = np.random.default_rng(self.random_state)
-            inner_fit, inner_val = stratified_holdout(codes, self.val_fraction, rng)
-            fm = np.zeros_like(full)
-            fm[0, inner_fit] = True
-            vm = np.zeros_like(full)
-            vm[0, inner_val] = True
+            fm, vm = self._inner_split(codes)
             fit = fit_linear_grid_batched(Xt, yt, full, fm, vm, Cs=self.Cs, n_classes=K,
                                           max_iter=self.max_iter, tol=self.tol)
         self.fit_ = fit
@@ -137,38 +148,33 @@ class LinearProbe(_TorchProbe):
         self.mean_, self.scale_ = mu, sd
         self.coef_ = (W / sd[:, None]).T
         self.intercept_ = b - (mu / sd) @ W
+        self._warn_unless_converged(f"L-BFGS reached max_iter={self.max_iter}; raise max_iter")
         return self
 
 
+@dataclass(eq=False, repr=False)
 class MLPProbe(_TorchProbe):
     """One-hidden-layer ReLU MLP probe (torch, full-batch Adam) with early stopping on a stratified
     ``val_fraction`` split of the training rows; standardises on the rows it trains on.
     Learned: ``classes_``, ``n_epochs_`` (epoch of the kept weights), ``best_val_loss_``."""
 
-    def __init__(self, hidden: int = 64, alpha: float = 3e-3, lr: float = 3e-2, max_epochs: int = 1000,
-                 patience: int = 20, val_fraction: float = 0.2, device: str | None = None,
-                 dtype: torch.dtype | None = None, random_state: int = 0):
-        self.hidden = hidden
-        self.alpha = alpha
-        self.lr = lr
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.val_fraction = val_fraction
-        self.device = device
-        self.dtype = dtype
-        self.random_state = random_state
+    hidden: int = 64
+    alpha: float = 3e-3
+    lr: float = 3e-2
+    max_epochs: int = 1000
+    patience: int = 20
+    val_fraction: float = 0.2
+    device: str | None = None
+    dtype: torch.dtype | None = None
+    random_state: int = 0
 
     def fit(self, X, y):
         Xt, codes = self._prepare_fit(X, y)
-        rng = np.random.default_rng(self.random_state)
-        inner_fit, inner_val = stratified_holdout(codes, self.val_fraction, rng)
-        fm = np.zeros((1, len(codes)), dtype=bool)
-        fm[0, inner_fit] = True
-        vm = np.zeros_like(fm)
-        vm[0, inner_val] = True
+        fm, vm = self._inner_split(codes)
         self.fit_ = fit_mlp_batched(Xt, codes[None, :], fm, vm, hidden=self.hidden, alpha=self.alpha, lr=self.lr,
                                     max_epochs=self.max_epochs, patience=self.patience,
                                     n_classes=len(self.classes_), seed=self.random_state)
         self.n_epochs_ = int(self.fit_.n_epochs[0, 0])
         self.best_val_loss_ = float(self.fit_.best_val[0, 0])
+        self._warn_unless_converged(f"early stopping never triggered in max_epochs={self.max_epochs}; raise max_epochs")
         return self
