@@ -224,6 +224,16 @@ def _start_probe_workers(cfg: AuditConfig) -> None:
 
 def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     """Run one audit end to end and write results, run.json and report.html into ``cfg.out``."""
+    from logitleak.probing.stages import stop_workers
+
+    try:
+        return _audit(cfg, progress)
+    finally:
+        stop_workers()  # probe processes started early and never used (the audit failed before probing)
+
+
+def _audit(cfg: AuditConfig, progress: bool) -> AuditResult:
+    """:func:`run_audit` within its probe workers' lifetime."""
     timer = Timer(progress=progress)
 
     def data_checked(probeset: ProbeSet) -> ProbeSet:
@@ -247,7 +257,8 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
         if cfg.endpoint:
             from logitleak.endpoint.capture import blackbox_capture
 
-            capture, problems = blackbox_capture(cfg, probeset, cache / "responses", progress=progress)
+            capture, endpoint_problems = blackbox_capture(cfg, probeset, cache / "responses", progress=progress)
+            problems.extend(endpoint_problems)  # after the probe set's notes (duplicates), not instead of them
             readout, answer_ids, n_layers = None, None, 0
             layers: list[int] = []
         else:
@@ -283,7 +294,8 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     with timer("probes"):
         from logitleak.probing.resume import probe_with_resume
 
-        results = probe_with_resume(features, probeset, cfg, cache / "probes", attributes, progress=progress)
+        results = probe_with_resume(features, probeset, cfg, cache / "probes", attributes, progress=progress,
+                                    problems=problems)
         if not cfg.endpoint:
             results = add_layer_types(results, adapter.layer_types)
     results = write_results(results, out)

@@ -40,9 +40,10 @@ probe (measured on the organism: about 250x one dimension, whatever the width), 
 
 
 def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cache_dir: Path,
-                      attributes: list[str], progress: bool = True) -> pd.DataFrame:
+                      attributes: list[str], progress: bool = True, problems: list[str] | None = None) -> pd.DataFrame:
     """Probe every feature set, one cached parquet per feature set, so a rerun reuses finished work;
-    independent stages run side by side in worker processes (:mod:`logitleak.probing.stages`)."""
+    independent stages run side by side in worker processes (:mod:`logitleak.probing.stages`; a note
+    joins ``problems`` when they could not start and this process probed instead)."""
     labels = {a: probeset.labels(a) for a in attributes}
     workers = stage_workers(cfg.probes.workers, cfg.device)
     # the worker count does not change results (every worker is single-threaded); probing in this
@@ -96,7 +97,9 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
             atomic_write(todo[key][1], lambda tmp, part=part: part.to_parquet(tmp, index=False), checksum=True)
             done[key] = part
 
-    run_stages([(feats, kw) for _, feats, kw in jobs], labels, workers=workers, progress=progress, on_done=save)
+    note = run_stages([(feats, kw) for _, feats, kw in jobs], labels, workers=workers, progress=progress, on_done=save)
+    if note and problems is not None:
+        problems.append(note)
     frames = [done[key] for key in features if key in done]  # always in the order the levels were built
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

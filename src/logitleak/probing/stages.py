@@ -5,18 +5,24 @@ width and probe families, see :func:`logitleak.probing.resume.probe_with_resume`
 sweep's cost is mostly Python and small tensor operations, which one process runs on one core
 whatever torch's thread count; separate processes use every core. Each worker runs one thread, so a
 stage's results are the same whichever worker, and however many workers, computed it.
+
+The workers are loky's (joblib's process pool): they start from a fresh interpreter and never
+re-import the caller's main module, so probing in workers works from the command line, from a
+script without an ``if __name__ == "__main__":`` guard, from standard input and from a notebook.
+Where worker processes cannot start at all, the stages run in this process, one thread each (the
+same results), and the audit says so. :func:`make_pool` is the one place the pool is chosen.
 """
 
 from __future__ import annotations
 
 import importlib
-import multiprocessing
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, wait
 
 import pandas as pd
 
+from logitleak.errors import LogitleakError, first_line
 from logitleak.progress import make_progress
 
 MAX_WORKERS = 4
@@ -59,11 +65,9 @@ def split_stage(keys: Sequence, n: int, d: int) -> list[list]:
     return [list(keys[i: i + size]) for i in range(0, len(keys), size)]
 
 
-_STARTED: dict[int, ProcessPoolExecutor] = {}
-
-
-def _new_pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+_STARTED: dict[int, Executor] = {}
+_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
 
 
 def _warm_up() -> None:
@@ -73,13 +77,24 @@ def _warm_up() -> None:
     torch.set_num_threads(1)
 
 
+def make_pool(workers: int) -> Executor:
+    """A pool of ``workers`` single-threaded probe processes (loky's: see the module docstring)."""
+    from joblib.externals.loky import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, timeout=300, initializer=_warm_up, env=dict(_WORKER_ENV))
+
+
 def start_workers(workers: int) -> None:
     """Start ``workers`` probe processes now, so their imports overlap the capture; the next
-    :func:`run_stages` with as many workers uses them (idle workers exit with this process)."""
+    :func:`run_stages` with as many workers uses them (idle workers exit with this process). Where
+    they cannot start, :func:`run_stages` finds out and probes here."""
     if workers > 0 and workers not in _STARTED:
-        pool = _new_pool(workers)
-        for _ in range(workers):
-            pool.submit(_warm_up)
+        try:
+            pool = make_pool(workers)
+            for _ in range(workers):
+                pool.submit(_warm_up)
+        except (OSError, ImportError, RuntimeError):
+            return
         _STARTED[workers] = pool
 
 
@@ -92,34 +107,96 @@ def _run_stage(features: Mapping, labels: Mapping, kwargs: Mapping) -> pd.DataFr
     return evaluate_sweep(features, labels, **kwargs)
 
 
+def stop_workers() -> None:
+    """End the probe processes :func:`start_workers` started that no :func:`run_stages` took (a run
+    that failed before probing), without waiting for their start-up, so the process exits at once."""
+    while _STARTED:
+        _, pool = _STARTED.popitem()
+        try:
+            pool.shutdown(wait=False, kill_workers=True)
+        except TypeError:  # a pool without loky's kill_workers
+            pool.shutdown(wait=False)
+
+
+def run_in_process(stage: tuple[Mapping, Mapping], labels: Mapping, progress: bool) -> pd.DataFrame:
+    """One stage in this process, on one torch thread as in a worker (so the results are the same)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        features, kwargs = stage
+        return _run_stage(dict(features), labels, {**kwargs, "progress": progress})
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_stages(stages: Sequence[tuple[Mapping, Mapping]], labels: Mapping, *, workers: int, progress: bool,
-               on_done: Callable[[int, pd.DataFrame], None]) -> None:
+               on_done: Callable[[int, pd.DataFrame], None]) -> str | None:
     """Run ``evaluate_sweep(features, labels, **kwargs)`` for every ``(features, kwargs)`` stage and
     call ``on_done(index, results)`` in this process as each one finishes (so finished stages are
     saved while others run). ``workers`` 0: one after another here, with ``progress`` per sweep;
-    otherwise in that many spawned single-threaded processes, with one progress line or bar for all."""
+    otherwise in that many single-threaded worker processes, with one progress line or bar for all.
+    Returns a note when worker processes could not start and the stages ran here instead."""
     if workers <= 0:
         from logitleak.probing.sweep import evaluate_sweep
 
         for i, (features, kwargs) in enumerate(stages):
             on_done(i, evaluate_sweep(features, labels, **kwargs, progress=progress))
-        return
+        return None
     n = min(workers, len(stages))
     if n == 0:
-        return
-    pool = _STARTED.pop(workers, None) or _new_pool(n)
+        return None
+    finished: set[int] = set()
+    try:
+        pool = _STARTED.pop(workers, None) or make_pool(n)
+        _in_pool(pool, stages, labels, n, progress, on_done, finished)
+    except Exception as err:  # noqa: BLE001 - sorted below: a pool that never started, or one that broke
+        if not _never_started(err, finished):
+            raise _worker_failure(err) from None
+        for i, stage in enumerate(stages):
+            on_done(i, run_in_process(stage, labels, progress))
+        return (f"Probe worker processes could not start ({type(err).__name__}: {first_line(err)}), so the stages "
+                "were probed in this process, one thread each (the same results; slower on several cores).")
+    return None
+
+
+def _in_pool(pool: Executor, stages, labels, n: int, progress: bool, on_done, finished: set[int]) -> None:
+    pending: dict = {}
     try:
         with make_progress(progress) as prog:
             task = prog.add_task(f"probing ({n} processes)", total=sum(len(f) for f, _ in stages))
             pending = {pool.submit(_run_stage, dict(features), labels, {**kwargs, "progress": False}): i
                        for i, (features, kwargs) in enumerate(stages)}
             while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=pending.get):  # in stage order: the same on every run
                     i = pending.pop(fut)
                     on_done(i, fut.result())
+                    finished.add(i)
                     prog.advance(task, len(stages[i][0]))
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=False)
         raise
     pool.shutdown(wait=True)
+
+
+def _never_started(err: BaseException, finished: set[int]) -> bool:
+    """A pool that failed before any stage finished, for a reason of the machine (no processes,
+    no semaphores, a broken pool), not of the probing itself."""
+    from concurrent.futures import BrokenExecutor
+
+    return not finished and isinstance(err, (OSError, ImportError, BrokenExecutor)) and not isinstance(
+        err, MemoryError)
+
+
+def _worker_failure(err: BaseException) -> BaseException:
+    """A worker that died mid-way is one sentence; an error raised by the probing itself stays as it is."""
+    from concurrent.futures import BrokenExecutor
+
+    if isinstance(err, BrokenExecutor):
+        return LogitleakError(f"A probe worker process stopped ({first_line(err)}), perhaps out of memory; the stages "
+                              "that finished are saved, so rerun the same command to resume, with --probe-workers 0 "
+                              "to probe in this process (less memory).")
+    return err
