@@ -19,16 +19,20 @@ chunks and the stored arrays are read back lazily, one layer at a time.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors import SafetensorError
 
 from logitleak.capture.forward import capture_meta, iter_capture, wants_vision
 from logitleak.capture.source import Capture
+from logitleak.capture.prompt_length import check_prompt_lengths
 from logitleak.capture.stored import MANIFEST, StoredCapture, read_manifest
 from logitleak.errors import LogitleakError
 from logitleak.integrity import atomic_write, file_record, matches, write_json
@@ -93,6 +97,41 @@ def store_settings(adapter: ModelAdapter, probeset: ProbeSet, *, read_position: 
     if generate:
         settings.update(generate=int(generate), gen_k=int(gen_k))
     return settings
+
+
+def sample_bytes(adapter, extras: list[str], hidden_dtype: torch.dtype, generate: int | None, gen_k: int) -> int:
+    """Bytes one sample takes in a shard, at least: its hidden states and logits, the decoder-width
+    extras (image states, generated states) and the generated top-k; the vision tower's states are
+    not counted (their width is known only once they are captured)."""
+    width = torch.tensor([], dtype=hidden_dtype).element_size() * adapter.d_model
+    total = (adapter.n_layers + 1) * width + 4 * adapter.vocab_size
+    for key in extras:
+        if key.startswith("image."):
+            total += width
+        elif key.startswith("gen.hidden."):
+            total += int(generate or 0) * width
+        elif key in ("gen.topk_logprobs", "gen.topk_ids"):
+            total += int(generate or 0) * gen_k * 8
+    return total
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether a write failed because the disk (or the user's quota) is full."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "os error 28)" in str(err) or "os error 122)" in str(err) or "No space left" in str(err)
+
+
+def _free(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def check_free_space(path: Path, needed: int) -> None:
+    """Refuse a capture whose shards cannot fit on the disk holding ``path``, naming both sizes."""
+    free = _free(path)
+    if needed > free:
+        raise LogitleakError(f"The capture needs about {needed:,} bytes in {path} and its disk has {free:,} free; free "
+                             "some space, or choose an --out on another disk or fewer --samples.")
 
 
 class ActivationStore:
@@ -168,6 +207,12 @@ class ActivationStore:
             "shards": [], "complete": False, "extra_keys": extras,
         }
         done = {i for i in range(n_shards) if i in recorded and self._shard_ok(path, i, shard_size, n, adapter, extras)}
+        todo = [i for i in range(n_shards) if i not in done]
+        needed = sum(min(shard_size, n - i * shard_size) for i in todo) * sample_bytes(
+            adapter, extras, _DTYPES[hidden_dtype], generate, gen_k)
+        if todo:  # before the first forward pass: a prompt too long, or a disk too small, fails now
+            check_prompt_lengths(adapter, probeset, new_tokens=int(generate or 0))
+            check_free_space(path, needed)
         bar = PhaseBar(progress, "extract", n, completed=sum(min(shard_size, n - i * shard_size) for i in done))
         try:
             for i in range(n_shards):
@@ -186,6 +231,12 @@ class ActivationStore:
                         on_shard(i, path / _shard_name(i))
             manifest["complete"] = True
             write_json(mf_path, manifest, indent=1)
+        except (OSError, SafetensorError) as err:
+            if not disk_full(err):
+                raise
+            raise LogitleakError(f"The disk holding {path} is full: the capture needs about {needed:,} bytes there "
+                                 f"({_free(path):,} are free now); free some space, or choose an --out on another disk "
+                                 "or fewer --samples. Finished shards are kept, so the rerun resumes.") from None
         finally:
             bar.close()
         return StoredCapture(path, verify=False)

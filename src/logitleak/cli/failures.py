@@ -93,7 +93,10 @@ def _is_related(path: Path, roots: Sequence[Path]) -> bool:
 def os_error_message(err: OSError, argv: Sequence[str]) -> str | None:
     """One sentence for an OS error on a path the user gave (or of the disk); ``None`` otherwise."""
     filename = getattr(err, "filename", None)
-    if filename is None:
+    if filename is None:  # a write into an open file: only a full disk is the machine's, not a bug
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return (f"A write failed: {(err.strerror or 'no space left').rstrip('.')}; "
+                    f"{_PATH_FIXES[err.errno]}, or choose an --out on another disk.")
         return None
     try:
         path = Path(os.fsdecode(filename)).expanduser().absolute()

@@ -45,11 +45,18 @@ def _why(err: BaseException) -> str:
     return err.__class__.__name__
 
 
-def check_image(path: Path) -> None:
-    """Open the header only: a file that is not an image, or is far too large, fails here, by name."""
+MAX_SET_PIXELS = 2**32
+"""Pixels a probe set's images may hold together (about 4,000 images of 1024 x 1024): each is
+decoded and resized once per capture, so more is hours of work before the first result."""
+
+
+def check_image(path: Path) -> int:
+    """Open the header only: a file that is not an image, or is far too large, fails here, by name.
+    Returns its pixel count."""
     try:
         with Image.open(path) as img:
-            img.size  # noqa: B018 - the header is parsed on open; size checks the bomb limit
+            width, height = img.size  # the header is parsed on open; size checks the bomb limit
+            return width * height
     except _IMAGE_ERRORS as err:
         raise LogitleakError(f"Cannot read image {path} ({_why(err)}); fix or remove it from the label file.") from None
 
@@ -134,12 +141,16 @@ def load_image_folder(folder: str | Path, *, labels: str | Path | None = None, q
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise LogitleakError(f"Image file {missing[0]}{more} listed in {label_path} does not exist; fix the path or remove the row.")
-    digests = []
-    for p in paths:
-        check_image(p)
-        digests.append(file_digest(p))
-    return _build(str(root), table, LazyImages(paths), question, task, group_column, attributes, samples, seed,
-                  drop=[path_column], image_keys=digests, describe=[str(p) for p in table[path_column]])
+    pixels = [check_image(p) for p in paths]
+    digests = [file_digest(p) for p in paths]
+    ps = _build(str(root), table, LazyImages(paths), question, task, group_column, attributes, samples, seed,
+                drop=[path_column], image_keys=digests, describe=[str(p) for p in table[path_column]])
+    total = sum(pixels[i] for i in ps.images.index)
+    if total > MAX_SET_PIXELS:
+        raise LogitleakError(f"The {len(ps)} images of {label_path} hold {total:,} pixels together, more than the "
+                             f"{MAX_SET_PIXELS:,} a probe set may hold; audit fewer of them (--samples) or downscale "
+                             "them.")
+    return ps
 
 
 def load_datasets_dir(path: str | Path, *, question: str | dict[str, str], task: str, image_column: str = "image",
