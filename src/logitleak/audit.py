@@ -18,11 +18,11 @@ from logitleak.data.loading import load_probe_set
 from logitleak.data.probeset import ProbeSet
 from logitleak.decisions import Decisions, decide
 from logitleak.errors import LogitleakError
-from logitleak.integrity import write_json
 from logitleak.levels.plan import plan_levels
 from logitleak.levels.table import ANSWERS, DECODER_LAYER_LEVELS, LENS, TRANSITION_LEVELS, TUNED_LENS_LEVELS
 from logitleak.results import write_results
 from logitleak.timing import Timer
+from logitleak.userpaths import OutDir, claim_out_dir
 
 IDENTITY_KEYS = ("model", "data", "labels", "task", "question", "attributes", "samples", "seed", "endpoint", "served_model",
                  "generate")
@@ -54,29 +54,15 @@ def audit_identity(cfg: AuditConfig) -> dict:
     return identity
 
 
-def prepare_out_dir(cfg: AuditConfig) -> Path:
-    """Create the output directory, refusing one that holds a different audit unless ``force``."""
-    from logitleak.userpaths import ensure_out_dir
+def prepare_out_dir(cfg: AuditConfig) -> OutDir:
+    """The device checked, then the output directory claimed (:mod:`logitleak.userpaths`): refused
+    when it is not logitleak's or another run holds it; :meth:`~logitleak.userpaths.OutDir.begin`
+    (in :func:`start_run`) then refuses a different run's directory unless ``force``."""
+    if cfg.device is not None:  # (None: resolved when the model loads, without importing torch here)
+        from logitleak.models.devices import check_device
 
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise LogitleakError(f"Output directory {out} is a file; pass a directory path with --out.")
-    run_file = out / "run.json"
-    if run_file.exists() and not cfg.force:
-        try:
-            previous = json.loads(run_file.read_text()).get("identity", {})
-        except (OSError, ValueError, AttributeError):
-            raise LogitleakError(f"The run record {run_file} is damaged, so it cannot tell whether {out} holds this "
-                                 "audit; pass --force to reuse the directory (its verified caches are kept) or "
-                                 "choose another --out.") from None
-        current = json.loads(json.dumps(audit_identity(cfg)))
-        if previous != current:
-            diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-            raise LogitleakError(
-                f"Output directory {out} already holds a different audit's results (differs in: {', '.join(diff)}); "
-                "choose another --out or pass --force to replace them."
-            )
-    return ensure_out_dir(out)
+        check_device(cfg.device)
+    return claim_out_dir(cfg.out, force=cfg.force)
 
 
 @dataclass
@@ -85,10 +71,15 @@ class Start:
     for a black-box endpoint), and how the run record names that model."""
 
     cfg: AuditConfig
-    out: Path
+    out_dir: OutDir
     probeset: ProbeSet
     adapter: object | None = None
     model_path: Path | None = None
+
+    @property
+    def out(self) -> Path:
+        """The output folder's path."""
+        return self.out_dir.path
 
     @property
     def model_name(self) -> str:
@@ -105,17 +96,13 @@ class Start:
         return self.adapter.fingerprint() if self.adapter is not None else (self.cfg.served_model or "")
 
 
-def start_run(cfg: AuditConfig, timer: Timer, *, progress: bool = True,
+def start_run(cfg: AuditConfig, out_dir: OutDir, timer: Timer, *, command: str, progress: bool = True,
               check_data: Callable[[ProbeSet], ProbeSet] | None = None) -> Start:
-    """The one start of every run (audit, defend): the device and the output folder checked, then,
-    timed as ``load``, the cheap checks before any work — the model source (a local model), then the
-    probe set (``check_data`` refuses what this run cannot use), so a bad label file fails before a
-    model is loaded — and last the model."""
-    from logitleak.models.devices import check_device
-
-    if cfg.device is not None:  # (None: resolved when the model loads, without importing torch here)
-        check_device(cfg.device)
-    out = prepare_out_dir(cfg)
+    """The one start of every run (audit, defend) in the output folder it holds
+    (:func:`prepare_out_dir`), timed as ``load``: the cheap checks before any work — the model
+    source (a local model), then the probe set (``check_data`` refuses what this run cannot use), so
+    a bad label file fails before a model is loaded — then the folder (a different run's is refused)
+    and last the model."""
     with timer("load"):
         model_path = None
         if not cfg.endpoint:
@@ -126,12 +113,13 @@ def start_run(cfg: AuditConfig, timer: Timer, *, progress: bool = True,
         probeset = load_probe_set(cfg)
         if check_data is not None:
             probeset = check_data(probeset)
+        out_dir.begin(audit_identity(cfg), command)
         if model_path is None:
-            return Start(cfg, out, probeset)
+            return Start(cfg, out_dir, probeset)
         from logitleak.models.loading import load_model  # (imports torch: after the cheap checks)
 
         adapter = load_model(model_path, device=cfg.device, dtype=cfg.dtype, allow_pickle=cfg.allow_pickle)
-    return Start(cfg, out, probeset, adapter, model_path)
+    return Start(cfg, out_dir, probeset, adapter, model_path)
 
 
 def run_record(start: Start, timer: Timer, **fields) -> dict:
@@ -150,7 +138,7 @@ def run_record(start: Start, timer: Timer, **fields) -> dict:
 def finish_run(start: Start, run_info: dict, timer: Timer) -> None:
     """Write run.json last, with every phase's wall and CPU time."""
     run_info["timings"], run_info["cpu_timings"] = timer.timings, timer.cpu
-    write_json(start.out / "run.json", run_info)
+    start.out_dir.finish(run_info)
 
 
 def package_versions() -> dict[str, str]:
@@ -226,14 +214,15 @@ def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     """Run one audit end to end and write results, run.json and report.html into ``cfg.out``."""
     from logitleak.probing.stages import stop_workers
 
-    try:
-        return _audit(cfg, progress)
-    finally:
-        stop_workers()  # probe processes started early and never used (the audit failed before probing)
+    with prepare_out_dir(cfg) as out_dir:
+        try:
+            return _audit(cfg, out_dir, progress)
+        finally:
+            stop_workers()  # probe processes started early and never used (the audit failed before probing)
 
 
-def _audit(cfg: AuditConfig, progress: bool) -> AuditResult:
-    """:func:`run_audit` within its probe workers' lifetime."""
+def _audit(cfg: AuditConfig, out_dir: OutDir, progress: bool) -> AuditResult:
+    """:func:`run_audit` in the output folder it holds."""
     timer = Timer(progress=progress)
 
     def data_checked(probeset: ProbeSet) -> ProbeSet:
@@ -241,7 +230,7 @@ def _audit(cfg: AuditConfig, progress: bool) -> AuditResult:
         _start_probe_workers(cfg)  # their imports overlap the model load and the capture
         return probeset
 
-    start = start_run(cfg, timer, progress=progress, check_data=data_checked)
+    start = start_run(cfg, out_dir, timer, command="audit", progress=progress, check_data=data_checked)
     out, probeset, adapter = start.out, start.probeset, start.adapter
     if adapter is not None:
         _selected_layers(cfg, adapter.n_layers)  # a layer the model lacks fails before the capture

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from logitleak.audit import finish_run, run_record, start_run
+from logitleak.audit import finish_run, prepare_out_dir, run_record, start_run
 from logitleak.capture.source import Capture
 from logitleak.config import AuditConfig
 from logitleak.data.probeset import ProbeSet
@@ -37,6 +37,7 @@ from logitleak.levels.table import API, API_IDS, RETURNED_LEVELS, computable
 from logitleak.models.tokens import check_k
 from logitleak.results import write_results
 from logitleak.timing import Timer
+from logitleak.userpaths import OutDir
 
 TRADEOFF_COLUMNS = ("defense", "strength", "layer", "attribute", "level", "k", "probe", "task_relevant",
                     "accuracy", "baseline_accuracy", "ci_low", "ci_high", "p_value", "v_info_bits",
@@ -124,12 +125,20 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
     model-side setting (erasers, or a bottleneck trained with ``bottleneck``'s settings), one stored
     view per output-side defence, the probes' cache; resumable. ``fit_samples``: the size of the
     split that fits erasers and trains bottlenecks (default: half)."""
-    from logitleak.capture.store import ActivationStore
-    from logitleak.defenses.stored import defended_output
-
     if cfg.endpoint:
         raise LogitleakError("`defend` needs a local model (--model); a black-box endpoint cannot be scrubbed. "
                              "Audit an endpoint's output-side defences by serving it with `logitleak serve --defense`.")
+    with prepare_out_dir(cfg) as out_dir:
+        return _defend(cfg, out_dir, grid, max_loss=max_loss, progress=progress, bottleneck=bottleneck,
+                       fit_samples=fit_samples)
+
+
+def _defend(cfg: AuditConfig, out_dir: OutDir, grid: list[Defense], *, max_loss: float, progress: bool,
+            bottleneck: BottleneckSettings | None, fit_samples: int | None) -> DefendResult:
+    """:func:`run_defend` in the output folder it holds."""
+    from logitleak.capture.store import ActivationStore
+    from logitleak.defenses.stored import defended_output
+
     timer = Timer(progress=progress)
 
     def data_checked(probeset: ProbeSet) -> ProbeSet:
@@ -138,7 +147,7 @@ def run_defend(cfg: AuditConfig, grid: list[Defense], *, max_loss: float = 0.05,
                                  "attributes, so give it one (e.g. with --attributes).")
         return probeset
 
-    start = start_run(cfg, timer, progress=progress, check_data=data_checked)
+    start = start_run(cfg, out_dir, timer, command="defend", progress=progress, check_data=data_checked)
     out, probeset, adapter = start.out, start.probeset, start.adapter
     attributes = probeset.categorical_attributes
     cache = out / "cache"

@@ -72,6 +72,8 @@ def probe(
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda when available, else cpu)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     fail_on: str = fail_on_option(),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier probe run's results in --out (never files "
+                                                      "logitleak did not write)."),
 ) -> None:
     """Probe every feature set for every label attribute; write results and print a summary."""
     from rich.console import Console
@@ -84,10 +86,10 @@ def probe(
     from logitleak.report.console import print_table
     from logitleak.report.gate import failing, verdict_record, write_verdict
     from logitleak.results import write_results
-    from logitleak.userpaths import ensure_out_dir
+    from logitleak.userpaths import claim_out_dir
 
     gate = check_fail_on(fail_on)
-    ensure_out_dir(out)  # before any work: a path that cannot hold results fails now
+    out_dir = claim_out_dir(out, force=force)  # before any work: a path that cannot hold results fails now
     check_device(device)
     families = tuple(p.strip() for p in probes.split(",") if p.strip())
     unknown = [p for p in families if p not in PROBE_FAMILIES]
@@ -109,12 +111,17 @@ def probe(
     if task is not None and task not in label_map:
         raise LogitleakError(
             f"--task '{task}' is not a column of {labels} (attributes: {', '.join(label_map)}); pass one of those.")
+    out_dir.begin({"features": str(features), "labels": str(labels), "group_column": group_column, "task": task},
+                  "probe")
     df = evaluate_sweep(feats, label_map, groups=groups, task_attribute=task, probes=families, n_folds=folds,
                         n_permutations=permutations, n_bootstrap=bootstrap, seed=seed, device=device,
                         progress=progress, mlp_levels=mlp_on)
     write_results(df, out)
     dec = decide(df)  # once: the table, verdict.json and the gate read these
     write_verdict(out, verdict_record(dec))
+    out_dir.finish({"rows": len(df), "seed": seed, "folds": folds,
+                    "permutations": permutations, "bootstrap": bootstrap, "probes": list(families)})
+    out_dir.release()
     console = Console()
     print_table(console, summary_table(df, title=f"Probe results ({len(df)} rows, {folds}-fold CV, "
                                        + (f"{permutations} permutations)" if permutations else "held-out gain test)"),
