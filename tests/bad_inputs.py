@@ -29,11 +29,21 @@ class Case:
     """Substrings the error output must contain (the input it names), case-insensitive."""
     keep_out: bool = True
     """Append ``--out <copy of earlier results>`` and check nothing in it was lost."""
+    force: bool = True
+    """With ``keep_out``, append ``--force`` too: a rerun into an earlier run's directory with other
+    settings must still lose nothing when it fails (False where the case is the run record itself)."""
     usage: bool = False
     """A click usage error: usage text allowed, exit code 2."""
     env: dict = field(default_factory=dict)
     run_json: str | None = None
     """Written as ``run.json`` into the earlier results first (a damaged run record)."""
+    out_from: str = "earlier"
+    """The world directory copied as ``--out`` (with ``keep_out``): an earlier run's, or a user's own files."""
+    locked: bool = False
+    """Another run holds the ``--out`` directory (its lock) while the command runs."""
+    disk: int | None = None
+    """Run on a fresh file system of this many bytes mounted at ``{d}`` (a private mount namespace:
+    ``unshare -rm``; the case is skipped where the machine does not allow one)."""
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -162,12 +172,16 @@ def build_world(w: Path, organism_dir: Path | None) -> None:
             else:
                 with open(d / "pytorch_model.bin", "wb") as fh:
                     pickle.dump(_Evil(str(w / MARKER)), fh)
-    # earlier results that no failed run may lose
+    # earlier results that no failed run may lose (a directory of an earlier logitleak run: its run record)
     keep = w / "earlier"
     (keep / "cache" / "probes").mkdir(parents=True)
+    (keep / "run.json").write_text(json.dumps({"written_by": "logitleak", "command": "audit", "status": "finished",
+                                               "identity": {"model": "organism", "data": "shapes", "task": "color",
+                                                            "seed": 0}}))
     (keep / "results.csv").write_text("level,accuracy\nresidual,0.9\n")
     (keep / "report.html").write_text("<html>earlier report</html>")
     (keep / "cache" / "probes" / "abc.parquet").write_bytes(b"PAR1 earlier probe results PAR1")
+    build_data_world(w)
 
 
 A = ("audit",)
@@ -231,7 +245,7 @@ def cases() -> list[Case]:
         c("out-is-file", A + ("--out", "{w}/afile"), ("afile",), keep_out=False),
         c("out-in-proc", A + ("--out", "/proc/logitleak-fuzz/out"), ("/proc/logitleak-fuzz",), keep_out=False),
         c("out-in-sys", A + ("--out", "/sys/logitleak-fuzz"), ("/sys/logitleak-fuzz",), keep_out=False),
-        c("out-damaged-run-record", A, ("run.json", "damaged"), run_json='{"identity": {"model": '),
+        c("out-damaged-run-record", A, ("run.json", "damaged"), run_json='{"identity": {"model": ', force=False),
         # ---- probe sets and label files
         c("data-missing", A + ("--data", "{w}/nowhere"), ("nowhere",)),
         c("labels-empty", A + FOLDER + ("--labels", "{w}/imgs/empty.csv"), ("empty.csv", "empty")),
@@ -346,6 +360,119 @@ def cases() -> list[Case]:
         c("organism-path-seed-letters", ("organism", "path", "--seed", "x1"), ("x1",), keep_out=False),
         c("organism-no-such-subcommand", ("organism", "trian"), ("trian",), keep_out=False, usage=True),
     ]
+    table += data_cases()
     ids = [t.id for t in table]
     assert len(ids) == len(set(ids)), "case ids must be unique"
     return table
+
+
+# ----------------------------------------------------------------------------- issue 21: data, files, inputs
+# Text probe sets, label typing, bounded config files, output directories we do not own, a full disk,
+# too many pixels (the `data` block; other blocks append their own cases above this line's function).
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def build_data_world(w: Path) -> None:
+    """The files of :func:`data_cases`."""
+    t = w / "text"
+    t.mkdir()
+    base = [{"prompt": f"Tell me about item {i}.", "z": "ab"[i % 2]} for i in range(12)]
+    _jsonl(t / "conflict.jsonl", base + [{"prompt": "Tell me about item 0.", "z": "b"}])
+    _jsonl(t / "mixed_numbers.jsonl", [{**r, "z": [1, 1.0, "1"][i % 3]} for i, r in enumerate(base)])
+    _jsonl(t / "mixed_bools.jsonl", [{**r, "z": [True, "true", 1][i % 3]} for i, r in enumerate(base)])
+    _jsonl(t / "nested_label.jsonl", [{**r, "z": [1, 2]} if i == 4 else r for i, r in enumerate(base)])
+    _jsonl(t / "null_label.jsonl", [{**r, "z": None} if i == 1 else r for i, r in enumerate(base)])
+    rows = "".join(f"Tell me about item {i}.,{'' if i == 1 else 'ab'[i % 2]}\n" for i in range(12))
+    (t / "blank_label.csv").write_text("prompt,z\n" + rows)
+    _jsonl(t / "both_columns.jsonl", [{**r, "messages": [{"role": "user", "content": "hi"}]} for r in base])
+    _jsonl(t / "two_systems.jsonl", [{"messages": ([{"role": "system", "content": "T"}] if i == 1 else [])
+                                      + [{"role": "user", "content": r["prompt"]}], "system": "S", "z": r["z"]}
+                                     for i, r in enumerate(base)])
+    (t / "duplicate_key.jsonl").write_text('{"prompt": "hi", "z": "a", "z": "b"}\n')
+    _jsonl(t / "long_prompt.jsonl", [{**r, "prompt": "word " * 40_000} if i == 2 else r for i, r in enumerate(base)])
+    deep = "[" * 2000 + "]" * 2000
+    (t / "deep_cell.jsonl").write_text(f'{{"prompt": "hi", "z": {deep}}}\n')
+    (t / "huge_int.jsonl").write_text('{"prompt": "hi", "z": ' + "9" * 5000 + "}\n")
+    # config files past the bounds
+    (w / "deep.yaml").write_text("k: " + "[" * 5000 + "]" * 5000 + "\n")
+    (w / "deep.toml").write_text("k = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    (w / "digits.yaml").write_text("samples: " + "9" * 5000 + "\n")
+    (w / "digits.toml").write_text("samples = " + "9" * 5000 + "\n")
+    (w / "digits25.toml").write_text("[lens]\nsteps = " + "9" * 25 + "\n")
+    (w / "dup_key.yaml").write_text("task: color\nseed: 1\ntask: shape\n")
+    (w / "dup_key.toml").write_text("task = 'color'\ntask = 'shape'\n")
+    (w / "alias.yaml").write_text("attributes: &a [shape, size]\nlevels: *a\n")
+    (w / "big.yaml").write_text("# padding\n" * 200_000)
+    # output directories that are not logitleak's
+    foreign = w / "foreign"
+    foreign.mkdir()
+    (foreign / "results.csv").write_text("my,own\n1,2\n")
+    (foreign / "report.html").write_text("<html>my own report</html>")
+    (foreign / "results.json").write_text('{"mine": true}')
+    not_ours = w / "not_ours"
+    not_ours.mkdir()
+    (not_ours / "run.json").write_text('{"tool": "another program", "results": [1, 2]}')
+    (w / "link_out").symlink_to(foreign)
+    linked = w / "linked_run"
+    shutil.copytree(w / "earlier", linked)
+    (linked / "cache" / "results.csv").symlink_to(foreign / "results.csv")
+    # an image folder whose images together hold more pixels than a probe set may
+    big = w / "bigimgs"
+    big.mkdir()
+    for i in range(60):
+        (big / f"big_{i:02d}.png").write_bytes(_png_header(9000, 9000 + i))
+    pd.DataFrame({"path": [f"big_{i:02d}.png" for i in range(60)], "color": ["red", "blue"] * 30}
+                 ).to_csv(big / "labels.csv", index=False)
+
+
+TXT = ("--model", "organism", "--task", "z", "--data")
+
+
+def data_cases() -> list[Case]:
+    c = Case
+    return [
+        # text probe sets: duplicates, label types, blank and null labels, ambiguous columns, prompt length
+        c("text-conflicting-duplicate", A + TXT + ("{w}/text/conflict.jsonl",), ("Rows 1 and 13", "conflict.jsonl")),
+        c("text-label-number-and-string", A + TXT + ("{w}/text/mixed_numbers.jsonl",),
+          ("'z'", "mixed_numbers.jsonl", "mixes kinds", "row 3")),
+        c("text-label-bool-and-string", A + TXT + ("{w}/text/mixed_bools.jsonl",), ("'z'", "true/false", "row 2")),
+        c("text-label-nested", A + TXT + ("{w}/text/nested_label.jsonl",), ("'z'", "row 5", "not a single value")),
+        c("text-label-null", A + TXT + ("{w}/text/null_label.jsonl",), ("'z'", "null_label.jsonl", "row 2")),
+        c("text-label-blank-csv", A + TXT + ("{w}/text/blank_label.csv",), ("'z'", "blank_label.csv", "row 2")),
+        c("text-prompt-and-messages", A + TXT + ("{w}/text/both_columns.jsonl",), ("both a 'prompt' and a 'messages'",)),
+        c("text-system-twice", A + TXT + ("{w}/text/two_systems.jsonl",), ("Row 2", "system cell")),
+        c("text-duplicate-key", A + TXT + ("{w}/text/duplicate_key.jsonl",), ("'z' twice", "line 1")),
+        c("text-deep-cell", A + TXT + ("{w}/text/deep_cell.jsonl",), ("deep_cell.jsonl", "line 1")),
+        c("text-huge-integer", A + TXT + ("{w}/text/huge_int.jsonl",), ("huge_int.jsonl", "4300 digits")),
+        c("text-prompt-over-context", A + TXT + ("{w}/text/long_prompt.jsonl", "--probe-workers", "0"),
+          ("Row 3", "long_prompt.jsonl", "context length")),
+        # config files past the bounds
+        c("config-deep-yaml", A + ("--config", "{w}/deep.yaml"), ("deep.yaml", "deeper than 16")),
+        c("config-deep-toml", A + ("--config", "{w}/deep.toml"), ("deep.toml", "deeper")),
+        c("config-integer-digits-yaml", A + ("--config", "{w}/digits.yaml"), ("digits.yaml", "5000 digits")),
+        c("config-integer-digits-toml", A + ("--config", "{w}/digits.toml"), ("digits.toml", "19 digits")),
+        c("config-integer-25-digits", A + ("--config", "{w}/digits25.toml"), ("digits25.toml", "lens.steps")),
+        c("config-duplicate-key-yaml", A + ("--config", "{w}/dup_key.yaml"), ("'task' twice", "lines 1 and 3")),
+        c("config-duplicate-key-toml", A + ("--config", "{w}/dup_key.toml"), ("dup_key.toml", "key twice")),
+        c("config-alias", A + ("--config", "{w}/alias.yaml"), ("alias.yaml", "alias")),
+        c("config-too-large", A + ("--config", "{w}/big.yaml"), ("big.yaml", "1,048,576")),
+        # output directories that are not logitleak's, or held by another run
+        c("out-foreign-files", A, ("did not write", "results.csv"), out_from="foreign"),
+        c("out-foreign-run-json", A, ("run.json that logitleak did not write",), out_from="not_ours"),
+        c("out-symlink", A + ("--out", "{w}/link_out", "--force"), ("link_out", "symbolic link"), keep_out=False),
+        c("out-symlink-inside", A + ("--out", "{w}/linked_run"), ("symbolic link", "results.csv"), keep_out=False),
+        c("out-held-by-another-run", A + ("--samples", "20"), ("in use by another logitleak run",), locked=True),
+        c("defend-out-foreign-files", ("defend",), ("did not write",), out_from="foreign"),
+        c("probe-out-foreign-files", ("probe", "--features", "{w}/feats.npy", "--labels", "{w}/plabels.csv"),
+          ("did not write",), out_from="foreign"),
+        c("probe-out-held-by-another-run", ("probe", "--features", "{w}/feats.npy", "--labels", "{w}/plabels.csv"),
+          ("in use",), locked=True),
+        # a disk too small for the capture, and images holding too many pixels
+        c("disk-too-small-for-capture", A + ORG + ("--samples", "200", "--probe-workers", "0", "--out", "{d}/out"),
+          ("needs about", "bytes", "{d}/out"), keep_out=False, disk=256 * 1024),
+        c("images-too-many-pixels", A + ORG + ("--data", "{w}/bigimgs", "--task", "color"),
+          ("labels.csv", "4,294,967,296", "--samples")),
+    ]
