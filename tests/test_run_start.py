@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from logitleak.audit import Start, finish_run, run_record, start_run
+from logitleak.audit import Start, finish_run, prepare_out_dir, run_record, start_run
 from logitleak.config import make_config
 from logitleak.errors import LogitleakError
 from logitleak.timing import Timer
@@ -16,7 +16,8 @@ from logitleak.timing import Timer
 def _start(tmp_path, model="organism", adapter=None, **cfg):
     c = make_config({"model": model, "data": "shapes", "task": "color", "samples": 40, "out": str(tmp_path / "o"), **cfg})
     probeset = SimpleNamespace(fingerprint=lambda: "data-fp")
-    return Start(c, tmp_path / "o", probeset, adapter, tmp_path / "model-dir" if adapter is not None else None)
+    out_dir = SimpleNamespace(path=tmp_path / "o")
+    return Start(c, out_dir, probeset, adapter, tmp_path / "model-dir" if adapter is not None else None)
 
 
 def test_one_model_name_rule_for_every_command(tmp_path):
@@ -39,13 +40,17 @@ def test_the_run_record_and_run_json(tmp_path):
     assert info["model"] == "organism" and info["model_fingerprint"] == "weights-fp"
     assert info["data_fingerprint"] == "data-fp" and info["n_samples"] == 40 and info["task"] == "color"
     assert info["identity"]["model"] == "organism" and set(info["timings"]) == {"load"}
-    start.out.mkdir()
-    with timer("report"):
-        pass
-    finish_run(start, info, timer)
+    with prepare_out_dir(start.cfg) as out_dir:
+        start.out_dir = out_dir
+        out_dir.begin({"model": "organism"}, "audit")
+        with timer("report"):
+            pass
+        finish_run(start, info, timer)
     import json
 
-    assert set(json.loads((start.out / "run.json").read_text())["timings"]) == {"load", "report"}
+    record = json.loads((start.out / "run.json").read_text())
+    assert set(record["timings"]) == {"load", "report"} and record["command"] == "audit"
+    assert record["status"] == "finished"
 
 
 def test_bad_data_fails_before_the_model_loads(tmp_path, monkeypatch):
@@ -60,5 +65,6 @@ def test_bad_data_fails_before_the_model_loads(tmp_path, monkeypatch):
     def refuse(probeset):
         raise LogitleakError("no class attribute")
 
-    with pytest.raises(LogitleakError, match="no class attribute"):
-        start_run(cfg, Timer(), progress=False, check_data=refuse)
+    with pytest.raises(LogitleakError, match="no class attribute"), prepare_out_dir(cfg) as out_dir:
+        start_run(cfg, out_dir, Timer(), command="audit", progress=False, check_data=refuse)
+    assert not (tmp_path / "o" / "run.json").exists()   # refused before the folder was marked as this run's
