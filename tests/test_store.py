@@ -51,8 +51,8 @@ def test_round_trip_matches_capture(adapter, probeset, clean):
     assert len(clean) == N and clean.n_layers == adapter.n_layers
     for layer in range(adapter.n_layers + 1):
         x = clean.layer(layer)
-        assert x.dtype == np.float16 and x.shape == (N, adapter.d_model)
-        # batches differ (shards cut them), so padding differs: equal up to float16 rounding
+        assert x.dtype == np.float32 and x.shape == (N, adapter.d_model)  # the store's CPU default
+        # batches differ (shards cut them), so padding differs: equal up to rounding
         np.testing.assert_allclose(x.astype(np.float32), cap.hidden[:, layer].numpy(), rtol=2e-3, atol=2e-3)
     np.testing.assert_allclose(clean.logits(), cap.logits.numpy(), rtol=1e-4, atol=1e-4)
     assert clean.logits().dtype == np.float32
@@ -137,8 +137,8 @@ def test_open_finds_what_extract_stored_under_the_same_key(adapter, probeset, cl
 
 def test_keys_separate_settings(adapter, probeset, clean, tmp_path):
     store = ActivationStore(tmp_path)
-    other = store.extract(adapter, probeset, shard_size=SHARD, read_position=-2, hidden_dtype="float32", progress=False)
-    assert other.layer(0).dtype == np.float32
+    other = store.extract(adapter, probeset, shard_size=SHARD, read_position=-2, hidden_dtype="float16", progress=False)
+    assert other.layer(0).dtype == np.float16
     assert other.path.name != clean.path.name
     assert other.path.parent.name == clean.path.parent.name  # same probe set
     with pytest.raises(LogitleakError, match="edit_key"):

@@ -20,6 +20,7 @@ from logitleak.decisions import Decisions, decide
 from logitleak.errors import LogitleakError
 from logitleak.levels.plan import plan_levels
 from logitleak.levels.table import ANSWERS, DECODER_LAYER_LEVELS, LENS, TRANSITION_LEVELS, TUNED_LENS_LEVELS
+from logitleak.models.devices import compute_device
 from logitleak.results import write_results
 from logitleak.timing import Timer
 from logitleak.userpaths import OutDir, claim_out_dir
@@ -207,7 +208,7 @@ def _start_probe_workers(cfg: AuditConfig) -> None:
     """After the cheap checks: start the probe worker processes, so their imports overlap the capture."""
     from logitleak.probing.stages import stage_workers, start_workers
 
-    start_workers(stage_workers(cfg.probes.workers, cfg.device))
+    start_workers(stage_workers(cfg.probes.workers, compute_device(cfg.device)))
 
 
 def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
@@ -256,9 +257,9 @@ def _audit(cfg: AuditConfig, out_dir: OutDir, progress: bool) -> AuditResult:
             stored = ActivationStore(cache / "captures").extract(adapter, probeset, batch_size=cfg.batch_size,
                                                                  shard_size=cfg.shard_size, progress=progress,
                                                                  vision_pool=cfg.vision_pool, generate=cfg.generate,
-                                                                 gen_k=max(cfg.k))
+                                                                 gen_k=max(cfg.k), hidden_dtype=cfg.store_dtype)
             capture = stored  # levels and the lens read one layer at a time from disk
-            readout = adapter.readout()
+            readout = adapter.readout().to(compute_device(cfg.device))  # lens and lens levels: the first GPU
             answer_ids = answer_token_ids(adapter, probeset)
             n_layers = capture.n_layers
             layers = _selected_layers(cfg, n_layers)

@@ -22,7 +22,7 @@ MAX_SAMPLES = 10_000_000
 MAX_GENERATE = 512
 """The most tokens ``--generate`` reads (the generate pass refuses more)."""
 DTYPES = ("auto", "float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16")
-_DEVICE = re.compile(r"^(cpu|cuda|mps|xpu|meta|hpu|npu)(:\d+)?$")
+_DEVICE = re.compile(r"^(auto|(cpu|cuda|mps|xpu|meta|hpu|npu)(:\d+)?)$")
 
 
 # ----------------------------------------------------------------------------- bounds on structured files
@@ -209,7 +209,10 @@ class AuditConfig(_Strict):
     batch_size: int = Field(32, ge=1, le=65536)
     shard_size: int = Field(1024, ge=1, le=1_000_000)
     device: str | None = None
+    """torch device; ``auto``: accelerate places the model across the visible GPUs and CPU memory."""
     dtype: str | None = None
+    store_dtype: Literal["float16", "bfloat16", "float32"] | None = None
+    """The activation store's dtype for hidden states; ``None``: float16 on a GPU, float32 on the CPU."""
     allow_pickle: bool = False
     """Load pickle checkpoints (``pytorch_model.bin``, weights-only) too; by default only safetensors."""
     probes: ProbeSettings = ProbeSettings()
@@ -272,7 +275,7 @@ class AuditConfig(_Strict):
     @classmethod
     def _device_name(cls, v: str | None) -> str | None:
         if v is not None and not _DEVICE.match(v.strip()):
-            raise ValueError(f"{v!r} is not a torch device; use cpu, cuda, cuda:N or mps")
+            raise ValueError(f"{v!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps")
         return None if v is None else v.strip()
 
     @field_validator("layers")

@@ -170,7 +170,7 @@ def _defend(cfg: AuditConfig, out_dir: OutDir, grid: list[Defense], *, max_loss:
     answer_ids = torch.tensor([_first_token(adapter, w) for w in eval_set.answers])
     store = ActivationStore(cache / "captures")
 
-    def extract(ps: ProbeSet, hooks: dict | None, key: str | None, hidden_dtype: str = "float16", model=None):
+    def extract(ps: ProbeSet, hooks: dict | None, key: str | None, hidden_dtype: str | None = cfg.store_dtype, model=None):
         return store.extract(model or adapter, ps, batch_size=cfg.batch_size, shard_size=cfg.shard_size, progress=progress,
                              edit_hooks=hooks or None, edit_key=key if hooks else None, vision_pool=None,
                              hidden_dtype=hidden_dtype)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from logitleak.capture.generation import capture_generate, check_generate
-from logitleak.capture.hooks import EditHook, Recorder, check_edit_hooks, read_positions
+from logitleak.capture.hooks import EditHook, Recorder, check_edit_hooks, read_positions, to_cpu_stack
 from logitleak.capture.source import Capture, concat_captures
 from logitleak.capture.vision import VisionRecorder, image_counts
 from logitleak.errors import LogitleakError
@@ -80,11 +80,11 @@ def capture_inputs(adapter: ModelAdapter, inputs: Mapping[str, torch.Tensor], *,
             missing = [i for i, v in enumerate(vrec.states) if v is None]
             raise LogitleakError(f"Vision blocks {missing} of {adapter.name!r} did not run in the forward pass; capture "
                                  "with vision_pool=None or name the blocks the tower uses in the family table.")
-        out.vision = torch.stack(vrec.states, dim=1).to(device="cpu", dtype=hidden_dtype).clone()
+        out.vision = to_cpu_stack(vrec.states, hidden_dtype).clone()
         if vrec.proj is not None:
             out.projector = vrec.proj.to(device="cpu", dtype=hidden_dtype).clone()
     if rec.image_mask is not None and all(v is not None for v in rec.image_states):
-        out.image_hidden = torch.stack(rec.image_states, dim=1).to(device="cpu", dtype=hidden_dtype).clone()
+        out.image_hidden = to_cpu_stack(rec.image_states, hidden_dtype).clone()
     return out
 
 

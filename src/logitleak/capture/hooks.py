@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -32,6 +32,14 @@ class HookSet:
             h.remove()
         self.handles.clear()
         return False
+
+
+def to_cpu_stack(states: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """``(B, n, D)`` per-layer states ``(B, D)`` stacked on the CPU in ``dtype``: each is read from
+    wherever its layer lives (a model placed across GPUs keeps its blocks on several devices)."""
+    if len({s.device for s in states}) == 1:  # one device: stack there, copy once
+        return torch.stack(list(states), dim=1).to(device="cpu", dtype=dtype)
+    return torch.stack([s.to(device="cpu", dtype=dtype) for s in states], dim=1)
 
 
 def read_positions(attention_mask: torch.Tensor, read_position: str | int = "last") -> torch.Tensor:
@@ -100,7 +108,7 @@ class Recorder(HookSet):
             missing = [i for i, s in enumerate(self.states) if s is None]
             raise LogitleakError(f"Decoder layers {missing} {where}; pass mapping={{'layers': ...}} naming the blocks "
                                  "the model actually uses.")
-        return torch.stack(self.states, dim=1).to(device="cpu", dtype=hidden_dtype)
+        return to_cpu_stack(self.states, hidden_dtype)
 
     def _register(self) -> None:
         def pre_hook(module, args, kwargs):

@@ -49,6 +49,10 @@ class CaptureSource(Protocol):
     @property
     def n_vision_states(self) -> int: ...
 
+    @property
+    def state_dtype(self) -> type:
+        """numpy dtype residual features are held in (float16 where the states are float16: exact)."""
+
     def read_hidden(self, layer: int) -> torch.Tensor:
         """``(N, D)`` float32 raw residual at the read position, ``layer`` 0..n_layers."""
 
@@ -103,6 +107,10 @@ class MemoryReads:
     @property
     def n_vision_states(self) -> int:
         return 0 if self.vision is None else int(self.vision.shape[1])
+
+    @property
+    def state_dtype(self) -> type:
+        return np.float16 if self.hidden is not None and self.hidden.dtype == torch.float16 else np.float32
 
     def read_hidden(self, layer: int) -> torch.Tensor:
         if self.hidden is None:

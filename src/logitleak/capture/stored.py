@@ -15,6 +15,8 @@ from logitleak.integrity import matches
 from logitleak.levels.table import HIDDEN, IMAGE_HIDDEN, LOGITS, PROJECTOR, RESPONSE, RESPONSE_HIDDEN, VISION
 
 MANIFEST = "manifest.json"
+SAFETENSORS_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+"""Store dtype -> how safetensors names it in a shard's header."""
 
 
 def read_manifest(path: Path) -> dict | None:
@@ -58,6 +60,17 @@ class StoredCapture:
     @property
     def meta(self) -> dict:
         return dict(self.manifest["meta"])
+
+    @property
+    def store_dtype(self) -> str:
+        """The declared dtype of the stored hidden states (``float16``, ``bfloat16`` or ``float32``)."""
+        return str(self.manifest.get("store_dtype") or self.manifest["meta"].get("hidden_dtype") or "float16")
+
+    @property
+    def state_dtype(self) -> type:
+        """The numpy dtype hidden-state features are held in: float16 for a float16 store (exact), else
+        float32 (numpy has no bfloat16); the probes upcast per batch."""
+        return np.float16 if self.store_dtype == "float16" else np.float32
 
     def __len__(self) -> int:
         return int(self.manifest["n"])
@@ -103,14 +116,19 @@ class StoredCapture:
         return self._read(name)
 
     def _files(self) -> list[Path]:
-        return [self.path / s["file"] for s in self.manifest["shards"]]
+        return [self.path / s["file"] for s in sorted(self.manifest["shards"], key=lambda s: int(s.get("index", 0)))]
 
     def _read(self, name: str) -> np.ndarray:
         from safetensors import safe_open
 
         parts = []
+        declared = SAFETENSORS_DTYPES.get(self.store_dtype) if name.startswith("hidden.") else None
         for f in self._files():
             with safe_open(str(f), framework="pt") as fh:
+                if declared is not None and fh.get_slice(name).get_dtype() != declared:
+                    raise LogitleakError(f"Shard {f} holds {name} as {fh.get_slice(name).get_dtype()}, but the manifest "
+                                         f"declares {self.store_dtype}; rerun the extraction (the same command) to "
+                                         "recompute the capture.")
                 t = fh.get_tensor(name)
             parts.append((t.float() if t.dtype == torch.bfloat16 else t).numpy())
         return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
@@ -126,7 +144,7 @@ class StoredCapture:
             yield (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
     def layer(self, layer: int, dtype=None) -> np.ndarray:
-        """``(N, D)`` raw residual at ``layer`` (stored dtype, float16 by default, unless ``dtype``)."""
+        """``(N, D)`` raw residual at ``layer`` (the store dtype, bfloat16 read as float32, unless ``dtype``)."""
         x = self._read(f"hidden.{check_layer(layer, self.n_layers)}")
         return x.astype(dtype) if dtype is not None else x
 

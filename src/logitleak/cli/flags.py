@@ -65,8 +65,11 @@ CONFIG_FLAGS: tuple[Flag, ...] = (
     Flag("force", "Replace a different audit's results in --out.", "bool"),
     Flag("batch_size", "Capture batch size.", "int"),
     Flag("shard_size", "Samples per activation-store shard (memory holds one shard).", "int"),
-    Flag("device", "torch device: cpu, cuda, cuda:N, mps (default: cuda if available, else cpu)."),
+    Flag("device", "torch device: cpu, cuda, cuda:N, mps, or auto (the model placed across the visible GPUs and CPU "
+                   "memory; lens and probes on the first GPU) (default: cuda if available, else cpu)."),
     Flag("dtype", "Model dtype, e.g. float32, bfloat16."),
+    Flag("store_dtype", "Activation store dtype: float16, bfloat16 or float32 (default: float16 on a GPU, float32 "
+                        "on the CPU)."),
     Flag("allow_pickle", "Also load pickle checkpoints (pytorch_model.bin) with torch's weights-only loader; "
                          "by default only safetensors load.", "bool"),
     Flag("probes.families", "Probe families: linear,mlp.", "strs", name="--probes"),

@@ -7,7 +7,8 @@ full logits are read at most once per :func:`build_features` call). The lens lev
 :class:`~logitleak.models.readout.Readout`: the model's final norm and unembedding, held on their own.
 
 Level names and what each needs come from :mod:`logitleak.levels.table`. :func:`build_features` returns
-``{(level, layer | None, k | None): (N, F) float32 array}``.
+``{(level, layer | None, k | None): (N, F) float32 array}`` (the residual and pca levels of a float16
+capture stay float16, exactly as stored; the probes upcast per batch).
 
 ``topk_ids`` — top-k *with token identities* — is the matrix an attacker builds from
 ``top_logprobs``: one column per token id in the union ``U`` of ids that appear in any sample's
@@ -87,7 +88,7 @@ def lens_logits(cap: CaptureSource, readout: Readout, lens: Lens, layer: int) ->
     """``(N, V)`` a lens's logits at ``layer``: the readout of the residual the lens translated."""
     _check_layer(cap, layer)
     with torch.no_grad():
-        return readout(lens.transform_hidden(hidden_at(cap, layer), layer))
+        return readout(lens.transform_hidden(hidden_at(cap, layer).to(readout.device), layer))
 
 
 def logit_lens(cap: CaptureSource, readout: Readout, layer: int) -> torch.Tensor:
@@ -130,7 +131,7 @@ def logits_features(logits: torch.Tensor, readout: Readout | None) -> np.ndarray
     Q = Q.float()
     out = np.empty((len(logits), readout.d_model), np.float32)
     for r0 in range(0, len(logits), ROW_CHUNK):
-        z = logits[r0:r0 + ROW_CHUNK].float()
+        z = logits[r0:r0 + ROW_CHUNK].float().to(Q.device)  # on the readout's device (the first GPU in an audit)
         if readout.softcap is not None:                                   # tanh(x / c) * c, inverted
             c = readout.softcap
             z = torch.atanh((z / c).clamp(-1 + 1e-6, 1 - 1e-6)) * c
@@ -138,7 +139,7 @@ def logits_features(logits: torch.Tensor, readout: Readout | None) -> np.ndarray
             z = z / readout.scale
         if readout.bias is not None:
             z = z - readout.bias
-        out[r0:r0 + ROW_CHUNK] = (z @ Q).numpy()
+        out[r0:r0 + ROW_CHUNK] = (z @ Q).cpu().numpy()
     return out
 
 
@@ -230,11 +231,12 @@ def _lens_features(h_all: torch.Tensor, readout: Readout, layer: int, ks: Sequen
         raise LogitleakError(f"Answer token ids must be a non-empty list within 0..{readout.vocab_size - 1}.")
     with torch.no_grad():
         for r0 in range(0, N, ROW_CHUNK):
-            logits = readout(lens.transform_hidden(h_all[r0:r0 + ROW_CHUNK], layer))
+            h = h_all[r0:r0 + ROW_CHUNK].to(readout.device)  # the readout's device: the first GPU in an audit
+            logits = readout(lens.transform_hidden(h, layer))
             if kmax:
-                tops.append(torch.topk(logits, kmax, dim=-1, sorted=True).values)
+                tops.append(torch.topk(logits, kmax, dim=-1, sorted=True).values.cpu())
             if ids is not None:
-                answers.append(logits[:, ids])
+                answers.append(logits[:, ids.to(logits.device)].cpu())
     topk = {}
     if kmax:
         top = torch.cat(tops).numpy()
@@ -246,7 +248,8 @@ def build_features(cap: CaptureSource, readout: Readout | None, *, levels: Itera
                    lens=None, answer_token_ids: Sequence[int] | None = None,
                    pca_dims: Iterable[int] = DEFAULT_PCA_DIMS,
                    vision_layers: Iterable[int] | None = None) -> dict[FeatureKey, np.ndarray]:
-    """Every requested level as a feature matrix: ``{(level, layer | None, k | None): (N, F) float32}``.
+    """Every requested level as a feature matrix: ``{(level, layer | None, k | None): (N, F) float32}``
+    (``residual`` and ``pca`` in float16 when the capture holds float16 states: the probes upcast per batch).
 
     The vision-to-language levels (:mod:`logitleak.levels.transition`): ``vision`` one entry per vision
     state (``vision_layers``, default all), ``projector`` one, ``image_residual`` one per layer;
@@ -279,7 +282,8 @@ def build_features(cap: CaptureSource, readout: Readout | None, *, levels: Itera
             continue
         h = hidden_at(cap, layer)  # read once, shared by the residual, pca and both lenses
         if "residual" in levels or "pca" in levels:
-            res = np.ascontiguousarray(h.numpy(), dtype=np.float32)
+            # shared by residual and pca; float16 where the capture holds float16 (exact), upcast per probe batch
+            res = np.ascontiguousarray(h.numpy(), dtype=cap.state_dtype)
             if "residual" in levels:
                 feats[("residual", layer, None)] = res
             if "pca" in levels:
@@ -322,4 +326,4 @@ def build_features(cap: CaptureSource, readout: Readout | None, *, levels: Itera
     if "top1_prob" in levels:
         feats[("top1_prob", None, None)] = top1_prob(cap, logits)
     feats.update(response_features(cap, levels, layers, ks))
-    return {key: np.ascontiguousarray(v, dtype=np.float32) for key, v in feats.items()}
+    return {key: v if v.dtype == np.float16 else np.ascontiguousarray(v, dtype=np.float32) for key, v in feats.items()}

@@ -72,7 +72,7 @@ class TunedLens(Lens):
         h = h.to(torch.float32)
         if layer not in self.weight:
             return h
-        return h + h @ self.weight[layer].T + self.bias[layer]
+        return h + h @ self.weight[layer].to(h.device).T + self.bias[layer].to(h.device)
 
 
     def matches(self, readout: Readout) -> bool:
@@ -200,8 +200,9 @@ def fit_tuned_lens(capture, readout: Readout, *, layers: Sequence[int] | None = 
     train_t, test_t = torch.as_tensor(train), torch.as_tensor(np.asarray(test), dtype=torch.long)
     if len(test_t) == 0:
         raise LogitleakError("No held-out rows to measure the lens KL on; pass a non-empty index.")
+    dev = readout.device  # the lens runs where its readout is (the audit puts it on the first GPU)
     h_last = hidden_at(capture, L)     # each stored layer is read once: fitted on its train rows, measured on the rest
-    h_last_train = h_last[train_t].float()  # targets are recomputed per batch: no (N, V) array held
+    h_last_train = h_last[train_t].float().to(dev)  # targets are recomputed per batch: no (N, V) array held
     steps_taken = steps if max_work is None else kl_steps(steps, batch_size, len(train), readout, max_work)
     kl: dict[int, tuple[float, float]] = {}
     with PhaseBar(progress, "tuned lens", len(lens.layers) * max(steps_taken, 1)) as bar, _small_op_threads(readout):
@@ -209,9 +210,9 @@ def fit_tuned_lens(capture, readout: Readout, *, layers: Sequence[int] | None = 
         for layer in range(L + 1):
             h_all = h_last if layer == L else hidden_at(capture, layer)
             if layer in lens.weight:
-                _fit_layer(readout, lens, layer, h_all[train_t].float(), h_last_train, target_all, steps=steps_taken,
+                _fit_layer(readout, lens, layer, h_all[train_t].float().to(dev), h_last_train, target_all, steps=steps_taken,
                            lr=lr, weight_decay=weight_decay, batch_size=batch_size, gen=gen, bar=bar)
-            kl[layer] = _kl_pair(readout, lens, h_all[test_t], h_last[test_t], layer)
+            kl[layer] = _kl_pair(readout, lens, h_all[test_t].to(dev), h_last[test_t].to(dev), layer)
         if not steps_taken:
             bar.advance(len(lens.layers))
     lens.heldout_kl_ = kl
@@ -232,7 +233,7 @@ def least_squares_translator(h: torch.Tensor, h_last: torch.Tensor, ridge: float
     X = torch.cat([h.double(), h.new_ones(len(h), 1, dtype=torch.float64)], 1)
     G = X.T @ X
     lam = ridge * float(torch.diagonal(G).mean())
-    reg = torch.eye(G.shape[0], dtype=G.dtype) * lam
+    reg = torch.eye(G.shape[0], dtype=G.dtype, device=G.device) * lam
     reg[-1, -1] = 0.0                                  # the bias is not penalised
     sol = torch.linalg.solve(G + reg, X.T @ (h_last.double() - h.double())).float()
     return sol[:-1].T.contiguous(), sol[-1].contiguous()
@@ -255,7 +256,7 @@ def _fit_layer(readout, lens, layer, h_train, h_last_train, target_all, *, steps
     A, b = A0.requires_grad_(), b0.requires_grad_()
     opt = torch.optim.AdamW([A, b], lr=lr, weight_decay=weight_decay)
     for _ in range(steps):
-        idx = torch.randint(0, n_train, (min(batch_size, n_train),), generator=gen)
+        idx = torch.randint(0, n_train, (min(batch_size, n_train),), generator=gen).to(h_train.device)
         h = h_train[idx]
         if target_all is not None:
             target = target_all[idx]
@@ -267,7 +268,7 @@ def _fit_layer(readout, lens, layer, h_train, h_last_train, target_all, *, steps
         loss.backward()
         opt.step()
         bar.advance()
-    lens.weight[layer], lens.bias[layer] = A.detach().clone(), b.detach().clone()
+    lens.weight[layer], lens.bias[layer] = A.detach().cpu().clone(), b.detach().cpu().clone()
 
 
 def _target_logp(readout: Readout, h_last: torch.Tensor) -> torch.Tensor:
@@ -283,8 +284,8 @@ def heldout_kl(capture, readout: Readout, lens: Lens, *, index=None,
     layers = list(range(L + 1)) if layers is None else [int(x) for x in layers]
     if len(rows) == 0:
         raise LogitleakError("No held-out rows to measure the lens KL on; pass a non-empty index.")
-    h_last = hidden_at(capture, L)[rows]
-    return {layer: _kl_pair(readout, lens, hidden_at(capture, layer)[rows], h_last, layer) for layer in layers}
+    h_last = hidden_at(capture, L)[rows].to(readout.device)
+    return {layer: _kl_pair(readout, lens, hidden_at(capture, layer)[rows].to(readout.device), h_last, layer) for layer in layers}
 
 
 def _kl_pair(readout: Readout, lens: Lens, h_rows: torch.Tensor, h_last: torch.Tensor, layer: int) -> tuple[float, float]:

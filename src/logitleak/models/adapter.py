@@ -231,7 +231,9 @@ class ModelAdapter(InputBuilder):
             h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
             h.update((self.chat_template or "").encode())
             h.update(json.dumps(self.components.paths, sort_keys=True).encode())
-            with torch.no_grad():
+            from logitleak.models.devices import weights_loaded
+
+            with torch.no_grad(), weights_loaded(self.model):  # offloaded blocks too (--device auto)
                 for name, p in self.model.state_dict().items():
                     flat = p.detach().reshape(-1)
                     step = max(1, flat.numel() // 256)

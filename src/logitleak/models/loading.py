@@ -51,11 +51,13 @@ def _model_class(config):
 
 def load_model(path_or_name: str | Path, *, device: str | None = None, dtype: str | torch.dtype | None = None,
                mapping: Mapping | str | Path | None = None, padding_side: str | None = None,
-               allow_pickle: bool = False) -> ModelAdapter:
+               allow_pickle: bool = False, max_memory: Mapping[int | str, int | str] | None = None) -> ModelAdapter:
     """Load a VLM (with its processor) or a causal LM (with its tokenizer) from a local directory
     or a name already in the local Hugging Face cache, and resolve its components.
 
-    ``device``: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available). ``dtype``: ``"float32"``,
+    ``device``: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available), or ``"auto"``: the blocks
+    placed across the visible GPUs and CPU memory (:func:`~logitleak.models.devices.placement`,
+    within ``max_memory``, default most of each GPU's free memory). ``dtype``: ``"float32"``,
     ``"bfloat16"``, ``"float16"``, ``"auto"`` (the checkpoint's) or a ``torch.dtype`` (default:
     float32 on CPU, the checkpoint's elsewhere). ``mapping``: component paths for architectures the
     family table and generic search cannot map (dict or JSON/YAML file; see
@@ -88,7 +90,9 @@ def load_model(path_or_name: str | Path, *, device: str | None = None, dtype: st
         try:
             load_kw = {"local_files_only": True, "dtype": torch_dtype, "trust_remote_code": False,
                        "use_safetensors": use_safetensors}
-            if device != "cpu":
+            if device == "auto":
+                load_kw["device_map"] = _auto_map(cls, config, torch_dtype, max_memory)
+            elif device != "cpu":
                 load_kw["device_map"] = device
             model = cls.from_pretrained(src, **load_kw)
         except OSError as exc:
@@ -124,6 +128,20 @@ def load_model(path_or_name: str | Path, *, device: str | None = None, dtype: st
                            name=gguf_source["file"] if gguf_source else src, padding_side=padding_side)
     adapter.gguf_source = gguf_source
     return adapter
+
+
+def _auto_map(cls, config, torch_dtype, max_memory) -> dict:
+    """The ``auto`` device map, planned on an empty (meta-device) copy of the model: no weights read."""
+    from accelerate import init_empty_weights
+
+    from logitleak.models.devices import placement
+
+    sizing = torch_dtype if isinstance(torch_dtype, torch.dtype) else getattr(config, "dtype", None) or torch.float32
+    if isinstance(sizing, str):
+        sizing = getattr(torch, sizing, torch.float32)
+    with init_empty_weights():
+        empty = cls.from_config(config)
+    return placement(empty, max_memory, dtype=sizing)
 
 
 def _weights_error(src: str, exc: BaseException, use_safetensors: bool | None) -> BaseException:

@@ -12,6 +12,16 @@ from torch import nn
 from logitleak.errors import LogitleakError
 
 
+def _detached(module: nn.Module) -> nn.Module:
+    """A float32 CPU copy of ``module`` without accelerate's placement hooks (they would offload it again)."""
+    norm = copy.deepcopy(module)
+    if hasattr(norm, "_hf_hook"):
+        from accelerate.hooks import remove_hook_from_module
+
+        remove_hook_from_module(norm, recurse=True)
+    return norm.to(device="cpu", dtype=torch.float32)
+
+
 @dataclass
 class Readout:
     """The model's final norm + unembedding (+ final-logit soft-cap / scale), detached from the
@@ -37,17 +47,33 @@ class Readout:
 
     @classmethod
     def from_adapter(cls, adapter) -> Readout:
-        norm = copy.deepcopy(adapter.final_norm).to(device="cpu", dtype=torch.float32)
+        from logitleak.models.devices import weights_loaded
+
         un = adapter.unembed
-        weight = un.weight.detach().to(device="cpu", dtype=torch.float32).clone()
-        bias = getattr(un, "bias", None)
-        bias = None if bias is None else bias.detach().to(device="cpu", dtype=torch.float32).clone()
+        with weights_loaded(adapter.model, adapter.final_norm, un):  # offloaded under --device auto too
+            norm = _detached(adapter.final_norm)
+            weight = un.weight.detach().to(device="cpu", dtype=torch.float32).clone()
+            bias = getattr(un, "bias", None)
+            bias = None if bias is None else bias.detach().to(device="cpu", dtype=torch.float32).clone()
         tc = adapter.text_config
         fam = adapter.family
         softcap = getattr(tc, fam.logit_softcap, None) if fam.logit_softcap else None
         scale = getattr(tc, fam.logit_scale, None) if fam.logit_scale else None
         return cls(norm=norm, weight=weight, bias=bias, softcap=float(softcap) if softcap else None,
                    scale=float(scale) if scale not in (None, 1, 1.0) else None)
+
+    def to(self, device: torch.device | str) -> Readout:
+        """This readout with its norm and unembedding on ``device`` (e.g. the first GPU): a copy
+        that moves its inputs there and returns logits there."""
+        if torch.device(device) == self.device:
+            return self
+        norm = None if self.norm is None else copy.deepcopy(self.norm).to(device)
+        return Readout(norm=norm, weight=self.weight.to(device), bias=None if self.bias is None else self.bias.to(device),
+                       softcap=self.softcap, scale=self.scale)
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight.device
 
     @property
     def d_model(self) -> int:
@@ -58,7 +84,7 @@ class Readout:
         return int(self.weight.shape[0])
 
     def normed(self, h: torch.Tensor) -> torch.Tensor:
-        h = h.to(torch.float32)
+        h = h.to(device=self.weight.device, dtype=torch.float32)
         return self.norm(h) if self.norm is not None else h
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +96,7 @@ class Readout:
         return logits
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        """Raw residual ``(..., D)`` -> logits ``(..., V)`` float32 (final norm applied once)."""
+        """Raw residual ``(..., D)`` -> logits ``(..., V)`` float32 on the readout's device (final norm applied once)."""
         if h.shape[-1] != self.d_model:
             raise LogitleakError(f"Hidden states of width {h.shape[-1]} do not fit this readout (d_model {self.d_model}); "
                                  "use the readout of the model the capture came from.")
@@ -79,13 +105,13 @@ class Readout:
     def fingerprint(self) -> str:
         """Hash of the unembedding and final-norm weights (and quirks): what a tuned lens is tied to."""
         h = hashlib.sha256()
-        h.update(self.weight.contiguous().numpy().tobytes())
+        h.update(self.weight.cpu().contiguous().numpy().tobytes())
         if self.bias is not None:
-            h.update(self.bias.contiguous().numpy().tobytes())
+            h.update(self.bias.cpu().contiguous().numpy().tobytes())
         if self.norm is not None:
             for name, t in sorted(self.norm.state_dict().items()):
                 h.update(name.encode())
-                h.update(t.detach().float().contiguous().numpy().tobytes())
+                h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
             h.update(type(self.norm).__name__.encode())
         h.update(repr((self.softcap, self.scale)).encode())
         return h.hexdigest()[:16]

@@ -16,10 +16,12 @@ _VAR_EPS = 1e-10
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` -> CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``None`` or ``auto`` -> the first GPU when available, else CPU (:func:`~logitleak.models.devices.compute_device`)."""
+    if isinstance(device, torch.device):
+        return device
+    from logitleak.models.devices import compute_device
+
+    return torch.device(compute_device(device))
 
 
 def prepare_features(
