@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # Root installs Debian's chromium directly; anyone else goes through sudo.
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-real demo test browser bench clean
+.PHONY: setup setup-real setup-ray demo test browser bench clean
 
 # llama-cpp-python comes as source only; building just the library (no tools, examples, tests or
 # LLaVA) takes about 5 minutes on 2 cores instead of about 20.
@@ -38,7 +38,14 @@ browser:
 demo: setup
 	$(BIN)/logitleak demo
 
-test: setup setup-real browser
+# The Ray extra (--ray): the tests start a local Ray instance of 2 CPUs.
+setup-ray: $(VENV)/.installed-ray
+
+$(VENV)/.installed-ray: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test,ray]'
+	touch $@
+
+test: setup setup-real setup-ray browser
 	$(BIN)/python -m pytest -q
 
 bench: setup setup-real

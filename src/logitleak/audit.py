@@ -208,7 +208,7 @@ def _start_probe_workers(cfg: AuditConfig) -> None:
     """After the cheap checks: start the probe worker processes, so their imports overlap the capture."""
     from logitleak.probing.stages import stage_workers, start_workers
 
-    start_workers(stage_workers(cfg.probes.workers, compute_device(cfg.device)))
+    start_workers(0 if cfg.ray else stage_workers(cfg.probes.workers, compute_device(cfg.device)))  # Ray: none here
 
 
 def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
@@ -252,13 +252,9 @@ def _audit(cfg: AuditConfig, out_dir: OutDir, progress: bool) -> AuditResult:
             readout, answer_ids, n_layers = None, None, 0
             layers: list[int] = []
         else:
-            from logitleak.capture.store import ActivationStore
+            from logitleak.capture.ray_capture import audit_capture
 
-            stored = ActivationStore(cache / "captures").extract(adapter, probeset, batch_size=cfg.batch_size,
-                                                                 shard_size=cfg.shard_size, progress=progress,
-                                                                 vision_pool=cfg.vision_pool, generate=cfg.generate,
-                                                                 gen_k=max(cfg.k), hidden_dtype=cfg.store_dtype)
-            capture = stored  # levels and the lens read one layer at a time from disk
+            capture = audit_capture(cfg, cache / "captures", start.model_path, adapter, probeset, progress)  # read lazily
             readout = adapter.readout().to(compute_device(cfg.device))  # lens and lens levels: the first GPU
             answer_ids = answer_token_ids(adapter, probeset)
             n_layers = capture.n_layers

@@ -22,6 +22,7 @@ MAX_SAMPLES = 10_000_000
 MAX_GENERATE = 512
 """The most tokens ``--generate`` reads (the generate pass refuses more)."""
 DTYPES = ("auto", "float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16")
+_RAY = re.compile(r"^(auto|local|(ray://)?[\w.\-]+:\d+)$")
 _DEVICE = re.compile(r"^(auto|(cpu|cuda|mps|xpu|meta|hpu|npu)(:\d+)?)$")
 
 
@@ -213,6 +214,9 @@ class AuditConfig(_Strict):
     dtype: str | None = None
     store_dtype: Literal["float16", "bfloat16", "float32"] | None = None
     """The activation store's dtype for hidden states; ``None``: float16 on a GPU, float32 on the CPU."""
+    ray: str | None = None
+    """A Ray cluster (``auto``, ``local``, ``host:port`` or ``ray://host:port``) for data-parallel capture and
+    the probe stages; ``None``: this machine's own worker processes."""
     allow_pickle: bool = False
     """Load pickle checkpoints (``pytorch_model.bin``, weights-only) too; by default only safetensors."""
     probes: ProbeSettings = ProbeSettings()
@@ -276,6 +280,13 @@ class AuditConfig(_Strict):
     def _device_name(cls, v: str | None) -> str | None:
         if v is not None and not _DEVICE.match(v.strip()):
             raise ValueError(f"{v!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps")
+        return None if v is None else v.strip()
+
+    @field_validator("ray")
+    @classmethod
+    def _ray_address(cls, v: str | None) -> str | None:
+        if v is not None and not _RAY.match(v.strip()):
+            raise ValueError(f"{v!r} is not a Ray address; use auto, local, HOST:PORT or ray://HOST:PORT")
         return None if v is None else v.strip()
 
     @field_validator("layers")

@@ -70,6 +70,8 @@ CONFIG_FLAGS: tuple[Flag, ...] = (
     Flag("dtype", "Model dtype, e.g. float32, bfloat16."),
     Flag("store_dtype", "Activation store dtype: float16, bfloat16 or float32 (default: float16 on a GPU, float32 "
                         "on the CPU)."),
+    Flag("ray", "Ray cluster for data-parallel capture (one model replica per GPU) and the probe stages: auto "
+                "(the running cluster), local (start one here), HOST:PORT or ray://HOST:PORT (default: no Ray)."),
     Flag("allow_pickle", "Also load pickle checkpoints (pytorch_model.bin) with torch's weights-only loader; "
                          "by default only safetensors load.", "bool"),
     Flag("probes.families", "Probe families: linear,mlp.", "strs", name="--probes"),

@@ -18,8 +18,10 @@ import pandas as pd
 from logitleak.config import AuditConfig
 from logitleak.data.probeset import ProbeSet
 from logitleak.integrity import atomic_write, verified
+from logitleak.models.devices import compute_device
 from logitleak.probing.families import families_for
-from logitleak.probing.stages import run_stages, split_stage, stage_workers
+from logitleak.probing.ray_stages import run_stages_with
+from logitleak.probing.stages import split_stage, stage_workers
 
 
 def features_digests(features: dict) -> dict:
@@ -45,10 +47,11 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
     independent stages run side by side in worker processes (:mod:`logitleak.probing.stages`; a note
     joins ``problems`` when they could not start and this process probed instead)."""
     labels = {a: probeset.labels(a) for a in attributes}
-    workers = stage_workers(cfg.probes.workers, cfg.device)
+    device = compute_device(cfg.device)  # under --device auto: the first GPU
+    workers = stage_workers(cfg.probes.workers, device)
     # the worker count does not change results (every worker is single-threaded); probing in this
     # process (0) runs torch's own threads, which round differently
-    probe_settings = {**cfg.probes.model_dump(exclude={"workers"}), "in_process": workers == 0}
+    probe_settings = {**cfg.probes.model_dump(exclude={"workers"}), "in_process": workers == 0 and not cfg.ray}
     settings = json.dumps([probe_settings, cfg.seed, cfg.task, attributes,
                            [hashlib.sha256("\x1f".join(map(str, v)).encode()).hexdigest() for v in labels.values()],
                            hashlib.sha256(np.asarray(probeset.groups).tobytes()).hexdigest()])
@@ -87,7 +90,7 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
         jobs.append((keys, {k: todo[k][0] for k in keys},
                      dict(groups=probeset.groups, task_attribute=cfg.task, probes=list(families),
                           n_folds=cfg.probes.folds, n_permutations=cfg.probes.permutations,
-                          n_bootstrap=cfg.probes.bootstrap, seed=cfg.seed, device=cfg.device,
+                          n_bootstrap=cfg.probes.bootstrap, seed=cfg.seed, device=device,
                           probe_params=probe_params(cfg))))
 
     def save(i: int, df: pd.DataFrame) -> None:        # each stage's sets are cached as it finishes
@@ -97,7 +100,8 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
             atomic_write(todo[key][1], lambda tmp, part=part: part.to_parquet(tmp, index=False), checksum=True)
             done[key] = part
 
-    note = run_stages([(feats, kw) for _, feats, kw in jobs], labels, workers=workers, progress=progress, on_done=save)
+    note = run_stages_with(cfg.ray, [(feats, kw) for _, feats, kw in jobs], labels, workers=workers,
+                           progress=progress, on_done=save)
     if note and problems is not None:
         problems.append(note)
     frames = [done[key] for key in features if key in done]  # always in the order the levels were built

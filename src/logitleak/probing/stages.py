@@ -98,7 +98,8 @@ def start_workers(workers: int) -> None:
         _STARTED[workers] = pool
 
 
-def _run_stage(features: Mapping, labels: Mapping, kwargs: Mapping) -> pd.DataFrame:
+def run_stage(features: Mapping, labels: Mapping, kwargs: Mapping) -> pd.DataFrame:
+    """One stage in a worker process (the local pool's or a Ray task's): one torch thread, so the same bits."""
     import torch
 
     from logitleak.probing.sweep import evaluate_sweep
@@ -125,7 +126,7 @@ def run_in_process(stage: tuple[Mapping, Mapping], labels: Mapping, progress: bo
     before = torch.get_num_threads()
     try:
         features, kwargs = stage
-        return _run_stage(dict(features), labels, {**kwargs, "progress": progress})
+        return run_stage(dict(features), labels, {**kwargs, "progress": progress})
     finally:
         torch.set_num_threads(before)
 
@@ -165,7 +166,7 @@ def _in_pool(pool: Executor, stages, labels, n: int, progress: bool, on_done, fi
     try:
         with make_progress(progress) as prog:
             task = prog.add_task(f"probing ({n} processes)", total=sum(len(f) for f, _ in stages))
-            pending = {pool.submit(_run_stage, dict(features), labels, {**kwargs, "progress": False}): i
+            pending = {pool.submit(run_stage, dict(features), labels, {**kwargs, "progress": False}): i
                        for i, (features, kwargs) in enumerate(stages)}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
