@@ -4,7 +4,7 @@
    position — 2,000 samples, 33 hidden states x 4,096 (Llama-2-7B / LLaVA-1.5-7B), five categorical
    attributes (the shapes set's: 8, 4, 3, 4 and 3 classes) — built by the audit's own
    :func:`~logitleak.levels.features.build_features` from a synthetic capture held in float16 (the
-   store's GPU default) and probed by the audit's own :func:`~logitleak.audit.probe_with_resume` at its
+   store's GPU default) and probed by the audit's own :func:`~logitleak.probing.resume.probe_with_resume` at its
    default statistics (linear probe with inner-validation C everywhere, MLP at the API levels, 5 folds,
    the held-out test, 1,000 bootstrap resamples, the default worker processes). The readout has a
    4,096-token vocabulary (a 32,000-token one would cost the lens levels 8x more CPU here and change
@@ -130,7 +130,7 @@ def synthetic_capture(n: int, seed: int = 0, layers: int = LAYERS):
 
 
 def bench_probe(n: int, layers: int = LAYERS) -> None:
-    from logitleak.audit import probe_with_resume
+    from logitleak.probing.resume import probe_with_resume
     from logitleak.config import make_config
     from logitleak.levels.features import build_features
     from logitleak.levels.table import BY_NAME, LEVELS, RESPONSE_LEVELS, TRANSITION_LEVELS

@@ -127,7 +127,7 @@ def test_a_ray_worker_killed_mid_stage_is_retried_to_the_same_result():
 
 
 def test_past_its_retries_the_run_stops_in_one_sentence_and_a_rerun_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-    from logitleak.audit import probe_with_resume
+    from logitleak.probing.resume import probe_with_resume
     from logitleak.config import make_config
     from logitleak.data import make_shapes
 
