@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from logitleak.errors import LogitleakError
 from logitleak.levels.table import API_LEVELS, DEFAULT_PCA_DIMS, LEVELS, unknown_level
+from logitleak.userpaths import existing_file
 
 DEFAULT_KS: tuple[int, ...] = (1, 2, 5, 10, 20)
 MAX_SAMPLES = 10_000_000
@@ -275,18 +277,14 @@ class AuditConfig(_Strict):
             raise ValueError(f"{v!r} is not an http(s) URL; pass the API base, e.g. http://127.0.0.1:8000/v1")
         return v.strip()
 
-    @field_validator("device")
+    @field_validator("device", "ray")
     @classmethod
-    def _device_name(cls, v: str | None) -> str | None:
-        if v is not None and not _DEVICE.match(v.strip()):
-            raise ValueError(f"{v!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps")
-        return None if v is None else v.strip()
-
-    @field_validator("ray")
-    @classmethod
-    def _ray_address(cls, v: str | None) -> str | None:
-        if v is not None and not _RAY.match(v.strip()):
-            raise ValueError(f"{v!r} is not a Ray address; use auto, local, HOST:PORT or ray://HOST:PORT")
+    def _named_place(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """A device name (auto, cpu, cuda, cuda:N, ...) or a Ray address, stripped."""
+        pattern, what = {"device": (_DEVICE, "a torch device; use auto, cpu, cuda, cuda:N or mps"),
+                         "ray": (_RAY, "a Ray address; use auto, local, HOST:PORT or ray://HOST:PORT")}[info.field_name]
+        if v is not None and not pattern.match(v.strip()):
+            raise ValueError(f"{v!r} is not {what}")
         return None if v is None else v.strip()
 
     @field_validator("layers")
@@ -322,11 +320,7 @@ def make_config(values: dict[str, Any], source: str = "configuration",
 def load_config(path: str | Path, validate: bool = True) -> dict[str, Any]:
     """Read a YAML or TOML config file into a dict (validated later, after CLI overrides), within the
     bounds above (size, nesting, integer digits, no key given twice)."""
-    p = Path(path)
-    if p.is_dir():
-        raise LogitleakError(f"Config file {p} is a directory; pass a .yaml or .toml file.")
-    if not p.is_file():
-        raise LogitleakError(f"Config file {p} does not exist; pass an existing .yaml or .toml file.")
+    p = existing_file(path, "Config file", ".yaml or .toml file")
     suffix = p.suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml"):
         raise LogitleakError(f"Config file {p} must end in .yaml, .yml or .toml.")

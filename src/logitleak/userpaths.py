@@ -27,6 +27,17 @@ WRITER = "logitleak"
 """``run.json``'s ``written_by``: the mark of a directory logitleak owns."""
 
 
+def existing_file(path: str | Path, what: str, kinds: str) -> Path:
+    """``path`` when it is an existing file, else one sentence naming it (``what``: e.g. "Config
+    file"; ``kinds``: the files that would do, e.g. ".yaml or .toml file")."""
+    p = Path(path)
+    if p.is_dir():
+        raise LogitleakError(f"{what} {p} is a directory; pass a {kinds}.")
+    if not p.is_file():
+        raise LogitleakError(f"{what} {p} does not exist; pass an existing {kinds}.")
+    return p
+
+
 def ensure_out_dir(path: str | Path, flag: str = "--out") -> Path:
     """Create ``path`` (and its parents) as a writable directory, or raise one clear error naming it."""
     out = Path(path).expanduser()

@@ -22,6 +22,7 @@ import pandas as pd
 
 from logitleak.config import MAX_INT_DIGITS, unique_keys
 from logitleak.errors import LogitleakError, first_line
+from logitleak.userpaths import existing_file
 
 LABEL_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
@@ -87,11 +88,7 @@ def _read(p: Path, suffix: str) -> pd.DataFrame:
 def read_records(path: str | Path) -> pd.DataFrame:
     """A CSV, JSONL/JSON (records) or parquet file as a table of cells as parsed (CSV cells are text,
     a JSON cell keeps its type, so a ``messages`` cell may be a list); ``None`` where a record lacks a key."""
-    p = Path(path)
-    if p.is_dir():
-        raise LogitleakError(f"Label file {p} is a directory; pass a CSV, JSONL or parquet file.")
-    if not p.is_file():
-        raise LogitleakError(f"Label file {p} does not exist; pass an existing CSV, JSONL or parquet file.")
+    p = existing_file(path, "Label file", "CSV, JSONL or parquet file")
     suffix = p.suffix.lower()
     if suffix not in LABEL_SUFFIXES:
         raise LogitleakError(f"Label file {p} has an unsupported extension {suffix!r}; use one of "

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from logitleak.decisions import DefenceDecision, finite, num, strongest_rows
-from logitleak.report.figure import Plot, attr_title, grid, legend_below, to_data_uri
+from logitleak.report.figure import Plot, attr_title, grid, label_axes, legend_below, to_data_uri
 from logitleak.report.markup import esc, status
 from logitleak.report.wording import fmt_int, fmt_p
 
@@ -79,10 +79,7 @@ def tradeoff_plot(tradeoff: pd.DataFrame, relevance: dict[str, bool], defences: 
                     ax.annotate(f"{strength:g}" if isinstance(strength, (int, float)) and math.isfinite(strength) else str(strength),
                                 (r["utility"], r["leak"]), textcoords="offset points", xytext=(4, 4), fontsize=7, color=c)
         ax.axhline(0, color="#333333", lw=0.6)
-        ax.set_xlabel("utility: answer accuracy")
-        ax.set_ylabel(ylabel)
-        ax.set_title(attr_title(attr, relevance.get(attr, False)), fontsize=10)
-        ax.grid(alpha=0.3)
+        label_axes(ax, attr_title(attr, relevance.get(attr, False)), "utility: answer accuracy", ylabel)
     legend_below(fig, handles, 6, 0.07)
     return Plot(
         "Defences: leakage against answer quality",

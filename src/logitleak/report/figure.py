@@ -74,6 +74,14 @@ def side_attributes(ann: pd.DataFrame, relevant: bool, within: pd.DataFrame | No
     return out if within is None else [a for a in out if a in set(within["attribute"])]
 
 
+def label_axes(ax, title: str, xlabel: str, ylabel: str) -> None:
+    """A panel's title, axis labels and light grid, as every report figure draws them."""
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
 def legend_below(fig: Figure, handles: dict, ncol: int, bottom: float) -> None:
     """One legend for every panel, centred below them, then the layout above it (``bottom``: its share)."""
     fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=min(ncol, len(handles)),

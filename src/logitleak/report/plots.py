@@ -21,11 +21,24 @@ from logitleak.report.figure import (
     color,
     error_bars,
     grid,
+    label_axes,
     legend_below,
     side_attributes,
     to_data_uri,
     values,
 )
+
+
+LAYERS_CAPTION = (
+    "V-information (bits) the strongest probe family reads at each layer, with its interval as a band; filled dots "
+    "are readable (significant and above baseline), hollow ones are not. Lens levels read through top-k show the best "
+    "k. Red dashed: the strongest API-level reading, as the verdict picks it; grey dotted: H(Y), the attribute's entropy.")
+"""The caption of :func:`layer_plot`."""
+LEVELS_CAPTION = (
+    "For each attribute and level, the strongest reading (best layer, k and probe family, readable ones first, as in "
+    "the verdict). Top: bits with their interval; bottom: accuracy minus the majority baseline with the accuracy "
+    "interval. Hatched bars are not readable (not significant, or the interval reaches the baseline).")
+"""The caption of :func:`level_plot`."""
 
 
 def layer_plot(dec: Decisions, relevant: bool) -> Plot | None:
@@ -70,18 +83,9 @@ def layer_plot(dec: Decisions, relevant: bool) -> Plot | None:
         if ent.size:
             h = ax.axhline(float(np.median(ent)), color="#888888", ls=":", lw=1.2, label="H(Y): all there is")
             handles["H(Y): all there is"] = h
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("layer")
-        ax.set_ylabel("V-information (bits)")
-        ax.grid(alpha=0.3)
+        label_axes(ax, title, "layer", "V-information (bits)")
     legend_below(fig, handles, 4, 0.06)
-    return Plot(
-        "Information by layer",
-        "V-information (bits) the strongest probe family reads at each layer, with its interval as a band; "
-        "filled dots are readable (significant and above baseline), hollow ones are not. Lens levels read "
-        "through top-k show the best k. Red dashed: the strongest API-level reading, as the verdict picks it; grey dotted: "
-        "H(Y), the attribute's entropy.",
-        to_data_uri(fig))
+    return Plot("Information by layer", LAYERS_CAPTION, to_data_uri(fig))
 
 
 def level_plot(dec: Decisions, relevant: bool) -> Plot | None:
@@ -130,13 +134,7 @@ def level_plot(dec: Decisions, relevant: bool) -> Plot | None:
     ax_acc.set_xticklabels(attrs)
     ax_bits.legend(fontsize=8, ncol=min(5, len(levels)), frameon=False, loc="upper left", bbox_to_anchor=(0, 1.25))
     fig.tight_layout()
-    return Plot(
-        "Level by level",
-        "For each attribute and level, the strongest reading (best layer, k and probe family, readable ones "
-        "first, as in the verdict). Top: bits with "
-        "their interval; bottom: accuracy minus the majority baseline with the accuracy interval. Hatched "
-        "bars are not readable (not significant, or the interval reaches the baseline).",
-        to_data_uri(fig))
+    return Plot("Level by level", LEVELS_CAPTION, to_data_uri(fig))
 
 
 def k_plot(dec: Decisions, relevant: bool) -> Plot | None:
