@@ -26,6 +26,8 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from logitleak.errors import LogitleakError
+from logitleak.probing.attack_cost import cost_rows
+from logitleak.probing.attack_view import attack_columns
 from logitleak.probing.batching import Problems, chunk_size, k_buckets, pair_bytes
 from logitleak.probing.batching import memory_budget as default_budget
 from logitleak.probing.families import check_families, check_probe_params, control_reuses_c, fit_family
@@ -34,7 +36,7 @@ from logitleak.probing.plans import AttributePlan, plan_attribute
 from logitleak.probing.rows import result_rows
 from logitleak.probing.settings import Sweep
 from logitleak.probing.splits import check_features, describe_key, is_missing
-from logitleak.probing.tensors import prepare_features, resolve_device
+from logitleak.probing.tensors import prepare_features, prepare_like, resolve_device
 from logitleak.progress import make_progress
 from logitleak.results import to_frame
 
@@ -50,10 +52,13 @@ def _fit_order(b: Problems, fam: str, params: Mapping, p_chunk: int) -> list[tup
     return out
 
 
-def _fit_bucket(X: torch.Tensor, b: Problems, fam: str, params: Mapping, p_chunk: int, seed: int, prog, task):
+def _fit_bucket(X: torch.Tensor, b: Problems, fam: str, params: Mapping, p_chunk: int, seed: int, prog, task,
+                X_eval: torch.Tensor | None = None):
     """Out-of-fold predictions of ``F`` feature sets for one bucket: per plan, ``lp``/``pred``
-    ``(F, V, n)``, the forward-chained log-probabilities ``(F, n, K)``, the chosen C ``(F, S)`` and
-    the fraction of the plan's fits that converged ``(F,)``."""
+    ``(F, V, n)``, the forward-chained log-probabilities ``(F, n, K)``, the chosen C ``(F, S)``,
+    the fraction of the plan's fits that converged ``(F,)`` and the real labels' out-of-fold
+    log-probabilities of every class ``(F, n, K)``. ``X_eval``: score these rows instead of ``X``'s
+    (a shadow attack)."""
     F, n = X.shape[0], X.shape[1]
     dev = X.device
     lp = [np.zeros((F, p.n_variants, n), np.float32) for p in b.plans]
@@ -61,15 +66,21 @@ def _fit_bucket(X: torch.Tensor, b: Problems, fam: str, params: Mapping, p_chunk
     lk = [np.zeros((F, n, p.n_classes), np.float64) for p in b.plans]
     Cc = [np.full((F, p.n_splits), np.nan) for p in b.plans]
     conv = [np.zeros((F, 2)) for _ in b.plans]                # converged fits, all fits
+    oof = [np.zeros((F, n, p.n_classes), np.float32) for p in b.plans]
     for idx, from_real in _fit_order(b, fam, params, p_chunk):
         y, tr, te, fi, va, cm = b.arrays(idx)
         C_fixed = None
         if from_real:
             C_fixed = torch.as_tensor(np.stack([Cc[b.attr[j]][:, b.split[j]] for j in idx], 1), device=dev)
-        logp, C, ok = fit_family(fam, X, y, tr, fi, va, b.K, params, seed=b.seeds(idx, seed), C_fixed=C_fixed)
+        logp, C, ok = fit_family(fam, X, y, tr, fi, va, b.K, params, seed=b.seeds(idx, seed), C_fixed=C_fixed,
+                                 X_eval=X_eval)
         yt = torch.as_tensor(y, device=dev).clamp(0, b.K - 1).T.unsqueeze(0).unsqueeze(-1)
         lpy = torch.gather(logp, -1, yt.expand(F, -1, -1, -1)).squeeze(-1).float().cpu().numpy()
         pred = logp.argmax(-1).cpu().numpy()
+        for j in np.flatnonzero(b.variant[idx] == 0):        # the real labels' test rows, every class
+            plan_i = b.attr[idx[j]]
+            rows = np.flatnonzero(te[j])
+            oof[plan_i][:, rows] = logp[:, rows, j, : b.plans[plan_i].n_classes].float().cpu().numpy()
         for j in np.flatnonzero(b.block[idx] >= 0):          # the held-out test's blocks
             plan_i = b.attr[idx[j]]
             rows = np.flatnonzero(b.plans[plan_i].block == b.block[idx[j]])
@@ -91,7 +102,7 @@ def _fit_bucket(X: torch.Tensor, b: Problems, fam: str, params: Mapping, p_chunk
             for j in np.flatnonzero(b.variant[idx] == 0):
                 Cc[b.attr[idx[j]]][:, b.split[idx[j]]] = C_np[:, j]
         prog.advance(task, F * len(idx))
-    return lp, pr, lk, Cc, [c[:, 0] / c[:, 1] for c in conv]
+    return lp, pr, lk, Cc, [c[:, 0] / c[:, 1] for c in conv], oof
 
 
 def _schedule(feats: Mapping, probes: Sequence[str]) -> list[tuple[str, list]]:
@@ -159,12 +170,19 @@ def _checked(features: Mapping, labels: Mapping[str, np.ndarray], s: Sweep) -> t
 
 def _rows(plan: AttributePlan, keys: list, d: int, fam: str, fitted, s: Sweep, n_groups: int | None) -> list[dict]:
     """One plan's result rows for the feature sets ``keys`` of one chunk, from its out-of-fold fits."""
-    lp, pr, lk, Cc, cv = fitted
+    lp, pr, lk, Cc, cv, oof = fitted
     gains = centred_gains(lk, plan.codes, plan.block) * block_weights(plan.block)
     rows = result_rows(plan, keys, [d] * len(keys), lp, pr, gains, Cc if fam == "linear" else None, fam,
                        task_attribute=s.task_attribute, n_groups=n_groups, n_folds_eff=s.n_folds_eff,
                        n_permutations=s.n_permutations, groups=s.group_array)
-    return [{**row, "converged": float(c)} for row, c in zip(rows, cv)]
+    rows = [{**row, "converged": float(c)} for row, c in zip(rows, cv)]
+    for i, (key, row) in enumerate(zip(keys, rows)):
+        if s.attacked(key[0]):
+            row.update(attack_columns(np.exp(oof[i]), plan.codes, plan.classes, plan.tested[0],
+                                      np.exp2(-plan.prior_loss[0]), plan.boot))
+        if s.shadow is not None:
+            row["shadow"] = s.shadow
+    return rows
 
 
 def classify(features: Mapping, labels: Mapping[str, np.ndarray], s: Sweep) -> pd.DataFrame:
@@ -172,6 +190,7 @@ def classify(features: Mapping, labels: Mapping[str, np.ndarray], s: Sweep) -> p
     :func:`logitleak.probing.sweep.evaluate_sweep`, which routes class attributes here)."""
     probes = check_families(s.probes)
     feats, n, n_groups = _checked(features, labels, s)
+    evals = _checked_eval(feats, s)
     probe_params = check_probe_params(s.probe_params, probes)
     plans = [plan_attribute(a, v, groups=s.group_array, n_folds=s.n_folds, test_size=s.test_size,
                             n_permutations=s.n_permutations, n_bootstrap=s.n_bootstrap, val_fraction=s.val_fraction,
@@ -196,15 +215,36 @@ def classify(features: Mapping, labels: Mapping[str, np.ndarray], s: Sweep) -> p
                 for f0 in range(0, len(keys), f_chunk):
                     kc = keys[f0: f0 + f_chunk]
                     prog.update(task, description=f"{fam} {describe_key(kc[0])}" + (f" (+{len(kc) - 1})" if len(kc) > 1 else ""))
-                    X, _, _ = prepare_features([feats[k] for k in kc], dev, s.dtype)
-                    fitted = _fit_bucket(X, b, fam, probe_params[fam], p_chunk, s.seed, prog, task)
-                    del X
+                    X, shifts, scales = prepare_features([feats[k] for k in kc], dev, s.dtype)
+                    X_eval = None if evals is None else prepare_like([evals[k] for k in kc], shifts, scales, dev,
+                                                                     s.dtype)
+                    fitted = _fit_bucket(X, b, fam, probe_params[fam], p_chunk, s.seed, prog, task, X_eval)
+                    del X, X_eval
                     for ai, plan in enumerate(b.plans):
                         rows = _rows(plan, kc, d, fam, [part[ai] for part in fitted], s, n_groups)
                         results.update({(key, plan.name, fam): row for key, row in zip(kc, rows)})
     ordered = [results[(key, a, fam)] for key in feats for a in labels for fam in probes]
     warn_unconverged(ordered)
+    costed = [key for key in feats if s.attacked(key[0])] if s.attack_sizes and "linear" in probes else []
+    if costed and evals is None:
+        ordered += cost_rows({k: feats[k] for k in costed}, plans, s, probe_params["linear"], n_groups)
     return to_frame(ordered)
+
+
+def _checked_eval(feats: Mapping, s: Sweep) -> dict | None:
+    """A shadow attack's scored features, checked against the training features (same keys, shapes)."""
+    if s.eval_features is None:
+        return None
+    evals = {}
+    for key, X in feats.items():
+        if key not in s.eval_features:
+            raise LogitleakError(f"Feature set {describe_key(key)} has no scored counterpart; pass eval_features for "
+                                 "every feature set.")
+        evals[key] = check_features(key, s.eval_features[key], len(X))
+        if evals[key].shape != X.shape:
+            raise LogitleakError(f"Feature set {describe_key(key)} has shape {X.shape} to train on but "
+                                 f"{evals[key].shape} to score; give both the same columns.")
+    return evals
 
 
 def warn_unconverged(rows: Sequence[Mapping]) -> None:

@@ -99,10 +99,13 @@ def control_reuses_c(family: str, params: Mapping) -> bool:
 
 
 def fit_family(family: str, X: torch.Tensor, y, train, inner_fit, inner_val, K: int, params: Mapping, seed,
-               C_fixed: torch.Tensor | None = None):
+               C_fixed: torch.Tensor | None = None, X_eval: torch.Tensor | None = None):
     """Fit one chunk; returns (log-probabilities (F, n, P, K), chosen C (F, P) or None, converged (F, P)).
     ``params``: the family's options (:func:`check_probe_params`). ``C_fixed`` (F, P): the linear
-    probe's C given per problem instead of chosen on the inner split."""
+    probe's C given per problem instead of chosen on the inner split. ``X_eval``: the rows the
+    log-probabilities are given for (default ``X``; a shadow attack fits on one model's outputs and
+    scores another's)."""
+    X_out = X if X_eval is None else X_eval
     if family == "linear":
         lin = dict(params)
         C = lin.pop("C", None)
@@ -111,8 +114,8 @@ def fit_family(family: str, X: torch.Tensor, y, train, inner_fit, inner_val, K: 
             fit = fit_linear_batched(X, y, train, C=C_fixed if C_fixed is not None else C, n_classes=K, **lin)
         else:
             fit = fit_linear_grid_batched(X, y, train, inner_fit, inner_val, Cs=Cs, n_classes=K, **lin)
-        return fit.log_proba(X), fit.C, fit.converged
+        return fit.log_proba(X_out), fit.C, fit.converged
     if family == "mlp":
         fit = fit_mlp_batched(X, y, inner_fit, inner_val, n_classes=K, seed=seed, **params)
-        return fit.log_proba(X), None, fit.converged
+        return fit.log_proba(X_out), None, fit.converged
     check_families([family])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +29,18 @@ class Sweep:
     probe_params: Mapping[str, Mapping] | None = None
     dtype: torch.dtype = torch.float32
     memory_budget: int | None = None
+    attack_levels: Collection[str] | None = None
+    """Levels whose rows get the attacker's view (:mod:`logitleak.probing.attack_view`; None: none)."""
+    attack_sizes: Sequence[int] = ()
+    """Attacker training-set sizes of the cost curves at ``attack_levels`` (:mod:`logitleak.probing.attack_cost`)."""
+    eval_features: Mapping | None = None
+    """A shadow attack: the probes fitted on the features are scored on these (same keys and shapes)."""
+    shadow: str | None = None
+    """The shadow model whose outputs trained the probes (the rows' ``shadow`` column)."""
+
+    def attacked(self, level: str) -> bool:
+        """Whether rows of ``level`` get the attacker's view."""
+        return self.attack_levels is not None and level in self.attack_levels
 
     @property
     def group_array(self) -> np.ndarray | None:

@@ -54,6 +54,16 @@ def prepare_features(
     return X, np.stack(shifts), np.stack(scales)
 
 
+def prepare_like(arrays: Sequence[np.ndarray], shifts: np.ndarray, scales: np.ndarray,
+                 device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Other rows of the same columns (e.g. a victim's outputs beside a shadow model's) through the
+    shifts and scales :func:`prepare_features` applied to the first arrays, so a probe fitted there
+    reads them on the same scale: ``(F, n, d)``."""
+    mats = [((np.asarray(a, dtype=np.float64).reshape(len(a), -1) - mu) / sd).astype(
+        np.float32 if dtype == torch.float32 else np.float64) for a, mu, sd in zip(arrays, shifts, scales)]
+    return torch.from_numpy(np.stack(mats)).to(device=resolve_device(device), dtype=dtype)
+
+
 def as_tensor(a, device, dtype=None) -> torch.Tensor:
     if isinstance(a, torch.Tensor):
         return a.to(device=device, dtype=dtype) if dtype is not None else a.to(device)
