@@ -16,11 +16,12 @@ import pandas as pd
 from logitleak.config import AuditConfig
 from logitleak.data.loading import load_probe_set
 from logitleak.data.probeset import ProbeSet
-from logitleak.decisions import Decisions, decide
+from logitleak.decisions import Decisions, decide, decide_attack
 from logitleak.errors import LogitleakError
 from logitleak.levels.plan import plan_levels
 from logitleak.levels.table import ANSWERS, DECODER_LAYER_LEVELS, LENS, TRANSITION_LEVELS, TUNED_LENS_LEVELS
 from logitleak.models.devices import compute_device
+from logitleak.probing.attack_files import split_attack, write_attack
 from logitleak.results import write_results
 from logitleak.timing import Timer
 from logitleak.userpaths import OutDir, claim_out_dir
@@ -281,10 +282,12 @@ def _audit(cfg: AuditConfig, out_dir: OutDir, progress: bool) -> AuditResult:
         from logitleak.probing.resume import probe_with_resume
 
         results = probe_with_resume(features, probeset, cfg, cache / "probes", attributes, progress=progress,
-                                    problems=problems)
+                                    problems=problems, attack=True)
+        results, attack = split_attack(results, probeset, attributes)
         if not cfg.endpoint:
             results = add_layer_types(results, adapter.layer_types)
     results = write_results(results, out)
+    write_attack(attack, out)
     run_info = run_record(start, timer, attributes=attributes, n_samples=len(probeset), n_layers=n_layers,
                           problems=problems)
     from logitleak.levels.utility import answer_utility
@@ -292,12 +295,13 @@ def _audit(cfg: AuditConfig, out_dir: OutDir, progress: bool) -> AuditResult:
     run_info["utility"] = answer_utility(capture, probeset, adapter=None if cfg.endpoint else adapter)
     if lens is not None and hasattr(lens, "heldout_kl_"):
         run_info["tuned_lens_kl"] = lens.heldout_kl_
-    decisions = decide(results)  # once: the report, verdict.json and the summaries read these
+    decisions, attack_decisions = decide(results), decide_attack(attack.curve)  # once: every reader reads these
     with timer("report"):
         from logitleak.report import build_report
         from logitleak.report.gate import verdict_record, write_verdict
 
-        report_path = build_report(results, run_info, out / "report.html", decisions=decisions)
+        report_path = build_report(results, run_info, out / "report.html", decisions=decisions,
+                                   attack=attack_decisions)
         write_verdict(out, verdict_record(decisions))
     finish_run(start, run_info, timer)
     return AuditResult(results=results, out_dir=out, run_info=run_info, report_path=report_path, problems=problems,

@@ -20,6 +20,8 @@ from logitleak.levels.table import API_LEVELS, DEFAULT_PCA_DIMS, LEVELS, unknown
 from logitleak.userpaths import existing_file
 
 DEFAULT_KS: tuple[int, ...] = (1, 2, 5, 10, 20)
+ATTACK_SIZES: tuple[int, ...] = (25, 50, 100, 200, 500, 1000)
+"""The attacker training-set sizes of the default attack-cost curves (sizes above a training fold are left out)."""
 MAX_SAMPLES = 10_000_000
 MAX_GENERATE = 512
 """The most tokens ``--generate`` reads (the generate pass refuses more)."""
@@ -169,6 +171,19 @@ class ProbeSettings(_Strict):
     workers: int | None = Field(None, ge=0, le=256)
     """Processes that probe independent stages side by side (0: this process only); ``None``: one
     per CPU core, up to 4, when probing on the CPU. Results do not depend on the count."""
+    attack_sizes: list[int] = list(ATTACK_SIZES)
+    """Attacker training-set sizes of the attack-cost curves at the API levels (the linear probe refitted on
+    nested subsets of the training folds; :mod:`logitleak.probing.attack_cost`); ``[0]`` or ``[]``: none."""
+
+    @field_validator("attack_sizes")
+    @classmethod
+    def _attack_sizes(cls, v: list[int]) -> list[int]:
+        if v == [0]:
+            return []
+        if any(x < 1 for x in v):
+            raise ValueError("attacker sample counts are positive integers, e.g. 25,50,100,200,500,1000 (0: no "
+                             "attack-cost curves)")
+        return sorted(set(v))
 
     @field_validator("mlp_levels")
     @classmethod

@@ -84,6 +84,8 @@ CONFIG_FLAGS: tuple[Flag, ...] = (
     Flag("probes.mlp_levels", "Run the MLP probe only on these comma-separated levels.", "strs"),
     Flag("probes.workers", "Processes probing independent stages side by side (0: this process only; default: one "
                            "per CPU core, up to 4, on the CPU).", "int", name="--probe-workers"),
+    Flag("probes.attack_sizes", "Attacker sample counts of the attack-cost curves at the API levels, e.g. "
+                                "25,50,100,200,500,1000 (0: none).", "ints", name="--attack-sizes"),
     Flag("lens.steps", "Tuned-lens training steps.", "int", name="--lens-steps"),
     Flag("lens.lr", "Tuned-lens learning rate.", "float", name="--lens-lr"),
     Flag("endpoint", "OpenAI-compatible base URL for a black-box audit."),

@@ -6,6 +6,7 @@ the cheapest one that stops every leak. The verdict, the HTML report, the termin
 and ``defend`` all read these; none of them re-derives a rule.
 """
 
+from logitleak.decisions.attack import AttackCost, AttackDecisions, decide_attack
 from logitleak.decisions.attributes import CALLS, STATUSES, AttributeDecision, Decisions, decide
 from logitleak.decisions.defences import (
     DefenceDecision,
@@ -30,7 +31,7 @@ from logitleak.decisions.rules import (
     strongest_reading,
 )
 
-__all__ = ["CALLS", "STATUSES", "TUNED_LEVELS", "AttributeDecision", "DefenceDecision", "Decisions", "Recommendation",
-           "annotate", "best_row", "decide", "decide_defences", "finite", "holm", "k_order", "level_rank", "num",
+__all__ = ["CALLS", "STATUSES", "TUNED_LEVELS", "AttackCost", "AttackDecisions", "AttributeDecision", "DefenceDecision", "Decisions", "Recommendation",
+           "annotate", "best_row", "decide", "decide_attack", "decide_defences", "finite", "holm", "k_order", "level_rank", "num",
            "recommend_defence", "relevance", "smallest_k_key", "smallest_k_row", "strongest", "strongest_reading",
            "strongest_rows"]

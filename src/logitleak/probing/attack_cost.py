@@ -20,10 +20,12 @@ similar class counts are fitted together in one batched call per chunk.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 
+from logitleak.probing.attack_view import ROC_RESAMPLES
 from logitleak.probing.batching import chunk_size, k_buckets, pair_bytes
 from logitleak.probing.batching import memory_budget as default_budget
 from logitleak.probing.families import fit_family
@@ -113,24 +115,31 @@ def _fit(X: torch.Tensor, plans: list[AttributePlan], probs: list[list[dict]], p
     budget = s.memory_budget or default_budget(X.device)
     per_pair = pair_bytes("linear", n, d, K, torch.finfo(X.dtype).bits // 8, params)
     p_chunk = chunk_size(len(flat), per_pair, budget, n * d * 16)
+    # every size's fits train on nested prefixes of one order: fit on the rows some fit trains on, score all rows
+    rows_used = np.flatnonzero(np.any([pr["train"] for _, pr in flat], axis=0))
+    X_fit = X[:, torch.as_tensor(rows_used, device=X.device)]
     for c0 in range(0, len(flat), p_chunk):
         part = flat[c0: c0 + p_chunk]
-        y = np.stack([plans[a].codes for a, _ in part])
-        masks = [np.stack([pr[m] for _, pr in part]) for m in ("train", "fit", "val")]
-        logp, C, ok = fit_family("linear", X, y, *masks, K, params, seed=s.seed)
-        logp = logp.double().cpu().numpy()
-        for j, (a, pr) in enumerate(part):
-            plan, slot = plans[a], out[(a, pr["size"])]
-            rows = np.flatnonzero(pr["test"])
-            lj = logp[:, :, j, : plan.n_classes]
-            if pr["kind"] == "cv":
-                slot["lp"][:, rows] = lj[:, rows, plan.codes[rows]] if len(rows) else 0.0
-                slot["pred"][:, rows] = lj[:, rows].argmax(-1)
-                slot["C"].append(C[:, j].double().cpu().numpy())
-            if pr["kind"] == "block" or pr["index"] == plan.n_splits - 1:
-                slot["lk"][:, rows] = lj[:, rows]
-            slot["ok"].append(ok[:, j].cpu().numpy())
+        y = np.stack([plans[a].codes[rows_used] for a, _ in part])
+        masks = [np.stack([pr[m][rows_used] for _, pr in part]) for m in ("train", "fit", "val")]
+        logp, C, ok = fit_family("linear", X_fit, y, *masks, K, params, seed=s.seed, X_eval=X)
+        _store(out, plans, part, logp.double().cpu().numpy(), C, ok)
     return out
+
+
+def _store(out: dict, plans: list[AttributePlan], part: list, logp: np.ndarray, C, ok) -> None:
+    """Each fit's test-row predictions into its (attribute, size) slot: ``logp`` ``(F, n, P, K)``."""
+    for j, (a, pr) in enumerate(part):
+        plan, slot = plans[a], out[(a, pr["size"])]
+        rows = np.flatnonzero(pr["test"])
+        lj = logp[:, :, j, : plan.n_classes]
+        if pr["kind"] == "cv":
+            slot["lp"][:, rows] = lj[:, rows, plan.codes[rows]] if len(rows) else 0.0
+            slot["pred"][:, rows] = lj[:, rows].argmax(-1)
+            slot["C"].append(C[:, j].double().cpu().numpy())
+        if pr["kind"] == "block" or pr["index"] == plan.n_splits - 1:
+            slot["lk"][:, rows] = lj[:, rows]
+        slot["ok"].append(ok[:, j].cpu().numpy())
 
 
 def cost_rows(features: Mapping, plans: Sequence[AttributePlan], s: Sweep, params: Mapping,
@@ -165,6 +174,7 @@ def cost_rows(features: Mapping, plans: Sequence[AttributePlan], s: Sweep, param
 
 def _rows(plan: AttributePlan, keys: list, slot: dict, size: int, s: Sweep, n_groups) -> dict:
     """The rows of one (attribute, size) for the feature sets ``keys``, built as the audit's rows are."""
+    plan = replace(plan, boot=plan.boot[:ROC_RESAMPLES])   # the attacker's view's resamples (see attack_view)
     V = plan.n_variants
     lp = np.repeat(slot["lp"][:, None], V, 1)          # the audit's row builder reads every variant;
     pred = np.repeat(slot["pred"][:, None], V, 1)      # only the real labels' entries are kept below

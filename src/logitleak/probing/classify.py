@@ -225,7 +225,7 @@ def classify(features: Mapping, labels: Mapping[str, np.ndarray], s: Sweep) -> p
                         results.update({(key, plan.name, fam): row for key, row in zip(kc, rows)})
     ordered = [results[(key, a, fam)] for key in feats for a in labels for fam in probes]
     warn_unconverged(ordered)
-    costed = [key for key in feats if s.attacked(key[0])] if s.attack_sizes and "linear" in probes else []
+    costed = [key for key in feats if s.costed(key)] if "linear" in probes else []
     if costed and evals is None:
         ordered += cost_rows({k: feats[k] for k in costed}, plans, s, probe_params["linear"], n_groups)
     return to_frame(ordered)

@@ -18,6 +18,7 @@ import pandas as pd
 from logitleak.config import AuditConfig
 from logitleak.data.probeset import ProbeSet
 from logitleak.integrity import atomic_write, verified
+from logitleak.levels.table import API_LEVELS
 from logitleak.models.devices import compute_device
 from logitleak.probing.families import families_for
 from logitleak.probing.ray_stages import run_stages_with
@@ -42,16 +43,22 @@ probe (measured on the organism: about 250x one dimension, whatever the width), 
 
 
 def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cache_dir: Path,
-                      attributes: list[str], progress: bool = True, problems: list[str] | None = None) -> pd.DataFrame:
+                      attributes: list[str], progress: bool = True, problems: list[str] | None = None,
+                      attack: bool = False) -> pd.DataFrame:
     """Probe every feature set, one cached parquet per feature set, so a rerun reuses finished work;
     independent stages run side by side in worker processes (:mod:`logitleak.probing.stages`; a note
-    joins ``problems`` when they could not start and this process probed instead)."""
+    joins ``problems`` when they could not start and this process probed instead). ``attack``: the
+    API levels' class rows get the attacker's view, and the largest k's cost curves
+    (``cfg.probes.attack_sizes``; :mod:`logitleak.probing.attack_files` splits them off)."""
     labels = {a: probeset.labels(a) for a in attributes}
     device = compute_device(cfg.device)  # under --device auto: the first GPU
     workers = stage_workers(cfg.probes.workers, device)
     # the worker count does not change results (every worker is single-threaded); probing in this
     # process (0) runs torch's own threads, which round differently
-    probe_settings = {**cfg.probes.model_dump(exclude={"workers"}), "in_process": workers == 0 and not cfg.ray}
+    attack_kw = dict(attack_levels=list(API_LEVELS), attack_sizes=cfg.probes.attack_sizes,
+                     attack_k=max(cfg.k)) if attack else {}
+    probe_settings = {**cfg.probes.model_dump(exclude={"workers", "attack_sizes"}),
+                      "in_process": workers == 0 and not cfg.ray, **attack_kw}
     settings = json.dumps([probe_settings, cfg.seed, cfg.task, attributes,
                            [hashlib.sha256("\x1f".join(map(str, v)).encode()).hexdigest() for v in labels.values()],
                            hashlib.sha256(np.asarray(probeset.groups).tobytes()).hexdigest()])
@@ -91,7 +98,7 @@ def probe_with_resume(features: dict, probeset: ProbeSet, cfg: AuditConfig, cach
                      dict(groups=probeset.groups, task_attribute=cfg.task, probes=list(families),
                           n_folds=cfg.probes.folds, n_permutations=cfg.probes.permutations,
                           n_bootstrap=cfg.probes.bootstrap, seed=cfg.seed, device=device,
-                          probe_params=probe_params(cfg))))
+                          probe_params=probe_params(cfg), **attack_kw)))
 
     def save(i: int, df: pd.DataFrame) -> None:        # each stage's sets are cached as it finishes
         for key in jobs[i][0]:

@@ -1,4 +1,4 @@
-"""ROC figures of out-of-fold predictions: one-vs-rest AUC and the true-positive rate at a low false-positive rate.
+"""ROC figures of out-of-fold posteriors: one-vs-rest AUC and the true-positive rate at low false-positive rates.
 
 What membership-inference auditing reports instead of an average accuracy: for each value ``c`` of
 an attribute, the probe's posterior ``q_i(c)`` ranks the samples (one-vs-rest); the AUC is the
@@ -41,19 +41,23 @@ def roc_stats(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray | No
     pos = np.asarray(positive, dtype=bool)
     w = np.ones((1, len(scores))) if weights is None else np.atleast_2d(np.asarray(weights, dtype=np.float64))
     order, starts = _groups(scores)
-    wp = np.add.reduceat(w[:, order] * pos[order], starts, axis=1)        # (B, G) positive weight per score
-    wn = np.add.reduceat(w[:, order] * ~pos[order], starts, axis=1)       # (B, G) negative weight per score
+    wo = w[:, order]
+    wp, wn = wo * pos[order], wo * ~pos[order]                            # (B, G) positive / negative weight per score
+    if len(starts) < len(scores):                                         # tied scores: one entry per distinct score
+        wp, wn = np.add.reduceat(wp, starts, axis=1), np.add.reduceat(wn, starts, axis=1)
     P, N = wp.sum(1), wn.sum(1)
     below = np.cumsum(wn, axis=1) - wn                                    # negatives strictly below each score
     with np.errstate(invalid="ignore", divide="ignore"):
         auc = (wp * (below + 0.5 * wn)).sum(1) / (P * N)
-        # flag every sample scoring at least the g-th highest score: descending cumulative sums
+        # flag every sample scoring at least the g-th highest score: descending cumulative sums, both
+        # non-decreasing, so the best TPR within an FPR is the TPR at the last threshold inside it
         tp = np.cumsum(wp[:, ::-1], axis=1) / P[:, None]
         fp = np.cumsum(wn[:, ::-1], axis=1) / N[:, None]
     out = np.zeros((len(w), len(fprs)))
+    rows = np.arange(len(w))
     for j, a in enumerate(fprs):
-        ok = fp <= a + 1e-12
-        out[:, j] = np.where(ok, tp, 0.0).max(1)
+        inside = (fp <= a + 1e-12).sum(1)                                 # thresholds within the FPR
+        out[:, j] = np.where(inside > 0, tp[rows, np.maximum(inside - 1, 0)], 0.0)
     bad = ~((P > 0) & (N > 0))
     auc[bad] = np.nan
     out[bad] = np.nan

@@ -33,6 +33,8 @@ class Sweep:
     """Levels whose rows get the attacker's view (:mod:`logitleak.probing.attack_view`; None: none)."""
     attack_sizes: Sequence[int] = ()
     """Attacker training-set sizes of the cost curves at ``attack_levels`` (:mod:`logitleak.probing.attack_cost`)."""
+    attack_k: int | None = None
+    """Cost curves only for the attacked feature sets of this k (and those without one); None: every one."""
     eval_features: Mapping | None = None
     """A shadow attack: the probes fitted on the features are scored on these (same keys and shapes)."""
     shadow: str | None = None
@@ -41,6 +43,11 @@ class Sweep:
     def attacked(self, level: str) -> bool:
         """Whether rows of ``level`` get the attacker's view."""
         return self.attack_levels is not None and level in self.attack_levels
+
+    def costed(self, key: tuple) -> bool:
+        """Whether the feature set ``key`` gets attack-cost curves."""
+        return bool(self.attack_sizes) and self.attacked(key[0]) and (self.attack_k is None
+                                                                      or key[2] in (None, self.attack_k))
 
     @property
     def group_array(self) -> np.ndarray | None:

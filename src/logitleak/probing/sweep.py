@@ -59,6 +59,9 @@ def evaluate_sweep(
     dtype: torch.dtype = torch.float32,
     memory_budget: int | None = None,
     mlp_levels: Collection[str] | None = None,
+    attack_levels: Collection[str] | None = None,
+    attack_sizes: Sequence[int] = (),
+    attack_k: int | None = None,
 ) -> pd.DataFrame:
     """Probe every feature set for every attribute with every probe family.
 
@@ -76,11 +79,16 @@ def evaluate_sweep(
     ``n_permutations > 0``: then from that many label permutations with refits (the exact but
     costly check); ``p_test`` says which. ``n_bootstrap=0`` leaves intervals NaN.
     ``mlp_levels``: the MLP probes only feature sets of these levels (None: all).
+    ``attack_levels``: the class rows of these levels get the attacker's view (ROC, low-FPR,
+    exposure: :mod:`logitleak.probing.attack_view`) and, for each of ``attack_sizes``, a
+    cost-curve row (``attacker_samples`` set: :mod:`logitleak.probing.attack_cost`), for the feature
+    sets of k ``attack_k`` (and those without a k) only, unless it is None.
     """
     sweep = Sweep(groups=groups, task_attribute=task_attribute, probes=probes, n_folds=n_folds,
                   n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed, device=device,
                   progress=progress, test_size=test_size, val_fraction=val_fraction, probe_params=probe_params,
-                  dtype=dtype, memory_budget=memory_budget)
+                  dtype=dtype, memory_budget=memory_budget,
+                  attack_levels=attack_levels, attack_sizes=tuple(attack_sizes), attack_k=attack_k)
     by_families: dict[tuple, list] = {}
     for key in features:
         by_families.setdefault(families_for(key[0], probes, mlp_levels), []).append(key)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from logitleak.decisions import Decisions, DefenceDecision, Recommendation, decide, decide_defences
+from logitleak.decisions.attack import AttackDecisions
 from logitleak.integrity import atomic_write
 from logitleak.report.first_screen import CSS as FIRST_SCREEN_CSS
 from logitleak.report.first_screen import first_screen_html
@@ -104,13 +105,14 @@ def _defences(tradeoff: pd.DataFrame | None, recommendation) -> dict[str, Defenc
 
 def render_html(results: pd.DataFrame, run_info: Mapping, *, tradeoff: pd.DataFrame | None = None,
                 recommendation: str | Recommendation | None = None, alpha: float = 0.05,
-                decisions: Decisions | None = None) -> str:
+                decisions: Decisions | None = None, attack: AttackDecisions | None = None) -> str:
     """The report as one HTML string (``decisions``: already taken on ``results``; ``recommendation``:
-    defend's decision, whose per-defence decisions the Defences section then reads)."""
+    defend's decision, whose per-defence decisions the Defences section then reads; ``attack``: the
+    decisions on the attack-cost curves)."""
     dec = decisions if decisions is not None else decide(results, alpha)
     ctx = ReportInput(decisions=dec, run_info=run_info, tradeoff=tradeoff,
                       defences=_defences(tradeoff, recommendation),
-                      recommendation=str(recommendation) if recommendation else None)
+                      recommendation=str(recommendation) if recommendation else None, attack=attack)
     parts = [_header(dec, run_info), _problems_banner(run_info), first_screen_html(dec, with_css=False)]
     parts += [section(ctx) for section in SECTIONS]
     title = f"logitleak audit — {_get(run_info, 'model', default='model')}"
@@ -123,7 +125,8 @@ def render_html(results: pd.DataFrame, run_info: Mapping, *, tradeoff: pd.DataFr
 
 def build_report(results: pd.DataFrame, run_info: dict, out_path: str | Path, *,
                  tradeoff: pd.DataFrame | None = None, recommendation: str | Recommendation | None = None,
-                 alpha: float = 0.05, decisions: Decisions | None = None) -> Path:
+                 alpha: float = 0.05, decisions: Decisions | None = None,
+                 attack: AttackDecisions | None = None) -> Path:
     """Write the self-contained HTML report atomically (temp file + rename); return its path.
 
     ``out_path`` may be an existing directory (the file is then ``report.html`` inside it)."""
@@ -131,6 +134,6 @@ def build_report(results: pd.DataFrame, run_info: dict, out_path: str | Path, *,
     if out.is_dir():
         out = out / "report.html"
     text = render_html(results, run_info or {}, tradeoff=tradeoff, recommendation=recommendation, alpha=alpha,
-                       decisions=decisions)
+                       decisions=decisions, attack=attack)
     atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return out

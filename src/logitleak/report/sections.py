@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from logitleak.decisions import Decisions, DefenceDecision
+from logitleak.decisions.attack import AttackDecisions
+from logitleak.report.attack import attack_section
 from logitleak.report.defences import tradeoff_plot, tradeoff_table
 from logitleak.report.figure import Plot
 from logitleak.report.flow import flow_plot, pca_plot
@@ -32,6 +34,7 @@ class ReportInput:
     tradeoff: pd.DataFrame | None = None
     defences: dict[str, DefenceDecision] | None = None
     recommendation: str | None = None
+    attack: AttackDecisions | None = None
 
 
 SIDE_PLOTS: list[Callable[[Decisions, bool], Plot | None]] = [flow_plot, layer_plot, level_plot, k_plot, pca_plot]
@@ -132,6 +135,11 @@ def run_details(ctx: ReportInput) -> str:
     return "\n".join(out)
 
 
-SECTIONS: list[Callable[[ReportInput], str]] = [findings_section, side_sections, defences_section, results_section,
-                                                run_details]
+def attacker_section(ctx: ReportInput) -> str:
+    """The attacker's view: attack-cost curves and the cheapest attack (audits with curves)."""
+    return attack_section(ctx.attack)
+
+
+SECTIONS: list[Callable[[ReportInput], str]] = [findings_section, side_sections, attacker_section, defences_section,
+                                                results_section, run_details]
 """The report below the first screen, in order."""
