@@ -13,10 +13,24 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from logitleak.decisions.attack import AttackDecisions
-from logitleak.report.figure import Plot, attr_title, color, error_bars, grid, legend_below, to_data_uri, values
+from logitleak.report.figure import (
+    Plot,
+    attr_title,
+    color,
+    error_bars,
+    grid,
+    label_axes,
+    legend_below,
+    to_data_uri,
+    values,
+)
 from logitleak.report.markup import esc, figures
 
 READING = ["level", "layer", "k"]
+COST_CAPTION = ("Accuracy of the attacker's linear probe trained on nested subsets of each training fold (the test "
+                "folds fixed, so every point is scored on the audit's held-out samples), with 95% intervals; the last "
+                "point is the audit's own row (the whole training fold). Filled: readable after Holm over every "
+                "curve point.")
 
 
 def _reading(rows: pd.DataFrame) -> pd.DataFrame:
@@ -58,15 +72,10 @@ def cost_plot(attack: AttackDecisions) -> Plot | None:
         top = pts.iloc[-1]
         k = f" k={int(top['k'])}" if pd.notna(top["k"]) else ""
         ax.set_xscale("log")
-        ax.set_title(f"{attr_title(attr, relevant)}\n{top['level']}{k}, linear probe", fontsize=10)
-        ax.set_xlabel("attacker's labelled samples")
-        ax.set_ylabel("held-out accuracy")
-        ax.grid(alpha=0.3)
+        label_axes(ax, f"{attr_title(attr, relevant)}\n{top['level']}{k}, linear probe", "attacker's labelled samples",
+                   "held-out accuracy")
     legend_below(fig, handles, 3, 0.07)
-    return Plot("Attack cost", "Accuracy of the attacker's linear probe trained on nested subsets of each training "
-                "fold (the test folds fixed, so every point is scored on the audit's held-out samples), with 95% "
-                "intervals; the last point is the audit's own row (the whole training fold). Filled: readable "
-                "after Holm over every curve point.", to_data_uri(fig))
+    return Plot("Attack cost", COST_CAPTION, to_data_uri(fig))
 
 
 def attack_section(attack: AttackDecisions | None) -> str:
