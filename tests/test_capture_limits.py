@@ -44,7 +44,7 @@ def test_a_prompt_over_the_context_is_named_by_its_row_before_any_work(qwen, tmp
     prompts = ["short one", "short one", "another", "word " * 40_000, "fine"]
     ps = _prompts(tmp_path, prompts)
     assert len(ps) == 4  # the repeated row 2 is dropped: row numbers stay the file's
-    monkeypatch.setattr(store_module.ActivationStore, "_write_shard", lambda *a, **k: pytest.fail("captured"))
+    monkeypatch.setattr(store_module, "write_shard", lambda *a, **k: pytest.fail("captured"))
     with pytest.raises(LogitleakError, match=r"^Row 4 of .*p\.jsonl: the prompt is [\d,]+ tokens, and '.*' reads at "
                                              r"most 512 \(its context length\); shorten the prompt or remove the "
                                              r"row\.$"):
@@ -59,10 +59,11 @@ def test_a_prompt_over_the_context_is_named_by_its_row_before_any_work(qwen, tmp
 
 def test_a_store_larger_than_the_free_disk_is_refused_before_capture(qwen, tmp_path, monkeypatch):
     ps = _prompts(tmp_path, [f"question {i:02d}" for i in range(10)])
-    per = sample_bytes(qwen, [], store_module._DTYPES["float16"], None, 20)
-    assert per == (qwen.n_layers + 1) * qwen.d_model * 2 + 4 * qwen.vocab_size
+    dtype = store_module.STORE_DTYPES[store_module.store_dtype_for(None, qwen.device)]  # the store's default here
+    per = sample_bytes(qwen, [], dtype, None, 20)
+    assert per == (qwen.n_layers + 1) * qwen.d_model * dtype.itemsize + 4 * qwen.vocab_size
     monkeypatch.setattr(store_module, "_free", lambda path: 10 * per - 1)
-    monkeypatch.setattr(store_module.ActivationStore, "_write_shard", lambda *a, **k: pytest.fail("captured"))
+    monkeypatch.setattr(store_module, "write_shard", lambda *a, **k: pytest.fail("captured"))
     with pytest.raises(LogitleakError, match=rf"The capture needs about {10 * per:,} bytes in .*store.* and its disk "
                                              rf"has {10 * per - 1:,} free; free some space"):
         ActivationStore(tmp_path / "store").extract(qwen, ps, progress=False)
@@ -72,7 +73,7 @@ def test_a_disk_that_fills_during_capture_keeps_the_finished_shards(qwen, tmp_pa
     from safetensors import SafetensorError
 
     ps = _prompts(tmp_path, [f"question {i}" for i in range(6)])
-    real = store_module.ActivationStore._write_shard
+    real = store_module.write_shard
     calls = []
 
     def fill_on_second(path, i, *a, **k):
@@ -81,12 +82,12 @@ def test_a_disk_that_fills_during_capture_keeps_the_finished_shards(qwen, tmp_pa
             raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         return real(path, i, *a, **k)
 
-    monkeypatch.setattr(store_module.ActivationStore, "_write_shard", staticmethod(fill_on_second))
+    monkeypatch.setattr(store_module, "write_shard", fill_on_second)
     store = ActivationStore(tmp_path / "store")
     with pytest.raises(LogitleakError, match=r"The disk holding .* is full: the capture needs about [\d,]+ bytes "
                                              r"there .*Finished shards are kept, so the rerun resumes\.$"):
         store.extract(qwen, ps, progress=False, shard_size=3)
-    monkeypatch.setattr(store_module.ActivationStore, "_write_shard", staticmethod(real))
+    monkeypatch.setattr(store_module, "write_shard", real)
     resumed = store.extract(qwen, ps, progress=False, shard_size=3)
     fresh = ActivationStore(tmp_path / "fresh").extract(qwen, ps, progress=False, shard_size=3)
     np.testing.assert_array_equal(resumed.logits(), fresh.logits())
