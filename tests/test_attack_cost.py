@@ -1,5 +1,7 @@
 """Attack-cost curves: nested attacker subsets of the training folds, scored on the audit's test folds."""
 
+from html import escape
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -74,6 +76,8 @@ def test_decisions_read_the_curve(swept):
     assert cheap.samples == rows["samples"].min() and not cheap.full_size
     assert dec.curve.loc[dec.curve.full_size, "samples"].eq(480).all()
     assert cheap.sentence().startswith(f"With {cheap.samples} labelled queries an attacker reads a from topk_ids (k=5) at ")
+    full = dec.curve[dec.curve.full_size & (dec.curve.attribute == "a") & (dec.curve.level == "topk_ids")].iloc[0]
+    assert cheap.sentence().endswith(f"; with 480, at {full.accuracy:.0%}.") and cheap.full_samples == 480
 
 
 def test_tables_round_trip(tmp_path, swept):
@@ -125,3 +129,19 @@ def test_on_the_organism_a_leak_costs_fewer_samples_than_the_audit_holds(organis
     html = (out / "report.html").read_text()
     assert 'id="attacker"' in html and "labelled queries an attacker reads shape" in html
     assert res.results["attacker_samples"].isna().all()              # cost rows stay out of the results table
+
+
+def test_the_report_shows_roc_and_the_most_exposed_records(organism_audit):
+    out = organism_audit.out_dir
+    html = (out / "report.html").read_text()
+    assert "ROC at low false-positive rates" in html and "The most exposed records" in html
+    tables = read_attack(out)
+    shape = tables.exposure[(tables.exposure.attribute == "shape") & (tables.exposure.probe == "linear")]
+    assert len(shape) == 400 and shape["name"].str.startswith("Sample ").all()      # every record, named
+    top = shape.sort_values(["posterior_true", "sample"], ascending=[False, True]).iloc[0]
+    assert f"<td>{escape(top['name'])}</td><td>{top['value']}</td>" in html
+    row = organism_audit.results.query("level == 'topk_ids' and attribute == 'shape' and probe == 'linear'").iloc[0]
+    assert row.exposed_posterior_0_9 == pytest.approx((shape.posterior_true >= 0.9).mean(), abs=1e-6)
+    assert row.auc_ci_low <= row.auc <= row.auc_ci_high and row.auc > 0.6
+    roc = tables.roc[(tables.roc.attribute == "shape") & (tables.roc.probe == "linear")]
+    assert len(roc) == 25 and roc.tpr.is_monotonic_increasing

@@ -295,7 +295,8 @@ def _audit(cfg: AuditConfig, out_dir: OutDir, progress: bool) -> AuditResult:
     run_info["utility"] = answer_utility(capture, probeset, adapter=None if cfg.endpoint else adapter)
     if lens is not None and hasattr(lens, "heldout_kl_"):
         run_info["tuned_lens_kl"] = lens.heldout_kl_
-    decisions, attack_decisions = decide(results), decide_attack(attack.curve)  # once: every reader reads these
+    decisions = decide(results)  # once: the report, verdict.json and the summaries read these
+    attack_decisions = decide_attack(attack.curve, roc=attack.roc, exposure=attack.exposure)
     with timer("report"):
         from logitleak.report import build_report
         from logitleak.report.gate import verdict_record, write_verdict

@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from logitleak.decisions import Decisions
 from logitleak.decisions.attack import AttackDecisions
+from logitleak.report.attack_roc import exposure_table, roc_plot
 from logitleak.report.figure import (
     Plot,
     attr_title,
@@ -47,7 +49,7 @@ def _reading(rows: pd.DataFrame) -> pd.DataFrame:
 def cost_plot(attack: AttackDecisions) -> Plot | None:
     """Accuracy against attacker samples, one panel per attribute (task-irrelevant first)."""
     ann = attack.curve
-    if ann.empty:
+    if ann is None or ann.empty:
         return None
     attrs = sorted(dict.fromkeys(ann["attribute"]), key=lambda a: bool(ann.loc[ann["attribute"] == a,
                                                                                "task_relevant_attr"].iloc[0]))
@@ -72,22 +74,29 @@ def cost_plot(attack: AttackDecisions) -> Plot | None:
         top = pts.iloc[-1]
         k = f" k={int(top['k'])}" if pd.notna(top["k"]) else ""
         ax.set_xscale("log")
+        ax.set_xticks(x, [str(int(v)) for v in x], fontsize=8)
+        ax.minorticks_off()
         label_axes(ax, f"{attr_title(attr, relevant)}\n{top['level']}{k}, linear probe", "attacker's labelled samples",
                    "held-out accuracy")
     legend_below(fig, handles, 3, 0.07)
     return Plot("Attack cost", COST_CAPTION, to_data_uri(fig))
 
 
-def attack_section(attack: AttackDecisions | None) -> str:
-    """The attacker's-view section: the cheapest attack per attribute and the cost figure (``""``: no curves)."""
-    if attack is None or attack.curve.empty:
+def attack_section(attack: AttackDecisions | None, dec: Decisions) -> str:
+    """The attacker's-view section: the cheapest attack per attribute, the cost and ROC figures and the
+    most exposed records (``""``: the run has no attacker's view)."""
+    if attack is None or (attack.curve.empty and (attack.roc is None or attack.roc.empty)):
         return ""
-    order = sorted(attack.cheapest.values(), key=lambda c: (c.task_relevant, c.samples))
-    items = "".join(f"<li>{esc(c.sentence())}</li>" for c in order)
-    none = sorted(set(attack.curve["attribute"]) - set(attack.cheapest))
-    if none:
-        items += f"<li>{esc(', '.join(none))}: no attacker size reads it.</li>"
-    plot = cost_plot(attack)
-    return ('<h2 id="attacker">The attacker\'s view</h2><p class="section-note">What a leak costs to exploit: '
-            "the fewest labelled queries with which an attacker's probe reads each attribute from the API output.</p>"
-            f'<ul class="findings">{items}</ul>' + (figures([plot]) if plot is not None else ""))
+    items = ""
+    if not attack.curve.empty:
+        order = sorted(attack.cheapest.values(), key=lambda c: (c.task_relevant, c.samples))
+        items = "".join(f"<li>{esc(c.sentence())}</li>" for c in order)
+        none = sorted(set(attack.curve["attribute"]) - set(attack.cheapest))
+        if none:
+            items += f"<li>{esc(', '.join(none))}: no attacker size reads it.</li>"
+    plots = [p for p in (cost_plot(attack), roc_plot(dec, attack.roc)) if p is not None]
+    return ('<h2 id="attacker">The attacker\'s view</h2><p class="section-note">What a leak costs to exploit and '
+            "whom it exposes: the fewest labelled queries with which an attacker's probe reads each attribute from "
+            "the API output, its detection rate at low false-positive rates, and the records it is surest of.</p>"
+            + (f'<ul class="findings">{items}</ul>' if items else "") + figures(plots)
+            + exposure_table(dec, attack.exposure))

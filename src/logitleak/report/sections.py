@@ -137,7 +137,7 @@ def run_details(ctx: ReportInput) -> str:
 
 def attacker_section(ctx: ReportInput) -> str:
     """The attacker's view: attack-cost curves and the cheapest attack (audits with curves)."""
-    return attack_section(ctx.attack)
+    return attack_section(ctx.attack, ctx.decisions)
 
 
 SECTIONS: list[Callable[[ReportInput], str]] = [findings_section, side_sections, attacker_section, defences_section,
