@@ -145,3 +145,13 @@ def test_the_report_shows_roc_and_the_most_exposed_records(organism_audit):
     assert row.auc_ci_low <= row.auc <= row.auc_ci_high and row.auc > 0.6
     roc = tables.roc[(tables.roc.attribute == "shape") & (tables.roc.probe == "linear")]
     assert len(roc) == 25 and roc.tpr.is_monotonic_increasing
+
+
+def test_the_curve_table_holds_only_readings_with_curves(one_thread):
+    X, y = signal(n=300)
+    rows = evaluate_sweep({("topk_ids", None, 5): X, ("topk_ids", None, 20): X}, {"a": y}, probes=("linear",),
+                          n_bootstrap=50, progress=False, attack_levels={"topk_ids"}, attack_sizes=(25, 50),
+                          attack_k=20)
+    results, tables = split_attack(rows)
+    assert len(results) == 2 and results["auc"].notna().all()          # both ks get the ROC columns
+    assert set(tables.curve["k"]) == {20} and len(tables.curve) == 3     # 25, 50 and the full row, k=20 only

@@ -56,6 +56,11 @@ def _keys(row) -> dict:
     return {c: row[c] for c in KEY_COLUMNS}
 
 
+def _reading(row) -> tuple:
+    """(level, layer, k, attribute) of a row, NA as None."""
+    return tuple(None if pd.isna(row[c]) else row[c] for c in ("level", "layer", "k", "attribute"))
+
+
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
     """A detail table with the results table's key types (``layer`` and ``k`` nullable integers)."""
     for c in ("layer", "k"):
@@ -93,7 +98,9 @@ def split_attack(rows: pd.DataFrame, probeset=None, attributes: Sequence[str] = 
         part["name"] = None if sample_names is None else np.asarray(sample_names, dtype=object)[idx]
         part["value"] = None if truth is None else np.asarray(truth).astype(str)[idx]
         exposure.append(part.assign(**keys)[[*KEY_COLUMNS, "sample", "name", "value", "posterior_true"]])
-    full = main[attacked & (main["probe"] == "linear")]
+    costed = {_reading(r) for _, r in rows[curve_mask].iterrows()}       # the readings with curves, and their last point
+    full = main[attacked & (main["probe"] == "linear") & np.array([_reading(r) in costed for _, r in main.iterrows()],
+                                                                  dtype=bool)]
     curve = to_frame(pd.concat([rows[curve_mask], full], ignore_index=True)) if curve_mask.any() else to_frame([])
     curve = curve.drop(columns=[c for c in DETAIL_COLUMNS if c in curve.columns])
     if len(curve):

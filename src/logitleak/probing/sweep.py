@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from logitleak.errors import LogitleakError
 from logitleak.probing.classify import classify
 from logitleak.probing.families import families_for
 from logitleak.probing.pca import evaluate_fold_levels, split_fold_levels
@@ -62,6 +63,8 @@ def evaluate_sweep(
     attack_levels: Collection[str] | None = None,
     attack_sizes: Sequence[int] = (),
     attack_k: int | None = None,
+    eval_features: Mapping | None = None,
+    shadow: str | None = None,
 ) -> pd.DataFrame:
     """Probe every feature set for every attribute with every probe family.
 
@@ -82,13 +85,19 @@ def evaluate_sweep(
     ``attack_levels``: the class rows of these levels get the attacker's view (ROC, low-FPR,
     exposure: :mod:`logitleak.probing.attack_view`) and, for each of ``attack_sizes``, a
     cost-curve row (``attacker_samples`` set: :mod:`logitleak.probing.attack_cost`), for the feature
-    sets of k ``attack_k`` (and those without a k) only, unless it is None.
+    sets of k ``attack_k`` (and those without a k) only, unless it is None. ``eval_features`` (same
+    keys and shapes as ``features``): a transfer (shadow) attack, class attributes only: the probes are
+    fitted on ``features`` (a shadow model's outputs) and every held-out score is of these rows (the
+    victim's outputs for the same inputs); the rows' ``shadow`` column is ``shadow``.
     """
     sweep = Sweep(groups=groups, task_attribute=task_attribute, probes=probes, n_folds=n_folds,
                   n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed, device=device,
                   progress=progress, test_size=test_size, val_fraction=val_fraction, probe_params=probe_params,
                   dtype=dtype, memory_budget=memory_budget,
-                  attack_levels=attack_levels, attack_sizes=tuple(attack_sizes), attack_k=attack_k)
+                  attack_levels=attack_levels, attack_sizes=tuple(attack_sizes), attack_k=attack_k,
+                  eval_features=eval_features, shadow=shadow)
+    if eval_features is not None:
+        _check_shadow(features, labels)
     by_families: dict[tuple, list] = {}
     for key in features:
         by_families.setdefault(families_for(key[0], probes, mlp_levels), []).append(key)
@@ -99,6 +108,16 @@ def evaluate_sweep(
     if not parts:
         return to_frame([])
     return _in_feature_order(pd.concat(parts, ignore_index=True), features)
+
+
+def _check_shadow(features: Mapping, labels: Mapping[str, np.ndarray]) -> None:
+    """A shadow attack scores class attributes of plain feature sets only (one sentence otherwise)."""
+    numeric, _ = split_numeric(labels)
+    fold, _ = split_fold_levels(features)
+    if numeric or fold:
+        what = f"numeric attribute {next(iter(numeric))!r}" if numeric else f"fold-projected level {next(iter(fold))[0]!r}"
+        raise LogitleakError(f"A shadow attack (eval_features) scores class attributes of plain feature sets, not the "
+                             f"{what}; leave it out of this sweep.")
 
 
 def _in_feature_order(rows: pd.DataFrame, features: Mapping) -> pd.DataFrame:
