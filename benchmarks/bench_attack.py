@@ -9,8 +9,14 @@
    the probes, which then read the victim's (the seed-0 organism's) top-20 with ids for the same
    inputs; printed beside the victim-trained reading.
 
+3. --multi-query: the five question types about each image (the organism's colour, shape, size,
+   position and background questions), each captured once; `shape` read from each question's top-20
+   with ids alone, and from the first 1, 2, ... 5 questions' top-20 with ids side by side (one row
+   per image, so one input never straddles a split). Measured here only: the audit has no
+   `--queries` flag or `multi_query_` levels yet.
+
 Prints CPU seconds and the load beside wall time. Usage:
-    python benchmarks/bench_attack.py [--from DEMO_OUT] [--shadow 1]
+    python benchmarks/bench_attack.py [--from DEMO_OUT] [--shadow 1] [--multi-query]
 """
 
 from __future__ import annotations
@@ -72,8 +78,8 @@ def print_acceptance(out: Path) -> None:
         print("  " + cost.sentence())
 
 
-def api_features(model_dir: Path, store: Path) -> tuple[dict, object]:
-    """The top-20 with ids of ``model_dir`` on the demo's probe set, and the probe set."""
+def api_features(model_dir: Path, store: Path, question: str = "color") -> tuple[dict, object]:
+    """The top-20 with ids of ``model_dir`` on the demo's probe set asked about ``question``, and the probe set."""
     from logitleak.audit import answer_token_ids
     from logitleak.capture.store import ActivationStore
     from logitleak.cli.audit import demo_config
@@ -81,7 +87,7 @@ def api_features(model_dir: Path, store: Path) -> tuple[dict, object]:
     from logitleak.levels.features import build_features
     from logitleak.models.loading import load_model
 
-    probeset = load_probe_set(demo_config())
+    probeset = load_probe_set(demo_config(task=question))
     adapter = load_model(model_dir, device="cpu")
     cap = ActivationStore(store).extract(adapter, probeset, progress=False)
     feats = build_features(cap, adapter.readout(), levels=["topk_ids"], layers=[], ks=[20],
@@ -110,15 +116,56 @@ def print_shadow(seed: int) -> None:
               f"   {b.accuracy:.3f} [{b.ci_low:.3f}, {b.ci_high:.3f}]     {b.p_value:.2g}")
 
 
+def print_multi_query(target: str = "shape") -> None:
+    from logitleak.models.organism_train import ensure_organism
+    from logitleak.probing.sweep import evaluate_sweep
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    questions = ("color", "shape", "size", "position", "background")
+    feats, sets = {}, []
+    with tempfile.TemporaryDirectory(prefix="bench-attack-") as tmp:
+        for q in questions:
+            f, ps = api_features(ensure_organism(seed=0, progress=False), Path(tmp) / q, question=q)
+            feats[q], sets = f[("topk_ids", None, 20)], [*sets, ps]
+    y = sets[0].labels(target)
+    assert all((ps.labels(target) == y).all() for ps in sets), "the questions must be about the same images"
+    combos = {("topk_ids", i, 20): feats[q] for i, q in enumerate(questions)}          # layer: which question alone
+    combos.update({("multi_query_topk_ids", j, 20): np.hstack([feats[q] for q in questions[:j]])
+                   for j in range(2, len(questions) + 1)})                              # layer: questions combined
+    others = [q for q in questions if q != target]
+    combos[("multi_query_topk_ids", 0, 20)] = np.hstack([feats[q] for q in others])      # 0: the other questions
+    rows = evaluate_sweep(combos, {target: y}, probes=("linear",), progress=False)
+    print(f"\nmulti-query on the organism: {target} from each question's top-20 with ids, and combined "
+          f"(linear probe; wall {time.perf_counter() - t0:.1f} s, cpu {time.process_time() - c0:.1f} s, "
+          f"load {os.getloadavg()[0]:.2f})")
+    for _, r in rows.iterrows():
+        what = (f"question {questions[int(r.layer)]!r} alone" if r.level == "topk_ids" else
+                f"first {int(r.layer)} questions combined" if r.layer else f"the {len(others)} questions not about it")
+        print(f"  {what:34s} accuracy {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] (baseline "
+              f"{r.baseline_accuracy:.3f}), {r.v_info_bits:.2f} bits [{r.v_info_ci_low:.2f}, {r.v_info_ci_high:.2f}]")
+    single = rows[rows.level == "topk_ids"]
+    multi = rows[rows.level == "multi_query_topk_ids"].set_index("layer")
+    best, combined = single.loc[single.v_info_bits.idxmax()], multi.loc[len(questions)]
+    print(f"  all five combined {combined.accuracy:.3f} vs the best single question ({questions[int(best.layer)]}) "
+          f"{best.accuracy:.3f}: at least as readable: {combined.ci_high >= best.accuracy}")
+    rest = single[single.layer != questions.index(target)]
+    best_other, other = rest.loc[rest.v_info_bits.idxmax()], multi.loc[0]
+    print(f"  the other four combined {other.accuracy:.3f} vs the best of them alone "
+          f"({questions[int(best_other.layer)]}) {best_other.accuracy:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="from_dir", type=Path, help="a finished demo output folder")
     parser.add_argument("--shadow", type=int, help="the shadow organism's seed (e.g. 1)")
+    parser.add_argument("--multi-query", action="store_true", help="the five questions about each image combined")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     print_acceptance(demo_scope(args.from_dir))
     if args.shadow is not None:
         print_shadow(args.shadow)
+    if args.multi_query:
+        print_multi_query()
 
 
 if __name__ == "__main__":
