@@ -219,3 +219,16 @@ def test_report_tradeoff_table_shows_each_defences_decisions():
     assert len(rows) == 3 and "Holm p" in html and "status" in html
     assert "LEAK" in rows[0] and "1.0e-06" in rows[0]
     assert all("LEAK" not in r and "0.060" in r and "0.030" in r for r in rows[1:])
+
+
+def test_bits_are_shown_above_zero_only_beyond_float_rounding():
+    from logitleak.decisions import bits_shown
+    from logitleak.decisions.rules import BITS_RESOLUTION
+    from logitleak.report.wording import bits_text
+
+    rounding = _api_row(bits=2e-9)
+    rounding.update(v_info_ci_low=1.2e-8, v_info_ci_high=6.9e-8)      # constant features through float32
+    assert not bits_shown(rounding) and bits_text(rounding).endswith("not shown above zero")
+    assert not bits_shown({**rounding, "v_info_ci_low": BITS_RESOLUTION})
+    assert bits_shown({**rounding, "v_info_ci_low": 2 * BITS_RESOLUTION})
+    assert bits_shown(_api_row(bits=0.4)) and not bits_shown({**rounding, "v_info_ci_low": None})

@@ -10,6 +10,7 @@ from scipy import stats
 from logitleak.errors import LogitleakError
 from logitleak.probing import metrics as M
 from logitleak.probing.heldout import centred_gains, forward_chain, heldout_gain_pvalue
+from logitleak.probing.permutations import permutation_index, permuted, unmovable_groups
 from logitleak.probing.plans import plan_attribute
 from logitleak.probing.sweep import evaluate_sweep
 from logitleak.report.verdict import verdict
@@ -200,9 +201,9 @@ def hidden_leak_groups(seed=0):
 
 def test_permutations_refuse_groups_they_cannot_move_and_the_default_test_finds_the_leak():
     X, y, groups = hidden_leak_groups()
-    assert M.unmovable_groups(y, groups) == 30
-    with pytest.raises(ValueError, match="size no other group has"):
-        M.permute_labels(y, np.random.default_rng(0), groups)
+    assert unmovable_groups(y, groups) == 30
+    with pytest.raises(LogitleakError, match="size no other group has"):
+        permuted("y", y, permutation_index(len(y), 3, 0, groups), groups)
     with pytest.raises(LogitleakError, match="cannot move them"):
         evaluate_sweep({("residual", 0, None): X}, {"y": y}, groups=groups, probes=("linear",), n_permutations=20,
                        n_bootstrap=0, progress=False)
@@ -211,7 +212,7 @@ def test_permutations_refuse_groups_they_cannot_move_and_the_default_test_finds_
     assert r.accuracy > 0.8 and r.ci_low > r.baseline_accuracy and r.p_value < 1e-4
     # group-constant labels move between groups of any size, so permutations stay available there
     const = np.random.default_rng(1).integers(0, 2, 30)[groups]
-    assert M.unmovable_groups(const, groups) == 0
+    assert unmovable_groups(const, groups) == 0
     plan = plan_attribute("y", const, groups=groups, n_permutations=3, n_bootstrap=0)
     assert plan.n_variants == 5
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
+from logitleak.errors import LogitleakError
 from logitleak.probing import metrics as M
+from logitleak.probing import permutations as P
 
 
 def test_classification_measures_match_sklearn():
@@ -63,32 +65,56 @@ def test_bootstrap_interval_has_the_right_width_and_coverage():
     assert covered >= 34                      # ~95% nominal; P(<34 of 40) is ~1% at 95%
 
 
-def test_group_constant_permutation_moves_labels_between_groups():
+def test_group_constant_labels_move_between_groups_of_any_size():
     rng = np.random.default_rng(2)
-    groups = np.repeat(rng.permutation(30), rng.integers(1, 6, 30))
+    groups = np.repeat(rng.permutation(30), np.r_[rng.integers(1, 6, 28), 7, 9])   # sizes 7 and 9 occur once
     per_group = rng.integers(0, 3, 30)
     codes = per_group[groups]
-    seen_change = False
-    for _ in range(20):
-        perm = M.permute_labels(codes, rng, groups)
+    perm = P.permuted("y", codes, P.permutation_index(len(codes), 20, seed=0, groups=groups), groups)
+    assert perm.shape == (20, len(codes))
+    for row in perm:
         for g in np.unique(groups):            # still constant within every group
-            assert len(np.unique(perm[groups == g])) == 1
+            assert len(np.unique(row[groups == g])) == 1
         # the multiset of group labels is preserved
-        g_lab = sorted(perm[groups == g][0] for g in np.unique(groups))
+        g_lab = sorted(row[groups == g][0] for g in np.unique(groups))
         assert g_lab == sorted(codes[groups == g][0] for g in np.unique(groups))
-        seen_change |= not np.array_equal(perm, codes)
-    assert seen_change
+    assert (perm != codes).any(1).all()
+    # labels that vary within a group of a size no other group has cannot be moved: refused by name
+    varying = codes.copy()
+    varying[np.flatnonzero(groups == groups[-1])[0]] += 1           # the group of 9 gets two labels
+    assert P.unmovable_groups(varying, groups) == 2
+    with pytest.raises(LogitleakError, match="Attribute 'v': its labels vary within groups and 2 groups"):
+        P.permuted("v", varying, P.permutation_index(len(codes), 2, 0, groups), groups)
 
 
 def test_mixed_groups_swap_whole_blocks_between_equal_size_groups():
     rng = np.random.default_rng(3)
-    groups = np.repeat(np.arange(12), 4)
-    codes = rng.integers(0, 2, 48)
-    perm = M.permute_labels(codes, rng, groups)
-    blocks = sorted(tuple(codes[groups == g]) for g in range(12))
-    assert sorted(tuple(perm[groups == g]) for g in range(12)) == blocks
-    plain = M.permute_labels(codes, rng)
-    np.testing.assert_array_equal(np.bincount(plain), np.bincount(codes))
+    groups = np.repeat(np.arange(12), [4] * 6 + [2] * 6)
+    codes = rng.integers(0, 2, len(groups))
+    index = P.permutation_index(len(groups), 30, seed=1, groups=groups)
+    for row in P.permuted("y", codes, index, groups):
+        for size in (4, 2):
+            blocks = sorted(tuple(codes[groups == g]) for g in range(12) if (groups == g).sum() == size)
+            assert sorted(tuple(row[groups == g]) for g in range(12) if (groups == g).sum() == size) == blocks
+    assert P.unmovable_groups(codes, groups) == 0
+    plain = P.permutation_index(48, 5, seed=1)
+    for row in plain:
+        np.testing.assert_array_equal(np.sort(row), np.arange(48))
+
+
+def test_shared_permutations_are_the_same_for_every_attribute_and_depend_on_the_seed():
+    from logitleak.probing.plans import plan_attribute
+
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(0, 3, 60), rng.integers(0, 2, 60)
+    pa = plan_attribute("a", a, n_permutations=7, n_bootstrap=0)
+    pb = plan_attribute("b", b, n_permutations=7, n_bootstrap=0)
+    index = P.permutation_index(60, 7, seed=0)
+    np.testing.assert_array_equal(pa.labels[2:], a[index])
+    np.testing.assert_array_equal(pb.labels[2:], b[index])
+    assert pa.permutation_key == pb.permutation_key == P.permutation_key(0, 60, 7)
+    assert P.permutation_key(1, 60, 7) != pa.permutation_key
+    assert not np.array_equal(P.permutation_index(60, 7, seed=1), index)
 
 
 def test_control_labels_are_a_function_of_the_group_with_the_same_distribution():

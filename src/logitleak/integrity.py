@@ -46,7 +46,10 @@ def atomic_write(path: str | Path, write: Callable[[str], object], checksum: boo
 
 
 def json_value(v):
-    """A JSON-ready value: NaN and missing values as null, numpy scalars as Python, anything else as text."""
+    """A JSON-ready value: NaN and missing values as null, numpy scalars as Python, arrays and lists
+    (e.g. a row's ``permutation_stats``) element by element, anything else as text."""
+    if isinstance(v, (list, tuple)) or getattr(v, "ndim", 0) > 0:
+        return [json_value(x) for x in list(v)]
     if v is None or v is getattr(sys.modules.get("pandas"), "NA", None):  # pd.NA (only if pandas is in use)
         return None
     if isinstance(v, float) and math.isnan(v):

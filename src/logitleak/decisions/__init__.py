@@ -1,4 +1,4 @@
-"""The one place every decision is made: Holm, readable, leak, strongest reading, smallest k, recommendation.
+"""The one place every decision is made: family adjustment, readable, leak, strongest reading, recommendation.
 
 ``decide(results)`` returns structured :class:`Decisions` for an audit's results table;
 ``recommend_defence(tradeoff, max_loss)`` takes the same decisions once per defence and picks
@@ -15,12 +15,13 @@ from logitleak.decisions.defences import (
     recommend_defence,
     strongest_rows,
 )
+from logitleak.decisions.multiplicity import holm, westfall_young
 from logitleak.decisions.rules import (
     TUNED_LEVELS,
     annotate,
     best_row,
+    bits_shown,
     finite,
-    holm,
     k_order,
     level_rank,
     num,
@@ -31,7 +32,9 @@ from logitleak.decisions.rules import (
     strongest_reading,
 )
 
-__all__ = ["CALLS", "STATUSES", "TUNED_LEVELS", "AttackCost", "AttackDecisions", "AttributeDecision", "DefenceDecision", "Decisions", "Recommendation",
-           "annotate", "best_row", "decide", "decide_attack", "decide_defences", "finite", "holm", "k_order", "level_rank", "num",
-           "recommend_defence", "relevance", "smallest_k_key", "smallest_k_row", "strongest", "strongest_reading",
-           "strongest_rows"]
+__all__ = [
+    "CALLS", "STATUSES", "TUNED_LEVELS", "AttackCost", "AttackDecisions", "AttributeDecision", "DefenceDecision",
+    "Decisions", "Recommendation", "annotate", "best_row", "bits_shown", "decide", "decide_attack",
+    "decide_defences", "finite", "holm", "k_order", "level_rank", "num", "recommend_defence", "relevance",
+    "smallest_k_key", "smallest_k_row", "strongest", "strongest_reading", "strongest_rows", "westfall_young",
+]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from logitleak.decisions.multiplicity import HOLM, WESTFALL_YOUNG, permutations_needed, smallest_reachable
 from logitleak.decisions.rules import (
     TUNED_LEVELS,
     annotate,
@@ -28,10 +29,11 @@ from logitleak.decisions.rules import (
 )
 from logitleak.levels.table import API_LEVELS
 
-STATUSES: tuple[str, ...] = ("empty", "no_api", "leak", "clean", "nothing_to_claim")
+STATUSES: tuple[str, ...] = ("empty", "no_api", "leak", "clean", "untestable", "nothing_to_claim")
 """What a whole table says: nothing measured; no API level measured; a task-irrelevant attribute
-leaks; no task-irrelevant attribute measured at the API level leaks; no task-irrelevant attribute
-measured at the API level at all."""
+leaks; no task-irrelevant attribute measured at the API level leaks; none leaks but the design
+cannot reach significance (too few permutations for the family: "no leak" cannot be told from
+"not tested"); no task-irrelevant attribute measured at the API level at all."""
 
 CALLS: tuple[str, ...] = ("leak", "no_leak", "readable", "not_readable", "not_measured")
 """One attribute's call: a task-irrelevant attribute readable at an API level (leak) or not; the
@@ -86,7 +88,7 @@ class AttributeDecision:
 
     @property
     def p_holm(self) -> float:
-        """The strongest row's Holm-adjusted p-value, the one the decision used (NaN when none)."""
+        """The strongest row's family-adjusted p-value, the one the decision used (NaN when none)."""
         return num(self.strongest.get("p_holm")) if self.strongest is not None else float("nan")
 
 
@@ -99,6 +101,31 @@ class Decisions:
     best: pd.DataFrame = field(repr=False)
     attributes: dict[str, AttributeDecision]
     n_tests: int
+    adjustment: str = HOLM
+    smallest_p: float = 0.0
+    """The smallest family-adjusted p-value the design could give (0: not bounded by a count)."""
+
+    @property
+    def reachable(self) -> bool:
+        """Whether the design can give an API-level p-value below ``alpha`` at all."""
+        return self.smallest_p < self.alpha
+
+    @property
+    def permutations_needed(self) -> int:
+        """The smallest permutation count with which this family could reach ``alpha``."""
+        return permutations_needed(self.n_tests, self.alpha, self.adjustment)
+
+    def unreachable_text(self, where: str = "") -> str | None:
+        """The clause saying the design cannot reach ``alpha`` (None when it can): the permutation
+        count, the smallest adjusted p-value it allows and the count that would reach ``alpha``."""
+        if self.reachable:
+            return None
+        counts = pd.to_numeric(self.table.loc[self.table["is_api"], "n_permutations"], errors="coerce").dropna()
+        method = "Westfall–Young" if self.adjustment == WESTFALL_YOUNG else f"Holm over {self.n_tests} API-level tests"
+        return (f"with {int(counts.max()) if len(counts) else 0} permutations no p-value can fall below "
+                f"{self.alpha:g}{where} ({method}: the smallest it can give is {self.smallest_p:.3g}), so 'at baseline' "
+                f"cannot be told from 'not tested'; rerun with at least {self.permutations_needed} permutations, or "
+                f"without --permutations (the held-out test)")
 
     @property
     def irrelevant(self) -> list[AttributeDecision]:
@@ -128,7 +155,7 @@ class Decisions:
         if self.leaks:
             return "leak"
         if self.irrelevant and len(self.unmeasured) < len(self.irrelevant):
-            return "clean"
+            return "clean" if self.reachable else "untestable"
         return "nothing_to_claim"
 
 
@@ -158,5 +185,8 @@ def decide(results: pd.DataFrame, alpha: float = 0.05) -> Decisions:
     best = strongest(ann)
     rel = relevance(ann) if len(ann) else {}
     attrs = {a: _decide_one(best, a, rel.get(a, False)) for a in dict.fromkeys(ann["attribute"])} if len(ann) else {}
-    n_tests = int(np.isfinite(ann.loc[ann["is_api"], "p_value"]).sum()) if len(ann) else 0
-    return Decisions(alpha=alpha, table=ann, best=best, attributes=attrs, n_tests=n_tests)
+    api = ann[ann["is_api"]] if len(ann) else ann
+    n_tests = int(np.isfinite(api["p_value"]).sum()) if len(ann) else 0
+    method = str(api["p_adjustment"].dropna().iloc[0]) if len(api) and api["p_adjustment"].notna().any() else HOLM
+    return Decisions(alpha=alpha, table=ann, best=best, attributes=attrs, n_tests=n_tests, adjustment=method,
+                     smallest_p=smallest_reachable(api, method) if len(api) else 0.0)

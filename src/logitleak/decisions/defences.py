@@ -1,8 +1,9 @@
 """Which defence to recommend: the audit's own decisions, taken once per defence of a trade-off table.
 
 Each defence's rows (``defense_label``) are decided exactly as an audit's results table is
-(:func:`logitleak.decisions.decide`: Holm across that defence's API-level tests, readable =
-corrected p < alpha and the interval above the baseline). A defence *works* when some
+(:func:`logitleak.decisions.decide`: the family adjustment across that defence's API-level tests,
+readable = adjusted p < alpha and the interval above the baseline). A defence whose design cannot
+reach alpha at all (too few permutations) gives no recommendation, never "no defence needed". A defence *works* when some
 task-irrelevant attribute was measured at an API level under it and none of them leaks; the
 recommendation is the working defence with the smallest answer-accuracy loss within
 ``max_loss`` (no defence at all when the undefended model already leaks nothing).
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from logitleak.decisions.attributes import Decisions, decide
-from logitleak.levels.table import API_LEVELS
 
 KINDS: tuple[str, ...] = ("nothing_measured", "untestable", "none_needed", "recommended", "none_found")
 UNDEFENDED = "none"
@@ -80,17 +80,6 @@ def decide_defences(tradeoff: pd.DataFrame, alpha: float = 0.05) -> dict[str, De
     return out
 
 
-def _permutation_floor(tradeoff: pd.DataFrame, alpha: float) -> int | None:
-    """The smallest permutation count of the API rows when it cannot reach ``alpha``, else None."""
-    api = tradeoff[tradeoff["level"].astype(str).isin(API_LEVELS)]
-    perm_rows = api[api["p_test"] == "permutation"] if "p_test" in api.columns else api
-    if "n_permutations" in perm_rows.columns and len(perm_rows) and perm_rows["n_permutations"].notna().all():
-        n_perm = int(perm_rows["n_permutations"].min())
-        if 1.0 / (n_perm + 1) >= alpha:
-            return n_perm
-    return None
-
-
 RULE_WORDS = "no Holm-corrected API-level test below alpha={alpha:g} with its interval above the baseline"
 
 
@@ -104,11 +93,10 @@ def recommend_defence(tradeoff: pd.DataFrame, max_loss: float, alpha: float = 0.
 
     if not any(d.measured for d in defences.values()):
         return rec("nothing_measured", "No task-irrelevant attribute was measured, so no defence is needed or recommended.")
-    n_perm = _permutation_floor(tradeoff, alpha)
-    if n_perm is not None:
-        return rec("untestable", f"No recommendation: with {n_perm} permutations no p-value can fall below {alpha}, so "
-                                 f"'at baseline' cannot be told from 'not tested'; rerun with at least "
-                                 f"{int(1 / alpha)} permutations.")
+    blocked = [text for label, d in defences.items()
+               if (text := d.decisions.unreachable_text(f" under the defence {label!r}")) is not None]
+    if blocked:
+        return rec("untestable", f"No recommendation: {blocked[0]}.")
     base = defences.get(UNDEFENDED)
     base_utility = base.utility_accuracy if base is not None else math.nan
     if base is not None and base.works:  # the undefended model leaks nothing: no defence, whatever others cost

@@ -2,9 +2,11 @@
 
 * **Multiple comparisons.** Every API-level row (levels in ``API_LEVELS``: every attribute,
   level, k and probe family) with a p-value is one test of the family that leak claims come
-  from; their p-values are Holm-Bonferroni adjusted together (``p_holm``). Rows of the
-  internal levels (residual, lenses, full logits) keep their per-test p-value: they are shown
-  for comparison, never as an API leak claim.
+  from; their p-values are adjusted together (``p_holm``, the family-adjusted p-value;
+  ``p_adjustment`` names the method, :mod:`logitleak.decisions.multiplicity`): Westfall–Young
+  over the shared permutations when every test is a permutation test, else Holm-Bonferroni.
+  Rows of the internal levels (residual, lenses, full logits) keep their per-test p-value: they
+  are shown for comparison, never as an API leak claim.
 * **Readable.** A row is readable when its p-value (Holm-adjusted at the API levels) is below
   ``alpha`` AND the lower end of its accuracy interval (``ci_low``) is above the majority
   baseline (``baseline_accuracy``; for a numeric attribute: the R² interval above 0). A missing
@@ -27,6 +29,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from logitleak.decisions.multiplicity import family_adjust
 from logitleak.levels.table import API_LEVELS, LEVELS, TUNED_LENS_LEVELS
 from logitleak.results import to_frame
 
@@ -52,18 +55,16 @@ def finite(v) -> bool:
     return math.isfinite(num(v))
 
 
-def holm(pvalues) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (NaN stays NaN and does not count as a test)."""
-    p = np.asarray([num(x) for x in pvalues], dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = len(ok)
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out[order] = adj
-    return out
+BITS_RESOLUTION = 1e-5
+"""Bits below this are float rounding, not information: the probes' float32 log-probabilities
+resolve about 1e-7 bits a sample, and constant features read 2e-9 bits with an interval of
+[1.2e-8, 6.9e-8]; no attribute leaks 1e-5 bits in any sense that matters."""
+
+
+def bits_shown(row) -> bool:
+    """Whether the bits' interval lies above zero by more than float rounding
+    (:data:`BITS_RESOLUTION`): a bits figure is only claimed when it does."""
+    return finite(row.get("v_info_ci_low")) and num(row["v_info_ci_low"]) > BITS_RESOLUTION
 
 
 def _truthy(v) -> bool:
@@ -95,7 +96,7 @@ def level_rank(level: str) -> int:
 
 def annotate(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """The table with the decision columns added: ``is_api``, ``task_relevant_attr``, ``p_holm``
-    (API rows only), ``p_used``, ``significant``, ``above_baseline``, ``readable``, ``leak``
+    (API rows only: the family-adjusted p-value), ``p_adjustment`` (its method), ``p_used``, ``significant``, ``above_baseline``, ``readable``, ``leak``
     (readable, API level, task-irrelevant) and ``rank_key`` (the family-ranking key; not called
     ``strength``, which a trade-off table already uses for a defence's setting)."""
     df = to_frame(results).reset_index(drop=True)
@@ -107,9 +108,12 @@ def annotate(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     df["task_relevant_attr"] = df["attribute"].map(rel).astype(bool)
     df["is_api"] = df["level"].isin(API_LEVELS)
     df["p_holm"] = np.nan
+    df["p_adjustment"] = None
     api_idx = df.index[df["is_api"]]
     if len(api_idx):
-        df.loc[api_idx, "p_holm"] = holm(df.loc[api_idx, "p_value"])
+        adjusted, method = family_adjust(df.loc[api_idx])
+        df.loc[api_idx, "p_holm"] = adjusted
+        df.loc[api_idx, "p_adjustment"] = method
     df["p_used"] = np.where(df["is_api"], df["p_holm"], df["p_value"])
     df["significant"] = np.isfinite(df["p_used"]) & (df["p_used"] < alpha)
     df["above_baseline"] = (np.isfinite(df["ci_low"]) & np.isfinite(df["baseline_accuracy"])

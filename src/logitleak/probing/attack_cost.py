@@ -8,9 +8,11 @@ of every training fold: one fixed random order of the samples (of whole groups, 
 groups) is drawn once, and a fold's subset of size ``N`` is its first ``N`` samples in that order,
 so a larger attacker holds every sample a smaller one does. The test folds are the audit's own,
 so every point is scored on the same held-out samples as the audit's row, with the same baseline,
-bootstrap intervals and result columns (``attacker_samples`` = ``N``).
+bootstrap intervals (widened by the fitting variance of a probe trained on ``N`` samples,
+:mod:`logitleak.probing.intervals`) and result columns (``attacker_samples`` = ``N``).
 
-Each point's p-value is the held-out gain test of :mod:`logitleak.probing.heldout` on the
+Each point's p-value is the held-out gain test of :mod:`logitleak.probing.heldout` (the exact
+null of :mod:`logitleak.probing.heldout_exact` for groups of unequal sizes) on the
 forward-chained blocks, block ``b`` scored by a probe trained on the first ``N`` samples of the
 blocks before it; a block with fewer than ``N`` samples before it is not scored at that size (an
 attacker of size ``N`` is never simulated with fewer). All sizes, folds, blocks and attributes of
@@ -29,7 +31,8 @@ from logitleak.probing.attack_view import ROC_RESAMPLES
 from logitleak.probing.batching import chunk_size, k_buckets, pair_bytes
 from logitleak.probing.batching import memory_budget as default_budget
 from logitleak.probing.families import fit_family
-from logitleak.probing.heldout import block_weights, centred_gains
+from logitleak.probing.heldout_exact import heldout_test_pvalues, row_seed
+from logitleak.probing.intervals import optimism
 from logitleak.probing.plans import AttributePlan
 from logitleak.probing.rows import result_rows
 from logitleak.probing.settings import Sweep
@@ -111,7 +114,7 @@ def _fit(X: torch.Tensor, plans: list[AttributePlan], probs: list[list[dict]], p
         if key not in out:
             kp = plans[a].n_classes
             out[key] = {"width": d, "lp": np.zeros((F, n), np.float32), "pred": np.zeros((F, n), np.int64),
-                        "lk": np.zeros((F, n, kp)), "C": [], "ok": []}
+                        "lk": np.zeros((F, n, kp)), "C": [], "ok": [], "seen": np.zeros((F, n)), "n_seen": np.zeros(n)}
     budget = s.memory_budget or default_budget(X.device)
     per_pair = pair_bytes("linear", n, d, K, torch.finfo(X.dtype).bits // 8, params)
     p_chunk = chunk_size(len(flat), per_pair, budget, n * d * 16)
@@ -135,6 +138,9 @@ def _store(out: dict, plans: list[AttributePlan], part: list, logp: np.ndarray, 
         lj = logp[:, :, j, : plan.n_classes]
         if pr["kind"] == "cv":
             slot["lp"][:, rows] = lj[:, rows, plan.codes[rows]] if len(rows) else 0.0
+            fitted = np.flatnonzero(pr["train"])          # scored in-sample too: the probe's optimism
+            slot["seen"][:, fitted] += lj[:, fitted, plan.codes[fitted]]
+            slot["n_seen"][fitted] += 1
             slot["pred"][:, rows] = lj[:, rows].argmax(-1)
             slot["C"].append(C[:, j].double().cpu().numpy())
         if pr["kind"] == "block" or pr["index"] == plan.n_splits - 1:
@@ -179,12 +185,14 @@ def _rows(plan: AttributePlan, keys: list, slot: dict, size: int, s: Sweep, n_gr
     lp = np.repeat(slot["lp"][:, None], V, 1)          # the audit's row builder reads every variant;
     pred = np.repeat(slot["pred"][:, None], V, 1)      # only the real labels' entries are kept below
     block = _blocks(plan, size)
-    gains = centred_gains(slot["lk"], plan.codes, block) * block_weights(block)
+    p_held = heldout_test_pvalues(slot["lk"], plan.codes, block, s.group_array,
+                                  [row_seed(s.seed, plan.name, size, *key) for key in keys])
+    opt = optimism(slot["lp"], slot["seen"], slot["n_seen"], plan.tested[0])
     C = np.stack(slot["C"], 1)
     ok = np.stack(slot["ok"], 1).mean(1)
-    built = result_rows(plan, keys, [slot["width"]] * len(keys), lp, pred, gains, C, "linear",
+    built = result_rows(plan, keys, [slot["width"]] * len(keys), lp, pred, p_held, opt, C, "linear",
                         task_attribute=s.task_attribute, n_groups=n_groups, n_folds_eff=s.n_folds_eff,
-                        n_permutations=0, groups=s.group_array)
+                        n_permutations=0)
     out = {}
     for i, (key, row) in enumerate(zip(keys, built)):
         row.update({c: float("nan") for c in CONTROL_COLUMNS})

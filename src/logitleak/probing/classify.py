@@ -31,7 +31,8 @@ from logitleak.probing.attack_view import attack_columns
 from logitleak.probing.batching import Problems, chunk_size, k_buckets, pair_bytes
 from logitleak.probing.batching import memory_budget as default_budget
 from logitleak.probing.families import check_families, check_probe_params, control_reuses_c, fit_family
-from logitleak.probing.heldout import block_weights, centred_gains
+from logitleak.probing.heldout_exact import heldout_test_pvalues, row_seed
+from logitleak.probing.intervals import optimism
 from logitleak.probing.plans import AttributePlan, plan_attribute
 from logitleak.probing.rows import result_rows
 from logitleak.probing.settings import Sweep
@@ -56,9 +57,12 @@ def _fit_bucket(X: torch.Tensor, b: Problems, fam: str, params: Mapping, p_chunk
                 X_eval: torch.Tensor | None = None):
     """Out-of-fold predictions of ``F`` feature sets for one bucket: per plan, ``lp``/``pred``
     ``(F, V, n)``, the forward-chained log-probabilities ``(F, n, K)``, the chosen C ``(F, S)``,
-    the fraction of the plan's fits that converged ``(F,)`` and the real labels' out-of-fold
-    log-probabilities of every class ``(F, n, K)``. ``X_eval``: score these rows instead of ``X``'s
-    (a shadow attack)."""
+    the fraction of the plan's fits that converged ``(F,)``, the real labels' out-of-fold
+    log-probabilities of every class ``(F, n, K)`` and the probe's optimism ``(F,)``
+    (:func:`logitleak.probing.intervals.optimism`: the real labels' cross-validation fits scored on
+    the rows they fitted, against the same rows held out; 0 for a shadow attack, whose fits never
+    score the rows they trained on). ``X_eval``: score these rows instead of ``X``'s (a shadow
+    attack)."""
     F, n = X.shape[0], X.shape[1]
     dev = X.device
     lp = [np.zeros((F, p.n_variants, n), np.float32) for p in b.plans]
@@ -67,6 +71,8 @@ def _fit_bucket(X: torch.Tensor, b: Problems, fam: str, params: Mapping, p_chunk
     Cc = [np.full((F, p.n_splits), np.nan) for p in b.plans]
     conv = [np.zeros((F, 2)) for _ in b.plans]                # converged fits, all fits
     oof = [np.zeros((F, n, p.n_classes), np.float32) for p in b.plans]
+    seen = [np.zeros((F, n)) for _ in b.plans]                # in-sample log-probabilities of the real labels
+    n_seen = [np.zeros(n) for _ in b.plans]
     for idx, from_real in _fit_order(b, fam, params, p_chunk):
         y, tr, te, fi, va, cm = b.arrays(idx)
         C_fixed = None
@@ -98,11 +104,17 @@ def _fit_bucket(X: torch.Tensor, b: Problems, fam: str, params: Mapping, p_chunk
             vv = b.variant[gidx[sel]]
             lp[ai][:, vv, rr[sel]] = lpy[:, rr[sel], pp[sel]]
             pr[ai][:, vv, rr[sel]] = pred[:, rr[sel], pp[sel]]
-        if C_np is not None:
-            for j in np.flatnonzero(b.variant[idx] == 0):
-                Cc[b.attr[idx[j]]][:, b.split[idx[j]]] = C_np[:, j]
+        for j in np.flatnonzero(b.variant[idx] == 0):
+            ai = b.attr[idx[j]]
+            if X_eval is None:
+                rows = np.flatnonzero(tr[j] if fam == "linear" else fi[j])    # the rows the kept model fitted
+                seen[ai][:, rows] += lpy[:, rows, j]
+                n_seen[ai][rows] += 1
+            if C_np is not None:
+                Cc[ai][:, b.split[idx[j]]] = C_np[:, j]
         prog.advance(task, F * len(idx))
-    return lp, pr, lk, Cc, [c[:, 0] / c[:, 1] for c in conv], oof
+    opt = [optimism(lp[ai][:, 0], seen[ai], n_seen[ai], p.tested[0]) for ai, p in enumerate(b.plans)]
+    return lp, pr, lk, Cc, [c[:, 0] / c[:, 1] for c in conv], oof, opt
 
 
 def _schedule(feats: Mapping, probes: Sequence[str]) -> list[tuple[str, list]]:
@@ -170,11 +182,12 @@ def _checked(features: Mapping, labels: Mapping[str, np.ndarray], s: Sweep) -> t
 
 def _rows(plan: AttributePlan, keys: list, d: int, fam: str, fitted, s: Sweep, n_groups: int | None) -> list[dict]:
     """One plan's result rows for the feature sets ``keys`` of one chunk, from its out-of-fold fits."""
-    lp, pr, lk, Cc, cv, oof = fitted
-    gains = centred_gains(lk, plan.codes, plan.block) * block_weights(plan.block)
-    rows = result_rows(plan, keys, [d] * len(keys), lp, pr, gains, Cc if fam == "linear" else None, fam,
+    lp, pr, lk, Cc, cv, oof, opt = fitted
+    p_held = heldout_test_pvalues(lk, plan.codes, plan.block, s.group_array,
+                                  [row_seed(s.seed, plan.name, *key) for key in keys])
+    rows = result_rows(plan, keys, [d] * len(keys), lp, pr, p_held, opt, Cc if fam == "linear" else None, fam,
                        task_attribute=s.task_attribute, n_groups=n_groups, n_folds_eff=s.n_folds_eff,
-                       n_permutations=s.n_permutations, groups=s.group_array)
+                       n_permutations=s.n_permutations)
     rows = [{**row, "converged": float(c)} for row, c in zip(rows, cv)]
     for i, (key, row) in enumerate(zip(keys, rows)):
         if s.attacked(key[0]):

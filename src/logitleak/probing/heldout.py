@@ -73,6 +73,35 @@ def block_weights(block: np.ndarray) -> np.ndarray:
     return np.where(block >= 0, np.maximum(block, 1), 0).astype(np.float64)
 
 
+def gain_units(gains: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """The independent units the test studentises: the scored samples' gains, or with ``groups``
+    each group's summed gain divided by the square root of its number of scored samples.
+
+    Why the square root: a group's sum has a variance between ``size`` (independent members) and
+    ``size²`` (identical members) times a sample's, so with Zipf-sized groups the raw sums of the
+    few largest groups carry most of the sum of squares and the t statistic rests on 3-4 units.
+    Dividing by ``sqrt(size)`` caps the spread of the units' variances at ``size`` instead of
+    ``size²`` (weights fixed by the design, before any label is seen), which keeps the test
+    calibrated on Zipf-sized groups and gives the many small groups their share of the evidence."""
+    g = np.asarray(gains, dtype=np.float64).ravel()
+    ok = np.isfinite(g)
+    if groups is None:
+        return g[ok]
+    groups = np.asarray(groups).ravel()
+    if groups.shape != g.shape:
+        raise ValueError(f"got {len(groups)} group ids for {len(g)} gains")
+    _, inv = np.unique(groups[ok], return_inverse=True)
+    return np.bincount(inv, weights=g[ok]) / np.sqrt(np.bincount(inv))
+
+
+def studentised(units: np.ndarray) -> np.ndarray:
+    """``sqrt(m) * mean / sd`` of the last axis (``m`` units; NaN where the spread is 0)."""
+    m = units.shape[-1]
+    sd = units.std(-1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(sd > 1e-300, units.mean(-1) / sd * math.sqrt(m), np.nan)
+
+
 def heldout_gain_pvalue(gains: np.ndarray, groups: np.ndarray | None = None) -> float:
     """One-sided p-value for "the mean held-out gain is above 0".
 
@@ -82,34 +111,22 @@ def heldout_gain_pvalue(gains: np.ndarray, groups: np.ndarray | None = None) -> 
     null given what scored it (the centred gains of :func:`centred_gains`; a regression probe's
     Gaussian log-likelihood gain over the training-fold mean predictor). ``groups``: ``(n,)``
     ids of samples that are not independent of each other (e.g. several questions about one
-    photo); gains are summed per group and the groups are the independent units. Gains may be
+    photo); the groups are then the independent units (:func:`gain_units`). Gains may be
     multiplied by weights fixed before any label is seen (:func:`block_weights`, as the sweep
     does). A caller with its own probe (e.g. regression) fits one model per block of
     :func:`forward_chain` over the plan's folds and passes the gains of every scored sample.
-    Returns the
-    upper tail of Student's t with (units - 1) degrees of freedom at the studentised mean of the
-    unit sums; NaN with fewer than 3 scored units.
+    Returns the upper tail of Student's t with (units - 1) degrees of freedom at the studentised
+    mean of the units; NaN with fewer than 3 scored units.
     """
-    g = np.asarray(gains, dtype=np.float64).ravel()
-    ok = np.isfinite(g)
-    if groups is None:
-        units = g[ok]
-    else:
-        groups = np.asarray(groups).ravel()
-        if groups.shape != g.shape:
-            raise ValueError(f"got {len(groups)} group ids for {len(g)} gains")
-        _, inv = np.unique(groups[ok], return_inverse=True)
-        units = np.bincount(inv, weights=g[ok])
+    units = gain_units(gains, groups)
     m = len(units)
     if m < 3:
         return float("nan")
     from scipy.stats import t as student_t
 
-    mean = float(units.mean())
-    sd = float(units.std(ddof=1))
-    if not sd > 1e-300:
-        return 1.0 if mean <= 0 else float(0.5 ** m)     # every unit gained the same: a sign test
-    tstat = mean / (sd / math.sqrt(m))
+    tstat = float(studentised(units))
+    if not math.isfinite(tstat):
+        return 1.0 if units.mean() <= 0 else float(0.5 ** m)     # every unit gained the same: a sign test
     return float(student_t.sf(tstat, m - 1))
 
 

@@ -2,9 +2,10 @@
 
 Everything here is plain numpy on out-of-fold predictions: accuracy and its relatives, the
 held-out cross-entropy in bits, the train-fold class-prior baseline, predictive V-information
-(Xu et al. 2020) ``H(Y) - CE``, permutation p-values, bootstrap intervals, and the label
-relabellings used by permutation tests and control tasks (Hewitt & Liang 2019). The default
-p-value, :func:`~logitleak.probing.heldout.heldout_gain_pvalue`, lives in :mod:`logitleak.probing.heldout`.
+(Xu et al. 2020) ``H(Y) - CE``, permutation p-values, bootstrap intervals, and the control
+task's relabelling (Hewitt & Liang 2019); the permutations themselves are shared by every
+attribute of a run (:mod:`logitleak.probing.permutations`). The default p-value,
+:func:`~logitleak.probing.heldout.heldout_gain_pvalue`, lives in :mod:`logitleak.probing.heldout`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from logitleak.decisions.multiplicity import permutation_pvalue
+from logitleak.probing.permutations import group_blocks
 
 LN2 = math.log(2.0)
 PROB_FLOOR = 1e-9
@@ -107,12 +111,9 @@ def nats_to_bits(x):
 
 def permutation_p_value(observed: float, null: np.ndarray) -> float:
     """``(1 + #{null >= observed}) / (1 + len(null))`` (Phipson & Smyth 2010); NaN without a null.
-    A tiny tolerance counts numerically equal statistics as ties (conservative)."""
-    null = np.asarray(null, dtype=float)
-    if null.size == 0 or not np.isfinite(observed):
-        return float("nan")
-    tol = 1e-9 * max(1.0, abs(float(observed)))
-    return float((1 + np.sum(null >= observed - tol)) / (1 + null.size))
+    Numerically equal statistics count as ties (conservative); the rule is the family
+    adjustment's own (:func:`logitleak.decisions.multiplicity.permutation_pvalue`)."""
+    return permutation_pvalue(observed, null)
 
 
 def bootstrap_weights(n: int, n_boot: int, rng: np.random.Generator, groups: np.ndarray | None = None) -> np.ndarray:
@@ -147,56 +148,6 @@ def bootstrap_interval(weights: np.ndarray, values: np.ndarray, level: float = 0
 # relabellings
 
 
-def _group_blocks(groups: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    _, inv = np.unique(np.asarray(groups), return_inverse=True)
-    order = np.argsort(inv, kind="stable")
-    bounds = np.flatnonzero(np.diff(inv[order])) + 1
-    return inv, np.split(order, bounds)
-
-
-def unmovable_groups(codes: np.ndarray, groups: np.ndarray) -> int:
-    """How many groups a label permutation could not move: 0 when every group has a single
-    label (groups swap labels, whatever their sizes); otherwise the number of groups whose size
-    no other group shares (whole label blocks can only be swapped between groups of one size)."""
-    codes = np.asarray(codes)
-    inv, blocks = _group_blocks(groups)
-    first = np.array([codes[b[0]] for b in blocks])
-    if np.array_equal(codes, first[inv]):
-        return 0
-    sizes = np.array([len(b) for b in blocks])
-    _, size_inv, size_count = np.unique(sizes, return_inverse=True, return_counts=True)
-    return int((size_count[size_inv] == 1).sum())
-
-
-def permute_labels(codes: np.ndarray, rng: np.random.Generator, groups: np.ndarray | None = None) -> np.ndarray:
-    """A random relabelling that is exchangeable under "labels independent of features".
-
-    Without groups: a permutation of the samples' labels. With groups: labels move between
-    groups, never within one: when every group has a single label, groups swap labels (any
-    sizes); otherwise whole label blocks are swapped between groups of the same size (order
-    within a group kept), which needs every group size to occur at least twice -- a design
-    where it does not raises ``ValueError`` (see :func:`unmovable_groups`) rather than leaving
-    such groups in place and hiding a leak.
-    """
-    codes = np.asarray(codes)
-    if groups is None:
-        return codes[rng.permutation(len(codes))]
-    inv, blocks = _group_blocks(groups)
-    first = np.array([codes[b[0]] for b in blocks])
-    if np.array_equal(codes, first[inv]):
-        return first[rng.permutation(len(blocks))][inv]
-    stuck = unmovable_groups(codes, groups)
-    if stuck:
-        raise ValueError(f"{stuck} groups have labels that vary within the group and a size no other group has")
-    out = codes.copy()
-    sizes = np.array([len(b) for b in blocks])
-    for s in np.unique(sizes):
-        same = np.flatnonzero(sizes == s)
-        for dst, src in zip(same, same[rng.permutation(len(same))]):
-            out[blocks[dst]] = codes[blocks[src]]
-    return out
-
-
 def control_labels(codes: np.ndarray, rng: np.random.Generator, groups: np.ndarray | None = None) -> np.ndarray:
     """Control task (Hewitt & Liang 2019): a fixed random label per *type*, with the class
     distribution of the real labels. The type is the group id when groups are given (each group
@@ -207,7 +158,7 @@ def control_labels(codes: np.ndarray, rng: np.random.Generator, groups: np.ndarr
     codes = np.asarray(codes)
     if groups is None:
         return codes[rng.permutation(len(codes))]
-    inv, blocks = _group_blocks(groups)
+    inv, blocks = group_blocks(groups)
     unit = np.array([np.bincount(codes[b]).argmax() for b in blocks])
     return unit[rng.permutation(len(blocks))][inv]
 

@@ -20,6 +20,7 @@ from logitleak.errors import LogitleakError
 from logitleak.levels.table import FOLD_LEVELS
 from logitleak.probing import metrics as M
 from logitleak.probing.families import REGRESSION_MLP_OPTIONS, check_probe_params, control_reuses_c, fit_family
+from logitleak.probing.permutations import permutation_index, permutation_key, permuted
 from logitleak.results import to_frame
 
 
@@ -82,11 +83,9 @@ def _class_plan(name, values, groups, splits, block, fwd, n_permutations, n_boot
     classes, codes = encode_labels(name, values)
     check_attribute(name, classes, codes, groups, n_folds, None)
     K = len(classes)
-    variants = [codes, M.control_labels(codes, seeded_rng(seed, name, "control"), groups)]
-    rng = seeded_rng(seed, name, "permutations")
-    variants += [M.permute_labels(codes, rng, groups) for _ in range(n_permutations)]
-    labels = np.stack(variants)
-    V, S, n = len(variants), train.shape[0], train.shape[1]
+    shared = permuted(name, codes, permutation_index(len(codes), n_permutations, seed, groups), groups)
+    labels = np.concatenate([np.stack([codes, M.control_labels(codes, seeded_rng(seed, name, "control"), groups)]), shared])
+    V, S, n = len(labels), train.shape[0], train.shape[1]
 
     def each(m):
         return np.broadcast_to(m, (V, S, n)).copy()
@@ -97,13 +96,15 @@ def _class_plan(name, values, groups, splits, block, fwd, n_permutations, n_boot
                                None if groups is None else np.asarray(groups)[tested[0]])
     seq = [np.concatenate([f[i] for f in fwd]) if fwd else np.zeros((0, n), bool) for i in range(4)]
     source = {b: ("cv", S - 1) if b == S - 1 else ("seq", b - 1) for b in range(1, S)}
+    key = permutation_key(seed, n, n_permutations, groups) if n_permutations else None
     return AttributePlan(name, classes, codes, labels, each(train), each(test), each(fit), each(val), prior, tested,
-                         M.majority_baseline(codes, train, test, K), boot, *seq, block, source)
+                         M.majority_baseline(codes, train, test, K), boot, *seq, block, source, key)
 
 
 def _class_rows(keys, proj, fits, name, values, groups, splits, block, fwd, probes, params, task, n_permutations,
                 n_bootstrap, seed, n_folds) -> list[dict]:
-    from logitleak.probing.heldout import block_weights, centred_gains
+    from logitleak.probing.heldout_exact import heldout_test_pvalues, row_seed
+    from logitleak.probing.intervals import optimism
     from logitleak.probing.rows import result_rows
 
     plan = _class_plan(name, values, groups, splits, block, fwd, n_permutations, n_bootstrap, seed, n_folds)
@@ -116,6 +117,7 @@ def _class_rows(keys, proj, fits, name, values, groups, splits, block, fwd, prob
         pr = np.zeros((F, V, n), np.int64)
         lk = np.zeros((F, n, K))
         C = np.full((F, S), np.nan)
+        seen, n_seen = np.zeros((F, n)), np.zeros(n)          # in-sample log-probabilities of the real labels
         for f_i, (tr, te, fi, va, cv) in enumerate(fits):
             X = torch.as_tensor(np.stack([proj[k][f_i] for k in keys]))
             y = plan.labels if cv else plan.labels[:1]
@@ -139,14 +141,17 @@ def _class_rows(keys, proj, fits, name, values, groups, splits, block, fwd, prob
             if cv and f_i == S - 1 or not cv:                  # this fit scores a forward-chained block
                 lk[:, scored] = logp[:, scored, 0].double().numpy()
             if cv:
+                fitted = tr if fam == "linear" else fi             # the rows the kept model fitted
+                seen[:, fitted] += lpy[:, fitted, 0]
+                n_seen[fitted] += 1
                 lp[:, :, te] = lpy[:, te].transpose(0, 2, 1)
                 pr[:, :, te] = logp.argmax(-1).numpy()[:, te].transpose(0, 2, 1)
                 if Cs is not None:
                     C[:, f_i] = Cs[:, 0].double().numpy()
-        gains = centred_gains(lk, plan.codes, plan.block) * block_weights(plan.block)
-        rows += result_rows(plan, keys, [k[2] for k in keys], lp, pr, gains, C if fam == "linear" else None, fam,
-                            task_attribute=task, n_groups=n_groups, n_folds_eff=S, n_permutations=n_permutations,
-                            groups=groups)
+        p_held = heldout_test_pvalues(lk, plan.codes, plan.block, groups, [row_seed(seed, name, *k) for k in keys])
+        opt = optimism(lp[:, 0], seen, n_seen, plan.tested[0])
+        rows += result_rows(plan, keys, [k[2] for k in keys], lp, pr, p_held, opt, C if fam == "linear" else None, fam,
+                            task_attribute=task, n_groups=n_groups, n_folds_eff=S, n_permutations=n_permutations)
     return rows
 
 

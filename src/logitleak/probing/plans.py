@@ -1,4 +1,8 @@
-"""Per-attribute plans: every labelling (real, control, permutations) and every split a sweep fits."""
+"""Per-attribute plans: every labelling (real, control, permutations) and every split a sweep fits.
+
+The permutations are the run's shared ones (:mod:`logitleak.probing.permutations`): permutation
+``b`` relabels the samples the same way for every attribute, so the family of tests can be
+adjusted jointly (Westfall–Young)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import numpy as np
 from logitleak.errors import LogitleakError
 from logitleak.probing import metrics as M
 from logitleak.probing.heldout import forward_chain
+from logitleak.probing.permutations import permutation_index, permutation_key, permuted
 from logitleak.probing.splits import check_attribute, cv_splits, encode_labels, seeded_rng, stratified_holdout
 
 # --------------------------------------------------------------------------------------------
@@ -41,6 +46,7 @@ class AttributePlan:
     seq_inner_val: np.ndarray
     block: np.ndarray        # (n,) block scored by the held-out test (-1: never scored)
     block_source: dict       # block id -> ("cv", split) or ("seq", q): the fit whose predictions score it
+    permutation_key: str | None = None   # names the shared permutations of variants 2.. (None: none)
 
     @property
     def n_classes(self) -> int:
@@ -63,18 +69,10 @@ def plan_attribute(name: str, values, *, groups: np.ndarray | None = None, n_fol
     n = len(codes)
     check_attribute(name, classes, codes, groups, n_folds, test_size)
     K = len(classes)
-    if n_permutations and groups is not None:
-        stuck = M.unmovable_groups(codes, np.asarray(groups))
-        if stuck:
-            raise LogitleakError(
-                f"Attribute '{name}': its labels vary within groups and {stuck} groups have a size no other group "
-                f"has, so a label permutation cannot move them and would hide a leak; use the default held-out "
-                f"test (no --permutations) or groups of repeated sizes.")
-    variants = [codes, M.control_labels(codes, seeded_rng(seed, name, "control"), groups)]
-    perm_rng = seeded_rng(seed, name, "permutations")
-    variants += [M.permute_labels(codes, perm_rng, groups) for _ in range(n_permutations)]
-    labels = np.stack(variants)
-    V = len(variants)
+    groups = None if groups is None else np.asarray(groups)
+    shared = permuted(name, codes, permutation_index(n, n_permutations, seed, groups), groups)
+    labels = np.concatenate([np.stack([codes, M.control_labels(codes, seeded_rng(seed, name, "control"), groups)]), shared])
+    V = len(labels)
     S = 1 if test_size is not None else n_folds
     train = np.zeros((V, S, n), bool)
     test = np.zeros((V, S, n), bool)
@@ -125,4 +123,5 @@ def plan_attribute(name: str, values, *, groups: np.ndarray | None = None, n_fol
                 lst.append(m)
     seq_arrays = [np.stack(x) if x else np.zeros((0, n), bool) for x in seq]
     return AttributePlan(name, classes, codes, labels, train, test, inner_fit, inner_val, prior_loss, tested,
-                         majority, boot, *seq_arrays, block, source)
+                         majority, boot, *seq_arrays, block, source,
+                         permutation_key(seed, n, n_permutations, groups) if n_permutations else None)

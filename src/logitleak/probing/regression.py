@@ -39,9 +39,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from logitleak.decisions.multiplicity import PERMUTATION_TEST
 from logitleak.errors import LogitleakError
 from logitleak.probing import metrics as M
 from logitleak.probing.families import REGRESSION_MLP_OPTIONS, check_probe_params
+from logitleak.probing.permutations import permutation_index, permutation_key, permuted
+from logitleak.probing.rows import permutation_columns
 from logitleak.probing.splits import check_features, seeded_rng
 from logitleak.results import to_frame
 
@@ -51,7 +54,7 @@ ALPHAS: tuple[float, ...] = tuple(10.0 ** np.arange(-5, 3))
 REGRESSION_COLUMNS: tuple[str, ...] = (
     "target", "r2", "r2_ci_low", "r2_ci_high", "mae", "baseline_mae", "mse", "baseline_mse", "control_r2",
     "gauss_gain_bits", "p_test", "p_value_heldout", "p_value_permutation", "v_info_p_value", "n_permutations",
-    "n_folds", "n_groups", "ridge_alpha",
+    "n_folds", "n_groups", "ridge_alpha", "permutation_stats", "permutation_key",
 )
 """Columns regression rows add after ``RESULT_COLUMNS`` (``target`` is ``"numeric"``)."""
 
@@ -85,10 +88,6 @@ def forward_gains(y: np.ndarray, pred: np.ndarray, block: np.ndarray) -> np.ndar
 # plans
 
 
-def _group_permutation(y: np.ndarray, rng: np.random.Generator, groups) -> np.ndarray:
-    return M.permute_labels(y, rng, groups)
-
-
 def _control_values(y: np.ndarray, rng: np.random.Generator, groups) -> np.ndarray:
     """Control task: one fixed random value per type (group, else sample), drawn from the real
     values' distribution by permuting the per-type means."""
@@ -106,6 +105,7 @@ class RegressionPlan:
     name: str
     values: np.ndarray      # (V, n) float64
     boot: np.ndarray        # (B, n) resampling weights over all rows (every row is tested once)
+    permutation_key: str | None = None   # names the shared permutations of variants 2.. (None: none)
 
     @property
     def n_variants(self) -> int:
@@ -170,11 +170,12 @@ def plan_regression(name: str, values, *, groups=None, n_permutations: int = 0, 
     if np.ptp(y) == 0:
         raise LogitleakError(f"Numeric attribute '{name}' takes a single value ({y[0]:g}); a probe needs variation, so "
                              "drop this attribute or add samples with other values.")
+    groups = None if groups is None else np.asarray(groups)
     variants = [y, _control_values(y, seeded_rng(seed, name, "control"), groups)]
-    perm = seeded_rng(seed, name, "permutations")
-    variants += [_group_permutation(y, perm, groups) for _ in range(n_permutations)]
+    variants += list(permuted(name, y, permutation_index(len(y), n_permutations, seed, groups), groups))
     boot = M.bootstrap_weights(len(y), n_bootstrap, seeded_rng(seed, name, "bootstrap"), groups)
-    return RegressionPlan(name, np.stack(variants), boot)
+    key = permutation_key(seed, len(y), n_permutations, groups) if n_permutations else None
+    return RegressionPlan(name, np.stack(variants), boot, key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,11 +309,12 @@ def regression_rows(plan: RegressionPlan, keys, dims, pred: np.ndarray, sigma2: 
             "mae": float(ae.mean()), "baseline_mae": float(np.abs(base[0] - Y[0]).mean()),
             "mse": float(sse[i, 0] / n), "baseline_mse": float(sse_base[0] / n), "control_r2": float(r2[i, 1]),
             "gauss_gain_bits": float(gains[i].mean()),
-            "p_test": "permutation" if n_permutations else TEST_NAME,
+            "p_test": PERMUTATION_TEST if n_permutations else TEST_NAME,
             "p_value_heldout": float(p_held[i]), "p_value_permutation": p_perm,
             "v_info_p_value": p_perm,
             "n_permutations": int(n_permutations), "n_folds": int(train.shape[0]), "n_groups": n_groups,
             "ridge_alpha": float(np.median(alpha[i, 0])) if alpha is not None else float("nan"),
+            **permutation_columns(bits[i], plan.permutation_key, n_permutations),
         })
     return rows
 

@@ -31,14 +31,17 @@ from logitleak.results import to_frame
 FeatureKey = tuple[str, "int | None", "int | None"]
 EXTRA_COLUMNS: tuple[str, ...] = (
     "p_test", "p_value_heldout", "p_value_permutation", "label_entropy_bits", "v_info_p_value",
-    "control_v_info_bits", "n_permutations", "n_folds", "n_groups", "C", "converged",
+    "control_v_info_bits", "n_permutations", "n_folds", "n_groups", "C", "permutation_stats", "permutation_key",
+    "converged",
 )
 """Columns :func:`evaluate_sweep` adds after ``RESULT_COLUMNS``: which test gave ``p_value``
 (``heldout`` or ``permutation``) and both tests' p-values (the permutation one NaN without
 permutations), the plug-in ``H(Y)``, the permutation p-value of the V-information, the control
 task's V-information, the design (permutations, folds -- 1 for a held-out split --, groups) and
-the linear probe's median chosen C, and the fraction of the row's fits that converged (L-BFGS met
-its tolerance; the MLP stopped early rather than at its epoch cap)."""
+the linear probe's median chosen C, the permutation statistic (accuracy) on the real labels then
+under each of the run's shared permutations with the key naming them (None without
+permutations; the Westfall–Young adjustment reads them), and the fraction of the row's fits that
+converged (L-BFGS met its tolerance; the MLP stopped early rather than at its epoch cap)."""
 
 
 def evaluate_sweep(

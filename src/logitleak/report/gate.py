@@ -53,7 +53,8 @@ def verdict_record(dec: Decisions) -> dict:
     return {"alpha": dec.alpha, "status": dec.status, "verdict": verdict_sentence(dec),
             "leaks": [d.attribute for d in dec.leaks],
             "readable": [d.attribute for d in dec.attributes.values() if d.readable],
-            "api_tests": dec.n_tests, "attributes": [attribute_record(d) for d in dec.attributes.values()]}
+            "api_tests": dec.n_tests, "adjustment": dec.adjustment, "reachable": dec.reachable,
+            "attributes": [attribute_record(d) for d in dec.attributes.values()]}
 
 
 def deployed(rec: Recommendation) -> str:
@@ -71,7 +72,12 @@ def defend_record(rec: Recommendation) -> dict:
 
 
 def failing(dec: Decisions, fail_on: str) -> list[str]:
-    """The attributes for which the gate's condition holds (empty: the gate passes)."""
+    """The attributes for which the gate's condition holds (empty: the gate passes). A design that
+    cannot reach alpha (too few permutations) clears nothing: every measured attribute the gate
+    asks about fails it, marked untestable."""
+    if fail_on in ("leak", "readable") and not dec.reachable:
+        asked = dec.irrelevant if fail_on == "leak" else list(dec.attributes.values())
+        return [f"{d.attribute} (untestable)" for d in asked if d.measured]
     if fail_on == "leak":
         return [d.attribute for d in dec.leaks]
     if fail_on == "readable":

@@ -20,6 +20,7 @@ import math
 import pandas as pd
 
 from logitleak.decisions import AttributeDecision, Decisions, decide, finite, num
+from logitleak.decisions.multiplicity import WESTFALL_YOUNG
 from logitleak.report.finding import Finding
 from logitleak.report.numeric import numeric_findings
 from logitleak.report.wording import bits_text, evidence, where
@@ -28,7 +29,8 @@ TEST_WORDS: dict[str, str] = {
     "heldout": ("a one-sided held-out log-likelihood-gain test: each cross-validation fold after the first is "
                 "scored by a probe trained only on the folds before it, and the gains over a random assignment "
                 "of that fold's labels are tested with Student's t over samples or groups"),
-    "permutation": "label-permutation p-values with a refit per permutation, never below 1/(1+permutations)",
+    "permutation": ("label-permutation p-values with a refit per permutation, every attribute relabelled by the same "
+                    "permutations, never below 1/(1+permutations)"),
 }
 """How the method statement describes each value of the results column ``p_test``."""
 
@@ -82,9 +84,10 @@ def _leak(d: AttributeDecision) -> Finding:
                     intro=intro, parts=parts, **details)
 
 
-def _no_leak(d: AttributeDecision, alpha: float) -> Finding:
+def _no_leak(d: AttributeDecision, alpha: float, reachable: bool = True) -> Finding:
     b = d.strongest
-    txt = f"{d.attribute}: not readable from the API output at alpha={alpha:g} (strongest: {where(b)}, {evidence(b)})."
+    said = "not readable" if reachable else "not testable (the design cannot reach significance)"
+    txt = f"{d.attribute}: {said} from the API output at alpha={alpha:g} (strongest: {where(b)}, {evidence(b)})."
     if d.inside is not None:
         txt += (f" It is still readable inside the model, which an API user does not see: "
                 f"{where(d.inside)} ({evidence(d.inside, with_p=False)}).")
@@ -115,6 +118,9 @@ def _headline(dec: Decisions, leaks: list[Finding]) -> Finding:
                                    f"from the top-k output — no API-level test is significant (Holm-corrected, "
                                    f"alpha={dec.alpha:g}) with accuracy above the majority baseline beyond its "
                                    "interval.", details={"status": status})
+    if status == "untestable":
+        return Finding("headline", f"No conclusion: {dec.unreachable_text()}. No leak was found, and none could "
+                                   "have been.", details={"status": status})
     return Finding("headline", "No attribute other than the task-relevant one was measured at the API level, so there "
                                "is no leakage claim to make.", details={"status": status})
 
@@ -140,7 +146,9 @@ def _method(dec: Decisions) -> Finding:
     families = ", ".join(dict.fromkeys(ann["probe"]))
     tests = set(ann["p_test"].dropna().astype(str)) if "p_test" in ann.columns else set()
     test_words = " and ".join(TEST_WORDS.get(t, t) for t in sorted(tests)) or "the table's p-values"
-    correction = (f"At the API levels the p-values ({test_words}) are Holm-Bonferroni corrected across all "
+    how = ("adjusted by Westfall–Young step-down max-T over the same label permutations" if
+           dec.adjustment == WESTFALL_YOUNG else "Holm-Bonferroni corrected")
+    correction = (f"At the API levels the p-values ({test_words}) are {how} across all "
                   f"{n_tests} API-level tests (every attribute, level, k and probe family); internal levels "
                   "show per-test p-values, for comparison only." if n_tests else
                   "Internal levels show per-test p-values (no API-level test to correct for).")
@@ -158,7 +166,7 @@ def verdict(results: pd.DataFrame, alpha: float = 0.05, *, decisions: Decisions 
     """The plain-words verdict, strongest statement first (``decisions``: already taken on ``results``)."""
     dec = decisions if decisions is not None else decide(results, alpha)
     leaks = [_leak(d) for d in dec.irrelevant if d.leak]
-    quiet = [_no_leak(d, dec.alpha) for d in dec.irrelevant if d.measured and not d.leak]
+    quiet = [_no_leak(d, dec.alpha, dec.reachable) for d in dec.irrelevant if d.measured and not d.leak]
     findings = [_headline(dec, leaks)] + leaks + quiet
     if dec.unmeasured and dec.status != "no_api":
         findings.append(Finding("not_measured", "Not measured at any API level: " + ", ".join(dec.unmeasured) + ".",
@@ -183,6 +191,10 @@ def _names(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def _adjusted(dec: Decisions) -> str:
+    return "Westfall–Young-adjusted" if dec.adjustment == WESTFALL_YOUNG else "Holm-corrected"
+
+
 def verdict_sentence(dec: Decisions) -> str:
     """The verdict in one sentence (the report's first line and the terminal's last): which
     task-irrelevant attributes an API user can read, and the strongest reading with its interval."""
@@ -199,7 +211,7 @@ def verdict_sentence(dec: Decisions) -> str:
                 f"gives {bits_text(r)} at {where(r)} ({r['probe']} probe).")
     if status == "clean":
         return (f"No leak: none of the {len(measured)} task-irrelevant attributes ({_names(measured)}) can be read "
-                f"from the API output (Holm-corrected, alpha={dec.alpha:g})." if len(measured) > 1 else
+                f"from the API output ({_adjusted(dec)}, alpha={dec.alpha:g})." if len(measured) > 1 else
                 f"No leak: the task-irrelevant attribute {measured[0]} cannot be read from the API output "
                 f"(alpha={dec.alpha:g}).")
     return _headline(dec, []).text

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from logitleak.decisions.rules import finite, num
+from logitleak.decisions.rules import bits_shown, finite, num
 
 CALL_WORDS: dict[str, str] = {"leak": "LEAK", "no_leak": "no leak", "readable": "readable",
                               "not_readable": "NOT readable", "not_measured": "no API rows"}
@@ -65,11 +65,6 @@ def fmt_bits(row) -> str:
     if finite(row.get("entropy_bits")):
         s += f" of {fmt_num(row.get('entropy_bits'))}"
     return s
-
-
-def bits_shown(row) -> bool:
-    """Whether the bits' interval lies above zero (a bits figure is only claimed when it does)."""
-    return finite(row.get("v_info_ci_low")) and num(row["v_info_ci_low"]) > 0
 
 
 def bits_text(row) -> str:
