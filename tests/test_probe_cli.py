@@ -168,3 +168,66 @@ def test_errors_are_one_sentence_exit_2(monkeypatch, capsys, data, case, pattern
     assert re.search(pattern, err), err
     assert err.startswith("Error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert not (data / "o" / "results.parquet").exists()
+
+
+def _null_with_repeats(tmp_path, n_unique=150, copies=2, sets=8, attrs=25, d=6, seed=0):
+    """Null features and labels where every sample is listed ``copies`` times (same features, same
+    labels), as a features file that repeats rows would give ``probe``."""
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(n_unique), copies)
+    np.savez(tmp_path / "dups.npz", **{f"set{f}": rng.normal(size=(n_unique, d))[rows] for f in range(sets)})
+    pd.DataFrame({f"a{a}": rng.integers(0, 2, n_unique)[rows] for a in range(attrs)}).to_csv(
+        tmp_path / "dups.csv", index=False)
+    return tmp_path / "dups.npz", tmp_path / "dups.csv"
+
+
+def test_repeated_rows_are_grouped_and_their_nulls_stay_calibrated(monkeypatch, capsys, tmp_path):
+    from logitleak.probing import metrics as M
+
+    features, labels = _null_with_repeats(tmp_path)
+    args = ["--features", features, "--labels", labels, "--probes", "linear", "--bootstrap", "0", "--no-progress"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--out", tmp_path / "grouped")
+    assert code == 0, err
+    said = " ".join(err.split())
+    assert "Warning: 150 row(s) of" in said and "(150 set(s) of repeats; e.g. rows 1 and 2, 3 and 4, 5 and 6" in said
+    grouped = read_results(tmp_path / "grouped")
+    assert grouped.n_groups.eq(150).all()
+    p = grouped.p_value.to_numpy()
+    assert len(p) == 200 and np.isfinite(p).all()
+    for alpha in (0.05, 0.01):
+        lo, hi = M.binomial_interval(len(p), alpha, 0.99)
+        assert lo <= int((p < alpha).sum()) <= hi, (alpha, int((p < alpha).sum()))
+    # taken as given, the repeats straddle the splits and the same nulls look readable
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--out", tmp_path / "kept", "--duplicates", "keep")
+    assert code == 0 and "repeat an earlier row" not in err and "identical twin" in err
+    kept = read_results(tmp_path / "kept").p_value.to_numpy()
+    assert int((kept < 0.05).sum()) > M.binomial_interval(len(kept), 0.05, 0.99)[1]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--out", tmp_path / "no", "--duplicates", "refuse")
+    assert code == 2 and "Error: 150 row(s) of" in " ".join(err.split()) and "Traceback" not in err
+
+
+def test_near_repeats_within_the_tolerance_count_and_clusters_get_a_group_column_suggestion(monkeypatch, capsys,
+                                                                                          tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(80, 6))
+    near = np.concatenate([X, X[:10] + 1e-7 * rng.normal(size=(10, 6))])       # float rounding apart
+    np.save(tmp_path / "near.npy", near)
+    pd.DataFrame({"y": rng.integers(0, 2, 90)}).to_csv(tmp_path / "near.csv", index=False)
+    base = ["--labels", tmp_path / "near.csv", "--probes", "linear", "--bootstrap", "0", "--no-progress"]
+    code, _, err = run_cli(monkeypatch, capsys, "--features", tmp_path / "near.npy", *base, "--out", tmp_path / "a")
+    assert code == 0 and "10 row(s) of" in " ".join(err.split()) and "rows 1 and 81" in " ".join(err.split())
+    code, _, err = run_cli(monkeypatch, capsys, "--features", tmp_path / "near.npy", *base, "--out", tmp_path / "b",
+                           "--duplicate-tolerance", "0")
+    assert code == 0 and "repeat" not in err
+    # 30 sources x 4 rows each, close together: no repeats, but clustered
+    centres = rng.normal(size=(30, 6))
+    np.save(tmp_path / "clustered.npy", np.repeat(centres, 4, 0) + 0.1 * rng.normal(size=(120, 6)))
+    pd.DataFrame({"y": np.repeat(rng.integers(0, 2, 30), 4), "src": np.repeat(np.arange(30), 4)}).to_csv(
+        tmp_path / "clustered.csv", index=False)
+    common = ["--labels", tmp_path / "clustered.csv", "--probes", "linear", "--bootstrap", "0", "--no-progress"]
+    code, _, err = run_cli(monkeypatch, capsys, "--features", tmp_path / "clustered.npy", *common, "--out", tmp_path / "c")
+    said = " ".join(err.split())
+    assert code == 0 and "look clustered" in said and "pass --group-column" in said
+    code, _, err = run_cli(monkeypatch, capsys, "--features", tmp_path / "clustered.npy", *common, "--out", tmp_path / "d",
+                           "--group-column", "src")
+    assert code == 0 and "clustered" not in err

@@ -66,11 +66,24 @@ def probe(
              "sets named like the API levels, e.g. topk_ids, topk_logprobs, where the linear probe reads least, as "
              "in `audit`); the MLP is the costly family."),
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds."),
-    permutations: int = typer.Option(0, "--permutations", min=0, help="Label permutations with a refit each: the exact but costly check (default 0: the held-out test)."),
+    permutations: int = typer.Option(
+        0, "--permutations", min=0,
+        help="Label permutations with a refit each, the same for every attribute: the exact but costly check, "
+             "adjusted over the API rows by Westfall–Young; fewer than 1/alpha - 1 can call nothing (default 0: the "
+             "held-out test)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the intervals (0 = none)."),
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Random seed (splits, permutations, control task, bootstrap, MLP init)."),
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda when available, else cpu)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    duplicates: str = typer.Option(
+        "group", "--duplicates",
+        help="Rows whose features repeat another row's in every feature set (exactly or within "
+             "--duplicate-tolerance): 'group' keeps each set of repeats on one side of every split and counts it as "
+             "one unit (the default), 'refuse' stops with an error naming them, 'keep' takes them as given."),
+    duplicate_tolerance: float = typer.Option(
+        1e-4, "--duplicate-tolerance", min=0.0,
+        help="Rows count as repeats when every feature differs by at most this times its column's spread (0: exact "
+             "repeats only)."),
     fail_on: str = fail_on_option(),
     force: bool = typer.Option(False, "--force", help="Replace an earlier probe run's results in --out (never files "
                                                       "logitleak did not write)."),
@@ -80,6 +93,7 @@ def probe(
 
     from logitleak.data.features import load_features, load_labels
     from logitleak.decisions import decide
+    from logitleak.decisions.multiplicity import WESTFALL_YOUNG
     from logitleak.models.devices import check_device
     from logitleak.probing.families import PROBE_FAMILIES
     from logitleak.probing.sweep import evaluate_sweep
@@ -111,6 +125,10 @@ def probe(
     if task is not None and task not in label_map:
         raise LogitleakError(
             f"--task '{task}' is not a column of {labels} (attributes: {', '.join(label_map)}); pass one of those.")
+    warn = Console(stderr=True, highlight=False)
+    groups = _repeats(feats, groups, features, duplicates, duplicate_tolerance, folds, warn)
+    if group_column is None:
+        _suggest_groups(feats, groups, features, warn)
     out_dir.begin({"features": str(features), "labels": str(labels), "group_column": group_column, "task": task},
                   "probe")
     df = evaluate_sweep(feats, label_map, groups=groups, task_attribute=task, probes=families, n_folds=folds,
@@ -126,17 +144,62 @@ def probe(
     print_table(console, summary_table(df, title=f"Probe results ({len(df)} rows, {folds}-fold CV, "
                                        + (f"{permutations} permutations)" if permutations else "held-out gain test)"),
                                        decisions=dec))
+    adjusted = ("Westfall–Young-adjusted over the same permutations" if dec.adjustment == WESTFALL_YOUNG
+                else "Holm-adjusted") + " across the API-level rows; "
     console.print(f"Wrote {out / 'results.parquet'}, results.csv, results.json and verdict.json. "
                   "acc: held-out accuracy; base: majority-class baseline; p: " + ("permutation test; " if permutations else
-                  "held-out gain test on forward-chained folds (column p_test); ") + "Holm-adjusted across the API-level rows; " +
+                  "held-out gain test on forward-chained folds (column p_test); ") + adjusted +
                   "bits: V-information H(Y) - CE, %H: as a percentage of H(Y); * = task attribute; call: readable "
                   "(p < 0.05 with the interval above the baseline), LEAK when that is a task-irrelevant attribute at an "
                   "API level.")
+    unreachable = dec.unreachable_text()
+    if unreachable is not None:
+        warn.print(f"Warning: no call can be made: {unreachable}.", style="yellow")
     if mlp_on is not None:
         n_mlp = sum(key[0] in mlp_on for key in feats)
         console.print(f"The MLP probe ran on {n_mlp} of {len(feats)} feature sets (--mlp-levels {mlp_levels}); "
                       "pass --mlp-levels all to run it on every set.")
     exit_on_gate(console, gate, failing(dec, gate))
+
+
+def _repeats(feats, groups, source: Path, mode: str, tolerance: float, folds: int, warn):
+    """The groups to probe with: duplicate rows grouped (and the user's groups merged), refused,
+    or kept as given (``--duplicates``), with a warning naming how many."""
+    from logitleak.data.repeats import find_repeats
+
+    if mode not in ("group", "refuse", "keep"):
+        raise LogitleakError(f"--duplicates {mode!r} is not one of group, refuse, keep; pick one.")
+    if mode == "keep":
+        return groups
+    rep = find_repeats(feats, groups, tolerance)
+    if not rep.repeated:
+        return groups
+    pairs = ", ".join(f"{a + 1} and {b + 1}" for a, b in rep.examples)
+    what = (f"{rep.repeated} row(s) of {source} repeat an earlier row's features in every feature set "
+            f"({rep.sets} set(s) of repeats; e.g. rows {pairs}, row 1 = the first)")
+    if mode == "refuse":
+        raise LogitleakError(f"{what}; remove the repeats, or pass --duplicates group to keep each set on one side "
+                             f"of every split (or --duplicates keep if they are distinct samples).")
+    n_units = len(set(rep.groups.tolist()))
+    if n_units < folds:
+        raise LogitleakError(f"{what}, which leaves {n_units} distinct units for {folds} folds; pass --duplicates keep "
+                             f"if identical rows are distinct samples, or use fewer folds.")
+    warn.print(f"Warning: {what}; each set is kept on one side of every split and counts as one unit in the tests "
+               f"and intervals (--duplicates keep takes them as given).", style="yellow")
+    return rep.groups
+
+
+def _suggest_groups(feats, groups, source: Path, warn) -> None:
+    """A ``--group-column`` suggestion when the rows come in tight clusters the labels file does not declare."""
+    from logitleak.data.repeats import CLUSTER_RATIO, clustering_ratio
+
+    ratio = clustering_ratio(feats, groups)
+    if ratio < CLUSTER_RATIO:
+        how = (f"each row's nearest neighbour is {1 / ratio:.1f}x closer than in the same features with the "
+               f"clusters shuffled away" if ratio > 0 else "most rows have an identical twin")
+        warn.print(f"Warning: the rows of {source} look clustered ({how}); if several rows come from one "
+                   f"source (an image, a user, a document), pass --group-column naming it, or the p-values and "
+                   f"intervals treat dependent rows as independent and come out too small.", style="yellow")
 
 
 def _mlp_levels(spec: str, feats) -> set[str] | None:
