@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from logitleak.decisions import decide, holm, recommend_defence, westfall_young
-from logitleak.decisions.multiplicity import configuration_pvalues, family_adjust
+from logitleak.decisions.multiplicity import configuration_pvalues, family_adjust, permutations_needed
 from logitleak.probing import metrics as M
 from logitleak.probing.permutations import permutation_index
 from logitleak.probing.sweep import evaluate_sweep
@@ -132,6 +132,10 @@ def test_a_design_that_cannot_reach_alpha_is_flagged_not_reported_as_no_leak():
     dec = decide(df)
     assert dec.status == "untestable" and not dec.reachable and dec.smallest_p == pytest.approx(0.1)
     assert dec.permutations_needed == 20
+    # the smallest count that reaches alpha, exact where tests / alpha rounds (3 / 0.1 = 30.000000000000004)
+    for m, alpha, method, needed in ((40, 0.05, "holm", 800), (3, 0.1, "holm", 30), (1, 0.01, "westfall-young", 100)):
+        assert permutations_needed(m, alpha, method) == needed
+        assert m / (needed + 1) < alpha <= m / needed if method == "holm" else 1 / (needed + 1) < alpha <= 1 / needed
     head = verdict(df)[0].text
     assert head.startswith("No conclusion: with 9 permutations no p-value can fall below 0.05")
     assert "at least 20 permutations" in head and "No leak found" not in head

@@ -231,3 +231,41 @@ def test_near_repeats_within_the_tolerance_count_and_clusters_get_a_group_column
     code, _, err = run_cli(monkeypatch, capsys, "--features", tmp_path / "clustered.npy", *common, "--out", tmp_path / "d",
                            "--group-column", "src")
     assert code == 0 and "clustered" not in err
+
+
+def _planted_api_family(tmp_path, n=100, d=4, sets=20, planted=10, seed=0):
+    """20 API-named feature sets (one per layer of ``topk_logprobs``) x 2 attributes = 40 API rows:
+    a 4-class signal in the first 10 sets for ``a``; ``b`` and the other sets are noise."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 4, n)
+    means = rng.normal(size=(4, d))
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    X = rng.normal(size=(n, sets, d))
+    X[:, :planted] += 1.5 * means[a][:, None]
+    np.savez(tmp_path / "api.npz", topk_logprobs=X)
+    pd.DataFrame({"a": a, "b": rng.integers(0, 3, n)}).to_csv(tmp_path / "api.csv", index=False)
+    return tmp_path / "api.npz", tmp_path / "api.csv"
+
+
+def test_permutations_call_a_planted_leak_over_a_40_row_api_family_and_too_few_are_flagged(monkeypatch, capsys,
+                                                                                           tmp_path):
+    """Through the CLI: with Holm, 200 permutations over 40 API rows could give no p below 40/201;
+    Westfall-Young over the shared permutations calls the planted attribute; 9 permutations can call
+    nothing, which the command says and the gate fails on instead of passing a 'no leak'."""
+    features, labels = _planted_api_family(tmp_path)
+    args = ["--features", features, "--labels", labels, "--probes", "linear", "--bootstrap", "100", "--no-progress"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--out", tmp_path / "wy", "--permutations", "200",
+                           "--fail-on", "leak")
+    df = read_results(tmp_path / "wy")
+    assert len(df) == 40 and df.p_test.eq("permutation").all() and df.n_permutations.eq(200).all()
+    verdict = json.loads((tmp_path / "wy" / "verdict.json").read_text())
+    assert verdict["adjustment"] == "westfall-young" and verdict["reachable"] and verdict["status"] == "leak"
+    assert verdict["leaks"] == ["a"] and code == 3 and "no call can be made" not in err
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--out", tmp_path / "few", "--permutations", "9",
+                             "--fail-on", "leak")
+    said = " ".join(err.split())
+    assert "Warning: no call can be made: with 9 permutations no p-value can fall below 0.05" in said
+    assert "rerun with at least 20 permutations" in said
+    verdict = json.loads((tmp_path / "few" / "verdict.json").read_text())
+    assert verdict["status"] == "untestable" and not verdict["reachable"] and verdict["leaks"] == []
+    assert code == 3 and "(a (untestable), b (untestable))" in " ".join(out.split())

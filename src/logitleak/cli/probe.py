@@ -69,7 +69,7 @@ def probe(
     permutations: int = typer.Option(
         0, "--permutations", min=0,
         help="Label permutations with a refit each, the same for every attribute: the exact but costly check, "
-             "adjusted over the API rows by Westfall–Young; fewer than 1/alpha - 1 can call nothing (default 0: the "
+             "adjusted over the API rows by Westfall–Young; fewer than 1/alpha can call nothing (default 0: the "
              "held-out test)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for the intervals (0 = none)."),
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Random seed (splits, permutations, control task, bootstrap, MLP init)."),

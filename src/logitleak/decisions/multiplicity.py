@@ -156,4 +156,7 @@ def smallest_reachable(rows: pd.DataFrame, method: str) -> float:
 def permutations_needed(m: int, alpha: float, method: str) -> int:
     """The smallest permutation count whose adjusted p-value can fall below ``alpha``."""
     tests = 1 if method == WESTFALL_YOUNG else max(1, int(m))
-    return int(math.floor(tests / alpha))   # 1/(N+1) * tests < alpha  <=>  N + 1 > tests / alpha
+    n = max(0, int(math.floor(tests / alpha)) - 1)     # 1/(N+1) * tests < alpha  <=>  N + 1 > tests / alpha
+    while tests / (n + 1) >= alpha:                     # exact in floats, whatever tests / alpha rounds to
+        n += 1
+    return n
