@@ -89,8 +89,9 @@ def linear_probe_truth(rng: np.random.Generator, means: np.ndarray, n_train: int
     cross-validated estimate with training folds of ``n_train`` estimates."""
     import torch
 
-    from logitleak.probing.estimators import fit_linear_grid_batched, prepare_features
+    from logitleak.probing.linear import fit_linear_grid_batched
     from logitleak.probing.splits import stratified_holdout
+    from logitleak.probing.tensors import prepare_features
 
     K, d = means.shape
     y_tr, y_te = balanced_labels(rng, n_train, K), balanced_labels(rng, n_test, K)
