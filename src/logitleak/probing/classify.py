@@ -60,9 +60,9 @@ def _fit_bucket(X: torch.Tensor, b: Problems, fam: str, params: Mapping, p_chunk
     the fraction of the plan's fits that converged ``(F,)``, the real labels' out-of-fold
     log-probabilities of every class ``(F, n, K)`` and the probe's optimism ``(F,)``
     (:func:`logitleak.probing.intervals.optimism`: the real labels' cross-validation fits scored on
-    the rows they fitted, against the same rows held out; 0 for a shadow attack, whose fits never
-    score the rows they trained on). ``X_eval``: score these rows instead of ``X``'s (a shadow
-    attack)."""
+    the rows they fitted, against the same rows held out; for a shadow attack, the rows scored in
+    place of those, so scoring the training outputs themselves is the plain sweep). ``X_eval``:
+    score these rows instead of ``X``'s (a shadow attack)."""
     F, n = X.shape[0], X.shape[1]
     dev = X.device
     lp = [np.zeros((F, p.n_variants, n), np.float32) for p in b.plans]
@@ -106,10 +106,9 @@ def _fit_bucket(X: torch.Tensor, b: Problems, fam: str, params: Mapping, p_chunk
             pr[ai][:, vv, rr[sel]] = pred[:, rr[sel], pp[sel]]
         for j in np.flatnonzero(b.variant[idx] == 0):
             ai = b.attr[idx[j]]
-            if X_eval is None:
-                rows = np.flatnonzero(tr[j] if fam == "linear" else fi[j])    # the rows the kept model fitted
-                seen[ai][:, rows] += lpy[:, rows, j]
-                n_seen[ai][rows] += 1
+            rows = np.flatnonzero(tr[j] if fam == "linear" else fi[j])    # the rows the kept model fitted
+            seen[ai][:, rows] += lpy[:, rows, j]
+            n_seen[ai][rows] += 1
             if C_np is not None:
                 Cc[ai][:, b.split[idx[j]]] = C_np[:, j]
         prog.advance(task, F * len(idx))
