@@ -269,3 +269,16 @@ def test_permutations_call_a_planted_leak_over_a_40_row_api_family_and_too_few_a
     verdict = json.loads((tmp_path / "few" / "verdict.json").read_text())
     assert verdict["status"] == "untestable" and not verdict["reachable"] and verdict["leaks"] == []
     assert code == 3 and "(a (untestable), b (untestable))" in " ".join(out.split())
+
+
+def test_exact_repeats_are_set_aside_before_the_near_repeat_search():
+    """2,000 identical rows beside 3,000 distinct ones and 5 float-rounding copies: every repeat is
+    counted once, and the near search looks only at one row per exact set (it used to pair the
+    identical rows with each other, two million candidates)."""
+    from logitleak.data.repeats import find_repeats
+
+    X = np.random.default_rng(0).normal(size=(3000, 6))
+    X = np.concatenate([X, X[:5] + 1e-7, np.zeros((2000, 6))])
+    rep = find_repeats({("a", None, None): X})
+    assert (rep.repeated, rep.sets, rep.examples) == (2004, 6, ((0, 3000), (1, 3001), (2, 3002)))
+    assert len(set(rep.groups.tolist())) == len(X) - 2004 and len(set(rep.groups[3005:].tolist())) == 1

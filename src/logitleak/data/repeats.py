@@ -111,7 +111,9 @@ def find_repeats(features: Mapping, groups: np.ndarray | None = None,
     pairs = [_exact_pairs(features)]
     width = sum(int(np.prod(np.shape(X)[1:])) for X in features.values())
     if tolerance > 0 and width >= MIN_WIDTH_FOR_NEAR:
-        pairs.append(_near_pairs(features, tolerance))
+        lone = np.setdiff1d(np.arange(n), pairs[0][:, 1])       # one row per exact set: near pairs among those
+        near = _near_pairs({k: np.asarray(X)[lone] for k, X in features.items()}, tolerance)
+        pairs.append(lone[near])
     dup_pairs = np.concatenate(pairs).astype(np.int64)
     dup = _components(dup_pairs, n)
     links = [dup_pairs]
