@@ -146,7 +146,9 @@ def test_a_design_that_cannot_reach_alpha_is_flagged_not_reported_as_no_leak():
     assert rec.kind == "untestable" and rec.text.startswith("No recommendation: with 9 permutations")
     # the same rows from enough permutations can be decided (and say "no leak")
     assert decide(_planted_family(19)[lambda t: t["attribute"] == "b"]).status == "untestable"
-    assert decide(_planted_family(20)[lambda t: t["attribute"] == "b"]).status == "clean"
+    enough = _planted_family(20)[lambda t: t["attribute"] == "b"]
+    assert decide(enough).status == "clean"
+    assert "no API-level test is significant (Westfall–Young-adjusted, alpha=0.05)" in verdict(enough)[0].text
 
 
 def test_mixed_or_foreign_permutation_rows_fall_back_to_holm_and_its_floor():

@@ -115,7 +115,7 @@ def _headline(dec: Decisions, leaks: list[Finding]) -> Finding:
     if status == "clean":
         measured = [d.attribute for d in dec.irrelevant if d.measured]
         return Finding("headline", f"No leak found: no task-irrelevant attribute ({', '.join(measured)}) can be read "
-                                   f"from the top-k output — no API-level test is significant (Holm-corrected, "
+                                   f"from the top-k output — no API-level test is significant ({_adjusted(dec)}, "
                                    f"alpha={dec.alpha:g}) with accuracy above the majority baseline beyond its "
                                    "interval.", details={"status": status})
     if status == "untestable":
