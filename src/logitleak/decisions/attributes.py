@@ -14,19 +14,8 @@ import numpy as np
 import pandas as pd
 
 from logitleak.decisions.multiplicity import HOLM, WESTFALL_YOUNG, permutations_needed, smallest_reachable
-from logitleak.decisions.rules import (
-    TUNED_LEVELS,
-    annotate,
-    best_row,
-    finite,
-    level_rank,
-    num,
-    relevance,
-    smallest_k_key,
-    smallest_k_row,
-    strongest,
-    strongest_reading,
-)
+from logitleak.decisions.rules import (TUNED_LEVELS, annotate, best_row, finite, level_rank, num, relevance,
+                                       smallest_k_key, smallest_k_row, strongest, strongest_reading)
 from logitleak.levels.table import API_LEVELS
 
 STATUSES: tuple[str, ...] = ("empty", "no_api", "leak", "clean", "untestable", "nothing_to_claim")

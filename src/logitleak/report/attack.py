@@ -15,17 +15,8 @@ from matplotlib.figure import Figure
 from logitleak.decisions import Decisions
 from logitleak.decisions.attack import AttackDecisions
 from logitleak.report.attack_roc import exposure_table, roc_plot
-from logitleak.report.figure import (
-    Plot,
-    attr_title,
-    color,
-    error_bars,
-    grid,
-    label_axes,
-    legend_below,
-    to_data_uri,
-    values,
-)
+from logitleak.report.figure import (Plot, attr_title, color, error_bars, grid, label_axes, legend_below, to_data_uri,
+                                     values)
 from logitleak.report.markup import esc, figures
 
 READING = ["level", "layer", "k"]
