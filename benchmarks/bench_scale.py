@@ -104,7 +104,7 @@ def synthetic_capture(n: int, seed: int = 0, layers: int = LAYERS):
     from logitleak.data import ProbeSet
     from logitleak.data.shapes import ATTRIBUTES, QUESTIONS, sample_attributes
     from logitleak.levels.lens import TunedLens
-    from logitleak.levels.readout import Readout
+    from logitleak.models.readout import Readout
 
     rng = np.random.default_rng(seed)
     attrs = sample_attributes(n, seed=seed)
