@@ -16,6 +16,7 @@ import pandas as pd
 import psutil
 import pytest
 import torch
+from interrupts import Interrupt, interrupt_after
 from tiny_models import probeset_for, tiny_model_dir
 
 ray = pytest.importorskip("ray")
@@ -190,20 +191,12 @@ def test_replicas_write_the_shards_of_one_store_equal_to_a_local_extraction(mode
         np.testing.assert_array_equal(a, b)
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_an_interrupted_ray_capture_resumes_shard_by_shard(model, tmp_path, single_thread):
     path, adapter = model
     ps = probeset_for(adapter, N, seed=8)
     store = ActivationStore(tmp_path)
-    first = []
-
-    def stop_after_two(i, p):
-        first.append(i)
-        if len(first) == 2:
-            raise Interrupt
+    first: list[int] = []
+    stop_after_two = interrupt_after(2, first)
 
     def writer():
         return ray_writer("auto", path, {"dtype": "float32"}, ps, adapter.fingerprint(), replicas=2)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from interrupts import Interrupt, interrupt_after
 from tiny_models import probeset_for, tiny_model_dir
 
 from logitleak.capture.forward import capture
@@ -32,10 +33,6 @@ def probeset(adapter):
 def clean(adapter, probeset, tmp_path_factory):
     root = tmp_path_factory.mktemp("clean")
     return ActivationStore(root).extract(adapter, probeset, shard_size=SHARD, batch_size=BATCH, progress=False)
-
-
-class Interrupt(Exception):
-    pass
 
 
 def _stop(i, path):
@@ -71,12 +68,8 @@ def test_layout_and_manifest(clean):
 
 def test_interrupted_extraction_resumes_to_the_same_arrays(adapter, probeset, clean, tmp_path):
     store = ActivationStore(tmp_path)
-    written = []
-
-    def stop_after_two(i, path):
-        written.append(i)
-        if len(written) == 2:
-            raise Interrupt
+    written: list[int] = []
+    stop_after_two = interrupt_after(2, written)
 
     with pytest.raises(Interrupt):
         store.extract(adapter, probeset, shard_size=SHARD, batch_size=BATCH, progress=False, on_shard=stop_after_two)
